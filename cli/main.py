@@ -1,0 +1,136 @@
+"""The `onnxprune` command: analyze, prune, eval. User errors print one line and exit with code 2."""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+
+import click
+
+from onnxprune import api
+from onnxprune.errors import UserError
+from onnxprune.modelio import check_output_path, save_model
+
+
+def user_errors(fn):
+    """Turn UserError (and unwritable paths) into one line on stderr and exit code 2."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UserError as exc:
+            click.echo(f"onnxprune: error: {exc}", err=True)
+            sys.exit(2)
+        except PermissionError as exc:
+            click.echo(f"onnxprune: error: {exc.filename}: permission denied", err=True)
+            sys.exit(2)
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="onnxprune")
+@click.option("-q", "--quiet", is_flag=True, help="Only errors.")
+def main(quiet):
+    """Structured channel pruning of ONNX models."""
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s")
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=True))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@user_errors
+def analyze(model, as_json):
+    """Show the channel groups of MODEL: what may shrink together, and what is frozen and why."""
+    a = api.analyze(model)
+    total = max(a.total_macs, 1)
+    groups = [{"id": g.id, "channels": g.channels, "frozen": g.frozen, "reason": "; ".join(g.reasons),
+               "producers": g.producers, "consumers": g.consumers, "macs_share": g.macs / total}
+              for g in a.groups]
+    if as_json:
+        click.echo(json.dumps({"macs": a.total_macs, "params": a.total_params(), "groups": groups}, indent=2))
+        return
+    click.echo(f"{model}: {a.total_macs:,} MACs per sample, {a.total_params():,} parameters, "
+               f"{len(a.prunable)} of {len(a.groups)} groups prunable")
+    click.echo(f"{'id':>4} {'ch':>5} {'MACs%':>6}  {'status':<8} producers -> consumers")
+    for g in groups:
+        status = "frozen" if g["frozen"] else "prunable"
+        click.echo(f"{g['id']:>4} {g['channels']:>5} {100 * g['macs_share']:>5.1f}%  {status:<8} "
+                   f"{_names(g['producers'])} -> {_names(g['consumers'])}")
+        if g["frozen"]:
+            click.echo(f"{'':>27}why: {g['reason']}")
+
+
+def _names(names, limit=3):
+    return ", ".join(names[:limit]) + (f" +{len(names) - limit}" if len(names) > limit else "") or "-"
+
+
+def _parse_keep(values):
+    out = {}
+    for v in values:
+        gid, _, n = v.partition("=")
+        if not gid.strip().isdigit() or not n.strip().isdigit():
+            raise UserError(f"--keep {v}: expected GROUP=N with integers")
+        out[int(gid)] = int(n)
+    return out
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=True))
+@click.option("-o", "--output", required=True, type=click.Path(), help="Pruned model path.")
+@click.option("--method", default="magnitude", show_default=True, type=click.Choice(api.METHODS))
+@click.option("--keep-ratio", type=float, help="Keep this fraction of the channels of every group.")
+@click.option("--flops", type=float, help="Keep this fraction of the original MACs (within 2%).")
+@click.option("--round-to", default=1, show_default=True, help="Kept counts are multiples of K (8 suits TensorRT).")
+@click.option("--min-channels", default=1, show_default=True, help="Never keep fewer channels in a group.")
+@click.option("--keep", "keep", multiple=True, metavar="GROUP=N", help="Per-group kept count (repeatable).")
+@click.option("--norm", default="l1", show_default=True, type=click.Choice(["l1", "l2"]),
+              help="Norm for --method magnitude.")
+@click.option("--seed", default=0, show_default=True, help="Seed for --method random.")
+@click.option("--report", "report_path", type=click.Path(), help="Write the report JSON here.")
+@click.option("--masked-reference", "masked_path", type=click.Path(),
+              help="Also write the masked reference (original topology, removed channels zeroed).")
+@user_errors
+def prune(model, output, method, keep_ratio, flops, round_to, min_channels, keep, norm, seed, report_path,
+          masked_path):
+    """Prune MODEL to a target and write the smaller model to OUTPUT."""
+    for path in (output, report_path, masked_path):
+        if path:
+            check_output_path(path, model)
+    if keep_ratio is None and flops is None:
+        raise UserError("give a target: --keep-ratio R or --flops F")
+    pruned, report = api.prune(model, method=method, keep_ratio=keep_ratio, flops=flops, round_to=round_to,
+                               min_channels=min_channels, keep=_parse_keep(keep), norm=norm, seed=seed)
+    save_model(pruned, output)
+    if masked_path:
+        save_model(api.masked_reference(report), masked_path)
+    if report_path:
+        from onnxprune.modelio import atomic_write_bytes
+        atomic_write_bytes(report_path, report.to_json().encode())
+    click.echo(report.summary())
+    click.echo(f"wrote {output}")
+
+
+@main.command("eval")
+@click.argument("original", type=click.Path(dir_okay=True))
+@click.argument("pruned", type=click.Path(dir_okay=True))
+@click.option("--data", required=True, type=click.Path(), help=".npz: input name -> array, optional 'labels'.")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--batch-size", default=256, show_default=True)
+@user_errors
+def evaluate(original, pruned, data, as_json, batch_size):
+    """Top-1 agreement, mean KL and accuracies of PRUNED against ORIGINAL on --data."""
+    from onnxprune.evaluate import compare
+    res = compare(original, pruned, data, batch_size)
+    if as_json:
+        click.echo(json.dumps(res, indent=2))
+        return
+    click.echo(f"samples    {res['samples']}")
+    click.echo(f"agreement  {res['agreement']:.2%}")
+    click.echo(f"mean KL    {res['kl']:.4f}")
+    if res["accuracy_original"] is not None:
+        click.echo(f"accuracy   {res['accuracy_original']:.2%} -> {res['accuracy_pruned']:.2%}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,270 @@
+"""Graph analysis: which channel axes must keep the same channel index set (channel groups).
+
+Every producer (Conv, Gemm, MatMul with a constant weight...) creates one *atom* per output channel.
+Each tensor carries a *layout*: an integer array with the tensor's rank whose entries are atom ids,
+with size-1 axes where the tensor has no channel structure (so NCHW channels are `(1, C, 1, 1)`).
+Op handlers (see `handlers/`) propagate layouts, unite atoms that must stay together (residual Add,
+SE gate Mul), and record the *edits* the rewriter needs. Atoms united are one *channel*; channels of
+producers linked by such unions form one *group*. Atom 0 stands for a channel that cannot change
+(e.g. a graph input concatenated with pruned channels).
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from . import handlers
+from .graph import const_value, import_graph, normalise, static_shape
+
+FIXED = 0
+
+
+@dataclass
+class Edit:
+    """A change the rewriter makes for a selection.
+
+    kind: 'producer' or 'param' (slice `axis` of the node's constant input `input`),
+    'consumer' (slice and scale by γ; in the masked reference: zero and scale),
+    'grouped_consumer' (a grouped Conv's input slice, `groups` blocks), or
+    'call' (pruned graph only: `fn(node, rewriter)` updates attributes or shape constants).
+    """
+    kind: str
+    node: int
+    input: int = -1
+    axis: int = 0
+    labels: np.ndarray | None = None
+    groups: int = 1
+    fn: Callable | None = None
+
+
+@dataclass
+class Cost:
+    """MACs of one node for one sample; after pruning they scale with each factor's kept fraction."""
+    node: str
+    op: str
+    macs: int
+    factors: list = field(default_factory=list)
+
+
+@dataclass
+class Group:
+    id: int
+    classes: np.ndarray           # channel -> class id (root atom)
+    producers: list[str]
+    consumers: list[str]
+    frozen: bool
+    reasons: list[str]
+    blocks: np.ndarray            # channel -> block index (grouped conv: equal kept count per block)
+    macs: int = 0
+
+    @property
+    def channels(self) -> int:
+        return len(self.classes)
+
+    @property
+    def n_blocks(self) -> int:
+        return int(self.blocks.max()) + 1 if len(self.blocks) else 1
+
+
+class Analysis:
+    """Channel groups of a model, plus what the rewriter and the cost model need."""
+
+    def __init__(self, model: onnx.ModelProto):
+        self.model = normalise(model)
+        self.graph: gs.Graph = import_graph(self.model)
+        self.index = {id(n): i for i, n in enumerate(self.graph.nodes)}
+        self.layouts: dict[str, np.ndarray] = {}
+        self._parent: list[int] = [FIXED]
+        self._frozen: dict[int, list[str]] = defaultdict(list)
+        self.edits: list[Edit] = []
+        self.costs: list[Cost] = []
+        self.producer_atoms: list[tuple[str, np.ndarray]] = []
+        self.consumer_labels: list[tuple[str, np.ndarray]] = []
+        self.block_constraints: list[tuple[str, np.ndarray, int]] = []
+        self.segments: list[np.ndarray] = []  # label vectors that must keep at least one channel
+        self.deferred: list[Callable[[], None]] = []
+        self._run()
+
+    # ----- union-find over atoms -------------------------------------------------------------
+    def new_atoms(self, n: int) -> np.ndarray:
+        start = len(self._parent)
+        self._parent.extend(range(start, start + n))
+        return np.arange(start, start + n, dtype=np.int64)
+
+    def find(self, a: int) -> int:
+        parent = self._parent
+        root = a
+        while parent[root] != root:
+            root = parent[root]
+        while parent[a] != root:
+            parent[a], a = root, parent[a]
+        return root
+
+    def roots(self) -> np.ndarray:
+        return np.array([self.find(a) for a in range(len(self._parent))], dtype=np.int64)
+
+    def unite(self, a: np.ndarray, b: np.ndarray, node, what: str = "") -> None:
+        """Positional union of two broadcast-compatible label arrays."""
+        a, b = np.broadcast_arrays(a, b)
+        for x, y in zip(a.ravel().tolist(), b.ravel().tolist()):
+            if x == y:
+                continue
+            if x == FIXED or y == FIXED:
+                self.freeze(np.array([x, y]), node, what or "combined with channels that cannot change")
+                continue
+            rx, ry = self.find(x), self.find(y)
+            if rx != ry:
+                self._parent[max(rx, ry)] = min(rx, ry)
+
+    # ----- what handlers use --------------------------------------------------------------
+    def layout(self, tensor) -> np.ndarray | None:
+        if isinstance(tensor, gs.Constant) or tensor is None:
+            return None
+        return self.layouts.get(tensor.name)
+
+    def set_layout(self, tensor, labels: np.ndarray | None) -> None:
+        if labels is not None and tensor is not None and not tensor.is_empty():
+            self.layouts[tensor.name] = labels
+
+    def freeze(self, labels, node, reason: str) -> None:
+        where = f"{node.op} node '{node.name}'" if node is not None else "graph"
+        for a in set(np.asarray(labels).ravel().tolist()) - {FIXED}:
+            self._frozen[a].append(f"{where}: {reason}")
+
+    def freeze_node(self, node, reason: str) -> None:
+        """The node is not understood: freeze everything flowing into it; its outputs carry no channels."""
+        for t in node.inputs:
+            lab = self.layout(t)
+            if lab is not None:
+                self.freeze(lab, node, reason)
+
+    def node_id(self, node) -> int:
+        return self.index[id(node)]
+
+    def edit(self, kind: str, node, **kw) -> None:
+        self.edits.append(Edit(kind, self.node_id(node), **kw))
+        if kind in ("consumer", "grouped_consumer"):
+            self.consumer_labels.append((node.name, kw["labels"]))
+            self.segments.append(kw["labels"])
+
+    def produce(self, node, n: int) -> np.ndarray:
+        atoms = self.new_atoms(n)
+        self.producer_atoms.append((node.name, atoms))
+        return atoms
+
+    def cost(self, node, macs: int, *factors) -> None:
+        self.costs.append(Cost(node.name, node.op, int(macs), [f for f in factors if f is not None]))
+
+    const = staticmethod(const_value)
+    shape = staticmethod(static_shape)
+
+    # ----- the pass --------------------------------------------------------------------------
+    def _run(self) -> None:
+        for node in self.graph.nodes:
+            handler = handlers.lookup(node)
+            if handler is None:
+                if any(self.layout(t) is not None for t in node.inputs):
+                    self.freeze_node(node, f"op '{node.domain + '::' if node.domain else ''}{node.op}' "
+                                           "is not supported")
+                continue
+            handler(node, self)
+        for out in self.graph.outputs:
+            lab = self.layout(out)
+            if lab is not None:
+                self.freeze(lab, None, f"reaches graph output '{out.name}'")
+        for check in self.deferred:
+            check()
+        self.groups = self._build_groups()
+
+    def _build_groups(self) -> list[Group]:
+        roots = self.roots()
+        self.class_of = roots
+        link = {}
+
+        def find(c):
+            while link.get(c, c) != c:
+                c = link[c]
+            return c
+
+        for _, atoms in self.producer_atoms:
+            cls = roots[atoms]
+            base = find(int(cls[0]))
+            for c in cls[1:].tolist():
+                r = find(c)
+                if r != base:
+                    link[r] = base
+        members: dict[int, dict[int, None]] = {}
+        prods: dict[int, list[str]] = defaultdict(list)
+        for name, atoms in self.producer_atoms:
+            cls = roots[atoms]
+            g = find(int(cls[0]))
+            members.setdefault(g, {}).update(dict.fromkeys(cls.tolist()))
+            prods[g].append(name)
+        frozen = defaultdict(list)
+        for atom, reasons in self._frozen.items():
+            frozen[find(int(roots[atom]))].extend(reasons)
+        cons = defaultdict(list)
+        for name, labels in self.consumer_labels:
+            for g in {find(int(c)) for c in roots[np.asarray(labels).ravel()].tolist() if c != FIXED}:
+                if name not in cons[g]:
+                    cons[g].append(name)
+        groups = []
+        for gid, (g, classes) in enumerate(members.items()):
+            classes = np.array(list(classes), dtype=np.int64)
+            reasons = list(dict.fromkeys(frozen.get(g, [])))
+            if not cons.get(g) and not reasons:
+                reasons.append("no consumer reads these channels")
+            blocks, why = self._blocks_for(classes, roots)
+            if why:
+                reasons.append(why)
+            groups.append(Group(gid, classes, prods[g], cons.get(g, []), bool(reasons), reasons, blocks))
+        class_group = {}
+        for grp in groups:
+            for c in grp.classes.tolist():
+                class_group[c] = grp.id
+        self.group_of_class = class_group
+        for cost in self.costs:
+            touched = {class_group.get(int(c)) for f in cost.factors for c in np.unique(roots[f]).tolist()}
+            for gid in touched - {None}:
+                groups[gid].macs += cost.macs
+        return groups
+
+    def _blocks_for(self, classes: np.ndarray, roots: np.ndarray) -> tuple[np.ndarray, str]:
+        blocks = np.zeros(len(classes), dtype=np.int64)
+        pos = {c: i for i, c in enumerate(classes.tolist())}
+        assigned = None
+        for name, labels, groups in self.block_constraints:
+            cls = roots[labels]
+            mine = [pos.get(int(c)) for c in cls.tolist()]
+            if all(m is None for m in mine):
+                continue
+            if any(m is None for m in mine) or len(set(mine)) != len(mine) or len(mine) != len(classes):
+                return blocks, f"grouped Conv '{name}' reads only part of this group or mixes it with others"
+            this = np.empty(len(classes), dtype=np.int64)
+            this[np.array(mine)] = np.arange(len(mine)) // (len(mine) // groups)
+            if assigned is not None and not np.array_equal(assigned, this):
+                return blocks, f"grouped Conv '{name}' splits these channels differently from another grouped Conv"
+            assigned = this
+        return (assigned if assigned is not None else blocks), ""
+
+    # ----- conveniences for callers ------------------------------------------------------
+    @property
+    def prunable(self) -> list[Group]:
+        return [g for g in self.groups if not g.frozen]
+
+    @property
+    def total_macs(self) -> int:
+        return sum(c.macs for c in self.costs)
+
+    def total_params(self) -> int:
+        from .cost import count_params
+        return count_params(self.model)
+
+
+def analyze(model: onnx.ModelProto) -> Analysis:
+    return Analysis(model)

@@ -1,0 +1,70 @@
+"""The working graph: a normalised onnx-graphsurgeon copy of the user's model.
+
+Normalisation (done once, before analysis, and the basis of every rewrite):
+- `Constant` nodes with a tensor value become constant tensors (weights are weights, wherever they live);
+- every node gets a unique name (unnamed nodes are named `<op>_<index>`), so reports can name them;
+- shapes are inferred with ONNX shape inference (symbolic batch dimension kept symbolic).
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from onnx import numpy_helper
+
+
+def normalise(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Return a normalised copy of `model` (the input is not modified)."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    graph = m.graph
+    kept_nodes, new_inits = [], []
+    for node in graph.node:
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and len(node.attribute) == 1 \
+                and node.attribute[0].name == "value":
+            t = onnx.TensorProto()
+            t.CopyFrom(node.attribute[0].t)
+            t.name = node.output[0]
+            new_inits.append(t)
+        else:
+            kept_nodes.append(node)
+    if new_inits:
+        del graph.node[:]
+        graph.node.extend(kept_nodes)
+        graph.initializer.extend(new_inits)
+    seen: set[str] = set()
+    for i, node in enumerate(graph.node):
+        name = node.name or f"{node.op_type}_{i}"
+        while name in seen:
+            name = f"{name}_{i}"
+        node.name = name
+        seen.add(name)
+    if m.ByteSize() < 2**31 - 1024:
+        try:
+            m = onnx.shape_inference.infer_shapes(m, data_prop=True)
+        except Exception:  # shape inference is best effort: handlers freeze what lacks shapes
+            pass
+    return m
+
+
+def import_graph(model: onnx.ModelProto) -> gs.Graph:
+    return gs.import_onnx(model)
+
+
+def const_value(tensor) -> np.ndarray | None:
+    """The numpy value of a constant tensor, or None for a run-time tensor."""
+    if isinstance(tensor, gs.Constant):
+        return np.asarray(tensor.values)
+    return None
+
+
+def static_shape(tensor) -> tuple | None:
+    """Tensor shape with symbolic dimensions as None; None when the rank is unknown."""
+    shape = getattr(tensor, "shape", None)
+    if shape is None:
+        return None
+    return tuple(d if isinstance(d, (int, np.integer)) and d >= 0 else None for d in shape)
+
+
+def to_numpy_tensor(arr: np.ndarray, name: str) -> onnx.TensorProto:
+    return numpy_helper.from_array(arr, name)

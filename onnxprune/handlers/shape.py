@@ -1,0 +1,203 @@
+"""Ops that move channels between axes: Flatten, Reshape, Transpose, Squeeze, Unsqueeze; and Shape."""
+from __future__ import annotations
+
+import numpy as np
+
+from . import handles
+from .base import attr, input_or_attr, labeled_axes
+
+SHAPE_ARITH = {"Gather", "Slice", "Concat", "Unsqueeze", "Squeeze", "Cast", "Mul", "Div", "Add", "Sub",
+               "Identity", "Floor", "Ceil"}
+
+
+def _collapse(lab: np.ndarray) -> np.ndarray:
+    """Drop the repetition of labels along axes where they do not vary."""
+    for ax in range(lab.ndim):
+        if lab.shape[ax] > 1:
+            first = np.take(lab, [0], axis=ax)
+            if np.array_equal(np.broadcast_to(first, lab.shape), lab):
+                lab = first
+    return lab
+
+
+def _relayout(node, ctx, lab, out_shape_rest):
+    """Reshape-like move of labels: return the output layout, or None (and freeze) when channels would
+    mix with another axis (channel shuffle, splitting a channel axis in two...)."""
+    in_shape = ctx.shape(node.inputs[0])
+    if in_shape is None or out_shape_rest is None or any(d is None for d in in_shape[1:]) \
+            or any(d is None for d in out_shape_rest) or lab.shape[0] != 1:
+        ctx.freeze(lab, node, "shapes are not known statically")
+        return None
+    full = np.broadcast_to(lab, (1,) + tuple(in_shape[1:]))
+    if full.size != int(np.prod(out_shape_rest, dtype=np.int64)):
+        ctx.freeze(lab, node, "reshapes the batch axis together with channels")
+        return None
+    out_full = full.reshape((1,) + tuple(out_shape_rest))
+    out = _collapse(out_full)
+    ins, outs = labeled_axes(lab), labeled_axes(out)
+    if len(ins) == 1 and len(outs) == 1:
+        vin = lab.reshape(-1)
+        vout = out.reshape(-1)
+        if (len(vout) % len(vin) == 0 and np.array_equal(np.repeat(vin, len(vout) // len(vin)), vout)) or \
+                (len(vin) % len(vout) == 0 and np.array_equal(np.repeat(vout, len(vin) // len(vout)), vin)):
+            return out_full if len(vout) > len(vin) else out
+    ctx.freeze(lab, node, "moves channels across axes (channel shuffle or split channel axis)")
+    return None
+
+
+@handles("Flatten")
+def flatten(node, ctx):
+    lab = ctx.layout(node.inputs[0])
+    if lab is None:
+        return
+    if attr(node, "axis", 1) % lab.ndim != 1:
+        ctx.freeze(lab, node, "Flatten with axis other than 1 is not supported on channels")
+        return
+    shape = ctx.shape(node.inputs[0])
+    rest = None if shape is None or any(d is None for d in shape[1:]) else (int(np.prod(shape[1:])),)
+    out = _relayout(node, ctx, lab, rest)
+    if out is not None:
+        ctx.set_layout(node.outputs[0], out.reshape(1, -1))
+
+
+def _shape_element(ctx, tensor, idx: int):
+    """What element `idx` of a shape tensor is: ('const', v), ('dim', tensor, axis) or None."""
+    val = ctx.const(tensor)
+    if val is not None:
+        flat = val.reshape(-1)
+        return ("const", int(flat[idx])) if idx < len(flat) else None
+    if not tensor.inputs:
+        return None
+    node = tensor.inputs[0]
+    if node.op == "Concat":
+        for t in node.inputs:
+            n = (ctx.const(t).size if ctx.const(t) is not None else (ctx.shape(t) or (None,))[0])
+            if n is None:
+                return None
+            if idx < n:
+                return _shape_element(ctx, t, idx)
+            idx -= n
+        return None
+    if node.op in ("Unsqueeze", "Cast", "Squeeze", "Identity") and idx == 0:
+        return _shape_element(ctx, node.inputs[0], 0)
+    if node.op == "Gather" and node.inputs[0].inputs and node.inputs[0].inputs[0].op == "Shape":
+        ind = ctx.const(node.inputs[1])
+        if ind is None:
+            return None
+        return _shape_element(ctx, node.inputs[0], int(ind.reshape(-1)[idx]))
+    if node.op == "Shape":
+        src = node.inputs[0]
+        start = attr(node, "start", 0)
+        rank = len(ctx.shape(src) or ())
+        return ("dim", src, (start % rank if rank else start) + idx)
+    return None
+
+
+@handles("Reshape")
+def reshape(node, ctx):
+    lab = ctx.layout(node.inputs[0])
+    if lab is None:
+        return
+    out_t = node.outputs[0]
+    out_shape = ctx.shape(out_t)
+    out = _relayout(node, ctx, lab, None if out_shape is None else tuple(out_shape[1:]))
+    if out is None:
+        return
+    axes = labeled_axes(out)
+    ctx.set_layout(out_t, out)
+    if not axes:
+        return
+    b = axes[0]
+    vout = out.reshape(-1)
+    shape_t = node.inputs[1]
+    const = ctx.const(shape_t)
+    if const is not None:
+        if int(const.reshape(-1)[b]) != -1:
+            def fix(n, rw, vout=vout, b=b):
+                new = np.array(rw.const_of(n, 1)).copy()
+                new[b] = int(rw.keep_mask(vout).sum())
+                rw.set_const(n, 1, new)
+            ctx.edit("call", node, fn=fix)
+        return
+    elem = _shape_element(ctx, shape_t, b)
+
+    def check(elem=elem, vout=vout):
+        if elem is not None and elem[0] == "const" and elem[1] == -1:
+            return
+        if elem is not None and elem[0] == "dim":
+            src = ctx.layout(elem[1])
+            if src is not None and src.ndim > elem[2] and src.shape[elem[2]] == len(vout):
+                roots = ctx.roots()
+                if np.array_equal(roots[src.reshape(-1)], roots[vout]):
+                    return
+        ctx.freeze(vout, node, "target shape computed at run time does not follow the channel count")
+    ctx.deferred.append(check)
+
+
+@handles("Transpose")
+def transpose(node, ctx):
+    lab = ctx.layout(node.inputs[0])
+    if lab is None:
+        return
+    perm = attr(node, "perm", None)
+    perm = list(reversed(range(lab.ndim))) if perm is None else list(perm)
+    if perm and perm[0] != 0 and lab.shape[perm[0]] > 1:
+        ctx.freeze(lab, node, "moves channels to the batch axis")
+        return
+    ctx.set_layout(node.outputs[0], lab.transpose(perm))
+
+
+@handles("Squeeze", "Unsqueeze")
+def squeeze(node, ctx):
+    lab = ctx.layout(node.inputs[0])
+    if lab is None:
+        return
+    axes, ok = input_or_attr(node, ctx, 1, "axes")
+    if not ok:
+        ctx.freeze(lab, node, "axes computed at run time")
+        return
+    if node.op == "Unsqueeze":
+        rank = lab.ndim + len(axes)
+        out = lab
+        for a in sorted(int(x) % rank for x in axes):
+            out = np.expand_dims(out, a)
+    else:
+        if axes is None:
+            shape = ctx.shape(node.inputs[0])
+            if shape is None:
+                ctx.freeze(lab, node, "input shape unknown")
+                return
+            axes = [i for i, d in enumerate(shape) if d == 1]
+        axes = tuple(int(a) % lab.ndim for a in axes)
+        if any(lab.shape[a] != 1 for a in axes):
+            ctx.freeze(lab, node, "squeezes a channel axis")
+            return
+        out = np.squeeze(lab, axis=axes)
+    ctx.set_layout(node.outputs[0], out)
+
+
+@handles("Shape")
+def shape(node, ctx):
+    """Shapes are data: allowed when they only feed Reshape targets (checked there); else frozen."""
+    lab = ctx.layout(node.inputs[0])
+    if lab is None:
+        return
+    rank = lab.ndim
+    start, end = attr(node, "start", 0) % rank if rank else 0, attr(node, "end", rank)
+    end = end % rank if end < 0 else min(end, rank)
+    if not any(start <= a < end for a in labeled_axes(lab)):
+        return
+    frontier, seen = [node.outputs[0]], set()
+    while frontier:
+        t = frontier.pop()
+        for user in t.outputs:
+            if id(user) in seen:
+                continue
+            seen.add(id(user))
+            if user.op == "Reshape" and user.inputs[1] is t:
+                continue
+            if user.op in SHAPE_ARITH:
+                frontier.extend(user.outputs)
+                continue
+            ctx.freeze(lab, node, f"the channel count feeds {user.op} node '{user.name}'")
+            return

@@ -1,0 +1,129 @@
+"""Loading and saving ONNX models: external data checks, opset checks, atomic writes."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import onnx
+from onnx import external_data_helper
+
+from .errors import UnsupportedModel, UserError
+
+MIN_OPSET, MAX_OPSET = 11, 21
+
+
+def _check_external_locations(model: onnx.ModelProto, base: Path) -> None:
+    """Refuse external-data locations that escape the model's folder."""
+    base = base.resolve()
+    for tensor in external_data_helper._get_all_tensors(model):
+        if not external_data_helper.uses_external_data(tensor):
+            continue
+        info = {e.key: e.value for e in tensor.external_data}
+        loc = info.get("location", "")
+        if not loc or os.path.isabs(loc):
+            raise UserError(f"tensor '{tensor.name}': external data location '{loc}' is not a relative path")
+        target = (base / loc).resolve()
+        if base not in target.parents:
+            raise UserError(f"tensor '{tensor.name}': external data location '{loc}' escapes the model folder {base}")
+        if not target.is_file():
+            raise UserError(f"tensor '{tensor.name}': external data file {target} not found")
+
+
+def uses_external_data(model: onnx.ModelProto) -> bool:
+    return any(external_data_helper.uses_external_data(t)
+               for t in external_data_helper._get_all_tensors(model))
+
+
+def load_model(path: str | os.PathLike) -> onnx.ModelProto:
+    """Load a model (and its external data, if any) with clear errors for bad files."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such file")
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder, expected an .onnx file")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf raises various DecodeError flavours
+        raise UserError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from None
+    if not model.HasField("graph") or len(model.graph.node) == 0:
+        raise UserError(f"{path}: not an ONNX model (no graph or no nodes)")
+    _check_external_locations(model, path.parent)
+    if uses_external_data(model):
+        try:
+            onnx.load_external_data_for_model(model, str(path.parent))
+        except Exception as exc:
+            raise UserError(f"{path}: cannot read external data ({exc})") from None
+    check_model(model, str(path))
+    return model
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return imp.version
+    raise UnsupportedModel("model imports no default ONNX opset")
+
+
+def check_model(model: onnx.ModelProto, what: str = "model") -> None:
+    """Opset range and the ONNX checker; raise UserError naming `what`."""
+    try:
+        opset = default_opset(model)
+    except UnsupportedModel as exc:
+        raise UnsupportedModel(f"{what}: {exc}") from None
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise UnsupportedModel(f"{what}: opset {opset} is not supported (supported: {MIN_OPSET} to {MAX_OPSET})")
+    try:
+        if model.ByteSize() < 2**31 - 1024:
+            onnx.checker.check_model(model)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{what}: fails the ONNX checker: {first}") from None
+
+
+def check_output_path(out: str | os.PathLike, *inputs: str | os.PathLike) -> Path:
+    """Validate an output path before any work is done."""
+    out = Path(out)
+    if out.is_dir():
+        raise UserError(f"{out}: output path is a folder")
+    if not out.parent.exists():
+        raise UserError(f"{out}: output folder {out.parent} does not exist")
+    for inp in inputs:
+        if inp is not None and Path(inp).exists() and out.exists() and out.resolve() == Path(inp).resolve():
+            raise UserError(f"{out}: output path is the input model; refusing to overwrite it")
+    if not os.access(out.parent, os.W_OK):
+        raise UserError(f"{out}: output folder is not writable")
+    return out
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write to a temporary file in the target folder, then rename: no partial file ever."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_model(model: onnx.ModelProto, path: str | os.PathLike, external_data: bool | None = None) -> None:
+    """Save atomically; large models (or `external_data=True`) keep weights in `<name>.data` beside."""
+    path = Path(path)
+    big = model.ByteSize() > 2**31 - 2**24 if external_data is None else external_data
+    if not big:
+        atomic_write_bytes(path, model.SerializeToString())
+        return
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)  # saving as external data rewrites the tensors: work on a copy
+    model = copy
+    data_name = path.name + ".data"
+    with tempfile.TemporaryDirectory(dir=path.parent or ".", prefix=f".{path.name}.") as tmpdir:
+        tmp_model = Path(tmpdir) / path.name
+        onnx.save_model(model, str(tmp_model), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data_name, size_threshold=1024)
+        os.replace(Path(tmpdir) / data_name, path.parent / data_name)
+        os.replace(tmp_model, path)

@@ -1,0 +1,63 @@
+"""The record of a pruning run: what was kept, what it cost, what was frozen and why."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class GroupReport:
+    id: int
+    channels: int
+    kept_count: int
+    kept: list[int]
+    gamma: list[float]
+    frozen: bool
+    reasons: list[str]
+    producers: list[str]
+    consumers: list[str]
+    macs_share: float
+    method: str | None = None
+
+
+@dataclass
+class Report:
+    model: str
+    method: str
+    target: dict
+    macs_before: int
+    macs_after: int
+    params_before: int
+    params_after: int
+    groups: list[GroupReport] = field(default_factory=list)
+    log: list[str] = field(default_factory=list)
+
+    @property
+    def macs_ratio(self) -> float:
+        return self.macs_after / self.macs_before if self.macs_before else 1.0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["macs_ratio"] = self.macs_ratio
+        d["params_ratio"] = self.params_after / self.params_before if self.params_before else 1.0
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, default=_jsonable)
+
+    def summary(self) -> str:
+        prunable = [g for g in self.groups if not g.frozen]
+        return (f"MACs   {self.macs_before:,} -> {self.macs_after:,} ({self.macs_ratio:.1%})\n"
+                f"params {self.params_before:,} -> {self.params_after:,} "
+                f"({self.params_after / max(self.params_before, 1):.1%})\n"
+                f"groups {len(prunable)} pruned, {len(self.groups) - len(prunable)} frozen")
+
+
+def _jsonable(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(type(o))

@@ -1,0 +1,111 @@
+"""Emit the pruned graph, or the masked reference, for a selection.
+
+A selection maps each channel *class* to kept/removed and a scale γ (see `selection.Selection`).
+Pruned graph: producers, carriers and consumers lose the removed channels; consumers' input slices
+of kept channels are scaled by γ. Masked reference: the original topology with removed channels'
+consumer slices zeroed and kept ones scaled by γ — what the pruned graph must compute.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from .analysis import Analysis, Edit
+from .graph import import_graph
+
+
+class Rewriter:
+    def __init__(self, analysis: Analysis, keep: np.ndarray, gamma: np.ndarray, masked: bool = False):
+        """`keep`/`gamma` are indexed by class id (root atom); class 0 (fixed) is always kept."""
+        self.analysis = analysis
+        self.roots = analysis.class_of
+        self.keep, self.gamma, self.masked = keep, gamma, masked
+        self.graph: gs.Graph = import_graph(analysis.model)
+        self.nodes = list(self.graph.nodes)
+        self._private: set[tuple[int, int]] = set()
+
+    def keep_mask(self, labels: np.ndarray) -> np.ndarray:
+        return self.keep[self.roots[np.asarray(labels)]]
+
+    def gamma_of(self, labels: np.ndarray) -> np.ndarray:
+        return self.gamma[self.roots[np.asarray(labels)]]
+
+    def const_of(self, node, index: int) -> np.ndarray:
+        return np.asarray(node.inputs[index].values)
+
+    def set_const(self, node, index: int, value: np.ndarray) -> None:
+        """Bind a new constant to one node input (never modifying a tensor another node shares)."""
+        old = node.inputs[index]
+        key = (id(node), index)
+        if key in self._private:
+            old.values = value
+            return
+        name = old.name if len(old.outputs) == 1 else f"{old.name}__{node.name}_{index}"
+        node.inputs[index] = gs.Constant(name, np.ascontiguousarray(value))
+        self._private.add(key)
+
+    def _apply(self, edit: Edit) -> None:
+        node = self.nodes[edit.node]
+        if edit.kind == "call":
+            if not self.masked:
+                edit.fn(node, self)
+            return
+        if self.masked and edit.kind in ("producer", "param"):
+            return
+        w = self.const_of(node, edit.input)
+        keep = self.keep_mask(edit.labels)
+        shape = [1] * w.ndim
+        shape[edit.axis] = -1
+        if edit.kind in ("producer", "param"):
+            self.set_const(node, edit.input, np.take(w, np.flatnonzero(keep), axis=edit.axis))
+            return
+        scale = np.where(keep, self.gamma_of(edit.labels), 0.0).astype(w.dtype)
+        if edit.kind == "grouped_consumer":
+            scaled = self._grouped(w, keep, scale, edit.groups)
+        elif self.masked:
+            scaled = w * scale.reshape(shape)
+        else:
+            scaled = np.take(w * scale.reshape(shape), np.flatnonzero(keep), axis=edit.axis)
+        self.set_const(node, edit.input, scaled.astype(w.dtype))
+
+    def _grouped(self, w: np.ndarray, keep: np.ndarray, scale: np.ndarray, groups: int) -> np.ndarray:
+        """Grouped Conv weight (Cout, Cin/g, ...): output filter o reads input block o // (Cout/g)."""
+        cin_g = w.shape[1]
+        out_per = w.shape[0] // groups
+        blocks = []
+        for q in range(groups):
+            k = keep[q * cin_g:(q + 1) * cin_g]
+            s = scale[q * cin_g:(q + 1) * cin_g].reshape([1, -1] + [1] * (w.ndim - 2))
+            wq = w[q * out_per:(q + 1) * out_per] * s
+            blocks.append(wq if self.masked else wq[:, np.flatnonzero(k)])
+        return np.concatenate(blocks, axis=0)
+
+    def run(self) -> onnx.ModelProto:
+        for edit in self.analysis.edits:
+            self._apply(edit)
+        inputs = {t.name for t in self.graph.inputs}
+        outputs = {t.name for t in self.graph.outputs}
+        if not self.masked:
+            for t in self.graph.tensors().values():  # channel counts changed: drop stale shapes
+                if isinstance(t, gs.Variable) and t.name not in inputs | outputs:
+                    t.shape = None
+                    t.dtype = None
+        self.graph.cleanup(remove_unused_graph_inputs=False)
+        return finish(self.graph, self.analysis.model)
+
+
+def finish(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
+    """Export a graph and restore the model-level fields of the original."""
+    model = gs.export_onnx(graph, do_type_check=False)
+    model.ir_version = like.ir_version
+    del model.opset_import[:]
+    model.opset_import.extend(like.opset_import)
+    for field in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
+        setattr(model, field, getattr(like, field))
+    del model.metadata_props[:]
+    model.metadata_props.extend(like.metadata_props)
+    del model.functions[:]
+    model.functions.extend(like.functions)
+    model.graph.name = like.graph.name
+    return model

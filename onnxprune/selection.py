@@ -1,0 +1,196 @@
+"""Which channels each group keeps, and their scales γ.
+
+A `Selection` maps group id -> (kept channel indices, γ per kept channel). Channel counts come from a
+target (`counts_for_ratio`, `counts_for_flops`); the choice within a group comes from a criterion:
+`magnitude` (L1/L2 norm of each channel's consumer input slices) or `random`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .analysis import Analysis, Group
+from .errors import UserError
+
+
+@dataclass
+class Selection:
+    kept: dict[int, np.ndarray] = field(default_factory=dict)
+    gamma: dict[int, np.ndarray] = field(default_factory=dict)
+
+    def class_arrays(self, analysis: Analysis) -> tuple[np.ndarray, np.ndarray]:
+        """Per-class keep mask and γ, for the rewriter and the cost model."""
+        n = len(analysis.class_of)
+        keep = np.ones(n, dtype=bool)
+        gamma = np.ones(n, dtype=np.float64)
+        for gid, idx in self.kept.items():
+            classes = analysis.groups[gid].classes
+            keep[classes] = False
+            keep[classes[idx]] = True
+            gamma[classes[idx]] = self.gamma.get(gid, np.ones(len(idx)))
+        return keep, gamma
+
+
+def _round(n: float, group: Group, round_to: int, min_channels: int) -> int:
+    """Round a channel count up to a multiple of `round_to` (and of the group's block count)."""
+    step = max(1, round_to)
+    blocks = group.n_blocks
+    if blocks > 1:
+        step = int(np.lcm(step, blocks))
+    k = int(np.ceil(n / step - 1e-9)) * step
+    if k > group.channels:  # the multiple does not fit: fall back to block granularity
+        k = int(np.ceil(n / blocks - 1e-9)) * blocks
+    lo = max(min_channels, 1)
+    lo = int(np.ceil(lo / blocks)) * blocks
+    return int(min(group.channels, max(k, lo)))
+
+
+def counts_for_ratio(analysis: Analysis, ratio: float, round_to: int = 1, min_channels: int = 1,
+                     overrides: dict[int, int] | None = None) -> dict[int, int]:
+    counts = {g.id: _round(ratio * g.channels, g, round_to, min_channels) for g in analysis.prunable}
+    for gid, n in (overrides or {}).items():
+        counts[gid] = n
+    return counts
+
+
+def macs_for_counts(analysis: Analysis, counts: dict[int, int]) -> int:
+    """MACs when each group keeps its first `n` channels (MACs depend on counts only)."""
+    from .cost import macs
+    keep = np.ones(len(analysis.class_of), dtype=bool)
+    for gid, n in counts.items():
+        cls = analysis.groups[gid].classes
+        keep[cls[n:]] = False
+    return macs(analysis, keep)
+
+
+def counts_for_flops(analysis: Analysis, fraction: float, round_to: int = 1, min_channels: int = 1,
+                     overrides: dict[int, int] | None = None, tolerance: float = 0.02) -> dict[int, int]:
+    """Search the uniform keep ratio so the kept MACs land within `tolerance` of `fraction`."""
+    if not 0 < fraction <= 1:
+        raise UserError(f"--flops {fraction}: must be in (0, 1]")
+    total = sum(c.macs for c in analysis.costs)
+    if total == 0:
+        raise UserError("model has no MACs to reduce (no Conv, Gemm or MatMul)")
+    target = fraction * total
+    lo, hi = 0.0, 1.0
+    best = counts_for_ratio(analysis, 1.0, round_to, min_channels, overrides)
+    floor_counts = counts_for_ratio(analysis, 0.0, round_to, min_channels, overrides)
+    floor = macs_for_counts(analysis, floor_counts)
+    if floor > target * (1 + tolerance):
+        raise UserError(f"--flops {fraction}: unreachable; the fewest MACs this model allows "
+                        f"(frozen groups, --min-channels, --round-to) is {floor / total:.3f} of the original")
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        counts = counts_for_ratio(analysis, mid, round_to, min_channels, overrides)
+        if macs_for_counts(analysis, counts) > target:
+            hi = mid
+        else:
+            lo = mid
+            best = counts
+    best_lo = counts_for_ratio(analysis, lo, round_to, min_channels, overrides)
+    best_hi = counts_for_ratio(analysis, hi, round_to, min_channels, overrides)
+    best = min((best_lo, best_hi), key=lambda c: abs(macs_for_counts(analysis, c) - target))
+    return _refine(analysis, best, target, round_to, min_channels, set(overrides or {}))
+
+
+def _refine(analysis: Analysis, counts: dict[int, int], target: float, round_to: int, min_channels: int,
+            fixed: set[int]) -> dict[int, int]:
+    """Move single groups one step up or down while that brings the MACs closer to the target
+    (uniform ratios are coarse on narrow layers)."""
+    counts = dict(counts)
+    err = abs(macs_for_counts(analysis, counts) - target)
+    for _ in range(4 * len(counts) + 8):
+        best = None
+        for gid, k in counts.items():
+            if gid in fixed:
+                continue
+            g = analysis.groups[gid]
+            step = int(np.lcm(max(1, round_to), g.n_blocks))
+            for k2 in (k - step, k + step):
+                if not max(min_channels, 1) <= k2 <= g.channels or k2 % g.n_blocks:
+                    continue
+                trial = dict(counts)
+                trial[gid] = k2
+                e = abs(macs_for_counts(analysis, trial) - target)
+                if e < err and (best is None or e < best[0]):
+                    best = (e, gid, k2)
+        if best is None:
+            break
+        err, gid, k2 = best
+        counts[gid] = k2
+    return counts
+
+
+def _scores_magnitude(analysis: Analysis, norm: str) -> dict[int, float]:
+    """Sum over consumers of each channel class's input-slice norm."""
+    scores: dict[int, float] = {}
+    roots = analysis.class_of
+    nodes = analysis.graph.nodes
+    for e in analysis.edits:
+        if e.kind not in ("consumer", "grouped_consumer"):
+            continue
+        w = np.asarray(nodes[e.node].inputs[e.input].values, dtype=np.float64)
+        if e.kind == "grouped_consumer":
+            per = _grouped_slices(w, e.groups)
+        else:
+            per = np.moveaxis(w, e.axis, 0).reshape(w.shape[e.axis], -1)
+        vals = np.abs(per).sum(1) if norm == "l1" else np.sqrt((per ** 2).sum(1))
+        for c, v in zip(roots[e.labels].tolist(), vals.tolist()):
+            scores[c] = scores.get(c, 0.0) + v
+    return scores
+
+
+def _grouped_slices(w: np.ndarray, groups: int) -> np.ndarray:
+    """Rows = input channels of a grouped Conv, columns = the weights reading that channel."""
+    cin_g, out_per = w.shape[1], w.shape[0] // groups
+    rows = []
+    for q in range(groups):
+        wq = w[q * out_per:(q + 1) * out_per]
+        rows.append(np.moveaxis(wq, 1, 0).reshape(cin_g, -1))
+    return np.concatenate(rows, axis=0)
+
+
+def _top_k(group: Group, scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k best channels, respecting equal counts per block (grouped conv)."""
+    nb = group.n_blocks
+    if nb == 1:
+        idx = np.argsort(-scores, kind="stable")[:k]
+    else:
+        per = k // nb
+        idx = np.concatenate([np.flatnonzero(group.blocks == b)[np.argsort(-scores[group.blocks == b],
+                                                                               kind="stable")[:per]]
+                              for b in range(nb)])
+    return np.sort(idx)
+
+
+def _ensure_segments(analysis: Analysis, group: Group, idx: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Every consumer / split piece of the group keeps at least one channel."""
+    pos = {c: i for i, c in enumerate(group.classes.tolist())}
+    kept = set(idx.tolist())
+    roots = analysis.class_of
+    for seg in analysis.segments:
+        members = [pos[c] for c in roots[seg].tolist() if c in pos]
+        if members and not kept.intersection(members) and len(members) == len(seg):
+            kept.add(max(members, key=lambda i: scores[i]))
+    return np.array(sorted(kept), dtype=np.int64)
+
+
+def select(analysis: Analysis, counts: dict[int, int], method: str = "magnitude", norm: str = "l1",
+           seed: int = 0, random_gamma: bool = False) -> Selection:
+    """Choose `counts[g]` channels of each group by `method` ('magnitude' or 'random')."""
+    rng = np.random.default_rng(seed)
+    scores_by_class = _scores_magnitude(analysis, norm) if method == "magnitude" else {}
+    sel = Selection()
+    for gid, k in counts.items():
+        group = analysis.groups[gid]
+        if method == "magnitude":
+            scores = np.array([scores_by_class.get(c, 0.0) for c in group.classes.tolist()])
+        elif method == "random":
+            scores = rng.random(group.channels)
+        else:
+            raise UserError(f"--method {method}: unknown selection method")
+        idx = _ensure_segments(analysis, group, _top_k(group, scores, k), scores)
+        sel.kept[gid] = idx
+        sel.gamma[gid] = rng.uniform(0.5, 1.5, len(idx)) if random_gamma else np.ones(len(idx))
+    return sel
