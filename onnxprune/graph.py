@@ -7,6 +7,9 @@ Normalisation (done once, before analysis, and the basis of every rewrite):
 """
 from __future__ import annotations
 
+import contextlib
+import io
+
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
@@ -39,12 +42,27 @@ def normalise(model: onnx.ModelProto) -> onnx.ModelProto:
             name = f"{name}_{i}"
         node.name = name
         seen.add(name)
-    if m.ByteSize() < 2**31 - 1024:
-        try:
-            m = onnx.shape_inference.infer_shapes(m, data_prop=True)
-        except Exception:  # shape inference is best effort: handlers freeze what lacks shapes
-            pass
-    return m
+    return infer_shapes(m)
+
+
+def infer_shapes(m: onnx.ModelProto) -> onnx.ModelProto:
+    """ONNX Runtime's symbolic shape inference (it follows shapes computed at run time, e.g.
+    `x.view(x.size(0), -1)`), falling back to ONNX's; best effort, since handlers freeze what
+    lacks a shape."""
+    if m.ByteSize() >= 2**31 - 1024:
+        return m
+    try:
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            out = SymbolicShapeInference.infer_shapes(m, auto_merge=True, guess_output_rank=True)
+        if out is not None:
+            return out
+    except Exception:
+        pass
+    try:
+        return onnx.shape_inference.infer_shapes(m, data_prop=True)
+    except Exception:
+        return m
 
 
 def import_graph(model: onnx.ModelProto) -> gs.Graph:
