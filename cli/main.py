@@ -10,7 +10,7 @@ import click
 
 from onnxprune import api
 from onnxprune.errors import UserError
-from onnxprune.modelio import check_output_path, save_model
+from onnxprune.modelio import atomic_write_bytes, check_output_path, path_uses_external_data, save_model
 
 
 def user_errors(fn):
@@ -101,11 +101,11 @@ def prune(model, output, method, keep_ratio, flops, round_to, min_channels, keep
         raise UserError("give a target: --keep-ratio R or --flops F")
     pruned, report = api.prune(model, method=method, keep_ratio=keep_ratio, flops=flops, round_to=round_to,
                                min_channels=min_channels, keep=_parse_keep(keep), norm=norm, seed=seed)
-    save_model(pruned, output)
+    external = path_uses_external_data(model) or None  # weights beside the input: same for the output
+    save_model(pruned, output, external_data=external)
     if masked_path:
-        save_model(api.masked_reference(report), masked_path)
+        save_model(api.masked_reference(report), masked_path, external_data=external)
     if report_path:
-        from onnxprune.modelio import atomic_write_bytes
         atomic_write_bytes(report_path, report.to_json().encode())
     click.echo(report.summary())
     click.echo(f"wrote {output}")

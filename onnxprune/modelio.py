@@ -35,6 +35,14 @@ def uses_external_data(model: onnx.ModelProto) -> bool:
                for t in external_data_helper._get_all_tensors(model))
 
 
+def path_uses_external_data(path: str | os.PathLike) -> bool:
+    """Whether the model file keeps its weights in external data files (checked without loading them)."""
+    try:
+        return uses_external_data(onnx.load(str(path), load_external_data=False))
+    except Exception:
+        return False
+
+
 def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     """Load a model (and its external data, if any) with clear errors for bad files."""
     path = Path(path)

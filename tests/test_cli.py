@@ -1,0 +1,126 @@
+"""The command line: outputs, report fields, and the bad-input matrix (exit 2, one line, no file)."""
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto, helper
+
+import zoo
+from cli.main import main
+from helpers import rel_err, run
+
+
+@pytest.fixture
+def model_path(zoo_models, tmp_path):
+    z = next(z for z in zoo_models if z.name == "basic_res" and z.exporter == "ts17")
+    dst = tmp_path / "model.onnx"
+    shutil.copy(z.path, dst)
+    return dst
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_analyze_json(model_path):
+    res = invoke("analyze", model_path, "--json")
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert data["macs"] > 0 and data["params"] > 0
+    keys = {"id", "channels", "frozen", "reason", "producers", "consumers", "macs_share"}
+    assert all(keys <= set(g) for g in data["groups"])
+    assert any(not g["frozen"] for g in data["groups"])
+    assert invoke("analyze", model_path).exit_code == 0
+
+
+def test_prune_writes_model_report_and_masked_reference(model_path, tmp_path):
+    out, rep, masked = tmp_path / "p.onnx", tmp_path / "r.json", tmp_path / "m.onnx"
+    res = invoke("prune", model_path, "-o", out, "--flops", "0.5", "--report", rep, "--masked-reference", masked)
+    assert res.exit_code == 0, res.output
+    r = json.loads(rep.read_text())
+    assert abs(r["macs_after"] / r["macs_before"] - 0.5) <= 0.02 * 0.5 + 0.02
+    assert r["params_after"] < r["params_before"]
+    assert all({"id", "channels", "kept", "gamma"} <= set(g) for g in r["groups"])
+    feeds = {"input": np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype(np.float32)}
+    assert rel_err(run(onnx.load(out), feeds), run(onnx.load(masked), feeds)) <= 1e-4
+    assert "MACs" in res.stdout
+
+
+def test_eval_json(model_path, tmp_path):
+    out = tmp_path / "p.onnx"
+    assert invoke("prune", model_path, "-o", out, "--keep-ratio", "0.5").exit_code == 0
+    x = np.random.default_rng(0).standard_normal((20, 3, 16, 16)).astype(np.float32)
+    data = tmp_path / "d.npz"
+    np.savez(data, input=x, labels=np.arange(20) % 10)
+    res = invoke("eval", model_path, out, "--data", data, "--json")
+    assert res.exit_code == 0, res.output
+    r = json.loads(res.stdout)
+    assert 0 <= r["agreement"] <= 1 and r["kl"] >= 0 and r["accuracy_original"] is not None
+    res = invoke("eval", model_path, model_path, "--data", data, "--json")
+    assert json.loads(res.stdout)["agreement"] == 1.0
+    np.savez(data, input=x)
+    assert json.loads(invoke("eval", model_path, out, "--data", data, "--json").stdout)["accuracy_pruned"] is None
+
+
+def _no_conv_model(path):
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+BAD = {
+    "missing file": lambda d, m: ["prune", d / "nope.onnx", "-o", d / "o.onnx", "--flops", "0.5"],
+    "truncated": lambda d, m: ["prune", _truncated(d, m), "-o", d / "o.onnx", "--flops", "0.5"],
+    "random bytes": lambda d, m: ["prune", _random_bytes(d), "-o", d / "o.onnx", "--flops", "0.5"],
+    "no conv": lambda d, m: ["prune", _no_conv_model(d / "relu.onnx"), "-o", d / "o.onnx", "--flops", "0.5"],
+    "flops 0": lambda d, m: ["prune", m, "-o", d / "o.onnx", "--flops", "0"],
+    "no target": lambda d, m: ["prune", m, "-o", d / "o.onnx"],
+    "output is input": lambda d, m: ["prune", m, "-o", m, "--flops", "0.5"],
+    "missing folder": lambda d, m: ["prune", m, "-o", d / "nodir" / "o.onnx", "--flops", "0.5"],
+    "output is folder": lambda d, m: ["prune", m, "-o", d, "--flops", "0.5"],
+    "bad keep": lambda d, m: ["prune", m, "-o", d / "o.onnx", "--flops", "0.5", "--keep", "999=3"],
+    "eval wrong key": lambda d, m: ["eval", m, m, "--data", _npz(d, x=np.zeros((2, 3, 16, 16), np.float32))],
+    "eval wrong shape": lambda d, m: ["eval", m, m, "--data", _npz(d, input=np.zeros((2, 3, 8, 8), np.float32))],
+    "eval wrong dtype": lambda d, m: ["eval", m, m, "--data", _npz(d, input=np.zeros((2, 3, 16, 16)))],
+    "eval nan": lambda d, m: ["eval", m, m, "--data", _npz(d, input=np.full((2, 3, 16, 16), np.nan, np.float32))],
+    "eval pickled": lambda d, m: ["eval", m, m, "--data", _npz(d, input=np.array([{"a": 1}], dtype=object))],
+}
+
+
+def _truncated(d, m):
+    p = d / "trunc.onnx"
+    p.write_bytes(m.read_bytes()[:200])
+    return p
+
+
+def _random_bytes(d):
+    p = d / "rand.onnx"
+    p.write_bytes(np.random.default_rng(0).bytes(4096))
+    return p
+
+
+def _npz(d, **arrays):
+    p = d / "data.npz"
+    np.savez(p, **arrays)
+    return p
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input_is_one_line_exit_2_no_output(case, model_path, tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    before = {p.name for p in work.iterdir()}
+    args = BAD[case](work, model_path)
+    before = {p.name for p in work.iterdir()}
+    original = model_path.read_bytes()
+    res = invoke(*args)
+    assert res.exit_code == 2, (res.output, res.stderr)
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
+    assert {p.name for p in work.iterdir()} == before, "no output file may be left behind"
+    assert model_path.read_bytes() == original
