@@ -54,72 +54,35 @@ def counts_for_ratio(analysis: Analysis, ratio: float, round_to: int = 1, min_ch
     return counts
 
 
-def macs_for_counts(analysis: Analysis, counts: dict[int, int]) -> int:
-    """MACs when each group keeps its first `n` channels (MACs depend on counts only)."""
-    from .cost import macs
-    keep = np.ones(len(analysis.class_of), dtype=bool)
-    for gid, n in counts.items():
-        cls = analysis.groups[gid].classes
-        keep[cls[n:]] = False
-    return macs(analysis, keep)
+def counts_for_target(analysis: Analysis, fraction: float, what: str = "flops", round_to: int = 1,
+                      min_channels: int = 1, overrides: dict[int, int] | None = None,
+                      tolerance: float = 0.02) -> dict[int, int]:
+    """Search the uniform keep ratio so the kept MACs (what='flops') or parameters (what='params')
+    land within `tolerance` of `fraction`, then nudge single groups towards the target."""
+    from .allocation import check_reachable, macs_model, params_model, refine
+    if not 0 < fraction <= 1:
+        raise UserError(f"--{what} {fraction}: must be in (0, 1]")
+    model = macs_model(analysis) if what == "flops" else params_model(analysis)
+    if model.total <= 0:
+        raise UserError("model has no MACs to reduce (no Conv, Gemm or MatMul)")
+    target = fraction * model.total
+    check_reachable(model, counts_for_ratio(analysis, 0.0, round_to, min_channels, overrides), fraction, what,
+                    tolerance)
+    lo, hi = 0.0, 1.0
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        if model(model.vector(counts_for_ratio(analysis, mid, round_to, min_channels, overrides))) > target:
+            hi = mid
+        else:
+            lo = mid
+    cands = [counts_for_ratio(analysis, r, round_to, min_channels, overrides) for r in (lo, hi)]
+    best = min(cands, key=lambda c: abs(model(model.vector(c)) - target))
+    return refine(model, best, target, round_to, min_channels, set(overrides or {}))
 
 
 def counts_for_flops(analysis: Analysis, fraction: float, round_to: int = 1, min_channels: int = 1,
                      overrides: dict[int, int] | None = None, tolerance: float = 0.02) -> dict[int, int]:
-    """Search the uniform keep ratio so the kept MACs land within `tolerance` of `fraction`."""
-    if not 0 < fraction <= 1:
-        raise UserError(f"--flops {fraction}: must be in (0, 1]")
-    total = sum(c.macs for c in analysis.costs)
-    if total == 0:
-        raise UserError("model has no MACs to reduce (no Conv, Gemm or MatMul)")
-    target = fraction * total
-    lo, hi = 0.0, 1.0
-    best = counts_for_ratio(analysis, 1.0, round_to, min_channels, overrides)
-    floor_counts = counts_for_ratio(analysis, 0.0, round_to, min_channels, overrides)
-    floor = macs_for_counts(analysis, floor_counts)
-    if floor > target * (1 + tolerance):
-        raise UserError(f"--flops {fraction}: unreachable; the fewest MACs this model allows "
-                        f"(frozen groups, --min-channels, --round-to) is {floor / total:.3f} of the original")
-    for _ in range(40):
-        mid = (lo + hi) / 2
-        counts = counts_for_ratio(analysis, mid, round_to, min_channels, overrides)
-        if macs_for_counts(analysis, counts) > target:
-            hi = mid
-        else:
-            lo = mid
-            best = counts
-    best_lo = counts_for_ratio(analysis, lo, round_to, min_channels, overrides)
-    best_hi = counts_for_ratio(analysis, hi, round_to, min_channels, overrides)
-    best = min((best_lo, best_hi), key=lambda c: abs(macs_for_counts(analysis, c) - target))
-    return _refine(analysis, best, target, round_to, min_channels, set(overrides or {}))
-
-
-def _refine(analysis: Analysis, counts: dict[int, int], target: float, round_to: int, min_channels: int,
-            fixed: set[int]) -> dict[int, int]:
-    """Move single groups one step up or down while that brings the MACs closer to the target
-    (uniform ratios are coarse on narrow layers)."""
-    counts = dict(counts)
-    err = abs(macs_for_counts(analysis, counts) - target)
-    for _ in range(4 * len(counts) + 8):
-        best = None
-        for gid, k in counts.items():
-            if gid in fixed:
-                continue
-            g = analysis.groups[gid]
-            step = int(np.lcm(max(1, round_to), g.n_blocks))
-            for k2 in (k - step, k + step):
-                if not max(min_channels, 1) <= k2 <= g.channels or k2 % g.n_blocks:
-                    continue
-                trial = dict(counts)
-                trial[gid] = k2
-                e = abs(macs_for_counts(analysis, trial) - target)
-                if e < err and (best is None or e < best[0]):
-                    best = (e, gid, k2)
-        if best is None:
-            break
-        err, gid, k2 = best
-        counts[gid] = k2
-    return counts
+    return counts_for_target(analysis, fraction, "flops", round_to, min_channels, overrides, tolerance)
 
 
 def _scores_magnitude(analysis: Analysis, norm: str) -> dict[int, float]:

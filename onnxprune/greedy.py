@@ -1,0 +1,140 @@
+"""Greedy selection on a group's statistics (G, c, rr): loss(S, γ) = rr − 2γᵀc_S + γᵀG_SSγ.
+
+- `greedy_local`: forward selection with a least-squares refit of γ after every pick (free γ);
+  incremental Cholesky keeps choosing n of C channels at O(C·n²).
+- `greedy_convex`: the paper's convex-hull step: f ← (1−η)f + η·M·Z_k with the best η ∈ [0, 1] by
+  exact line search (M = number of channels, so the original Σ_k Z_k lies in the hull).
+- `gfs`: greedy forward selection with the fixed step η = 1/t, then one optimal global scale.
+Channels may be picked again by the last two (that only moves γ). `quota` limits picks per block
+(grouped convolutions keep equal counts per block).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass
+class Path:
+    order: list[int]          # channels in the order they were first picked
+    losses: np.ndarray        # loss with the first n channels, n = 0..len(order)
+    gamma: np.ndarray | None = None   # γ for all of `order` (convex/gfs), None: least squares
+    steps: list[float] | None = None  # line-search step sizes (convex/gfs)
+
+
+def _allowed(blocks: np.ndarray | None, quota: int | None, taken: np.ndarray, size: int) -> np.ndarray:
+    """Channels whose block has not yet used its quota of picks."""
+    if blocks is None or quota is None:
+        return np.ones(size, dtype=bool)
+    counts = np.bincount(blocks[taken], minlength=blocks.max() + 1)
+    return counts[blocks] < quota
+
+
+def greedy_local(G: np.ndarray, c: np.ndarray, rr: float, n: int, blocks=None, quota=None) -> Path:
+    C = len(c)
+    n = min(n, C)
+    diag = np.diag(G).astype(np.float64).copy()
+    V = np.zeros((n, C))              # rows: L⁻¹ G_{S,·}
+    d = diag.copy()                   # G_kk − ‖v_k‖²
+    r = c.astype(np.float64).copy()   # c_k − v_kᵀ z
+    taken = np.zeros(C, dtype=bool)
+    order, losses, loss = [], [rr], rr
+    eps = 1e-12 * max(float(diag.max()), 1e-300)
+    for step in range(n):
+        ok = ~taken & _allowed(blocks, quota, np.flatnonzero(taken), C) & (d > eps)
+        if not ok.any():
+            ok = ~taken & _allowed(blocks, quota, np.flatnonzero(taken), C)
+            if not ok.any():
+                break
+            k = int(np.flatnonzero(ok)[np.argmax(diag[ok])])  # degenerate: add without gain
+            gain = 0.0
+        else:
+            score = np.where(ok, r * r / np.maximum(d, eps), -np.inf)
+            k = int(np.argmax(score))
+            gain = float(score[k])
+        lkk = np.sqrt(max(d[k], eps))
+        e = (G[k] - V[:step, k] @ V[:step]) / lkk  # new row of L⁻¹ G_{S,·}
+        z = r[k] / lkk
+        V[step] = e
+        d -= e * e
+        r -= e * z
+        taken[k] = True
+        d[k] = 0.0
+        order.append(k)
+        loss = max(loss - gain, 0.0)
+        losses.append(loss)
+    return Path(order, np.array(losses))
+
+
+def ls_gamma(G: np.ndarray, c: np.ndarray, idx) -> np.ndarray:
+    """Least-squares γ on a kept set (torch.linalg; minimum-norm if G_SS is singular)."""
+    idx = np.asarray(idx, dtype=np.int64)
+    if len(idx) == 0:
+        return np.zeros(0)
+    Gs = torch.from_numpy(np.ascontiguousarray(G[np.ix_(idx, idx)]))
+    cs = torch.from_numpy(np.ascontiguousarray(c[idx]))[:, None]
+    jitter = 1e-10 * float(torch.diagonal(Gs).abs().mean() + 1e-300)
+    sol = torch.linalg.lstsq(Gs + jitter * torch.eye(len(idx), dtype=Gs.dtype), cs, driver="gelsd").solution
+    return sol[:, 0].numpy()
+
+
+def _hull_path(G, c, rr, n, blocks, quota, fixed_step: bool, max_steps: int | None = None) -> Path:
+    C = len(c)
+    n = min(n, C)
+    M = float(C)
+    gamma = np.zeros(C)
+    Gg = np.zeros(C)       # G γ
+    loss = rr
+    order, losses, steps = [], [rr], []
+    diag = np.diag(G)
+    t = 0
+    max_steps = max_steps or 4 * n + 8
+    while len(order) < n and t < max_steps:
+        t += 1
+        taken = np.array(order, dtype=np.int64)
+        ok = _allowed(blocks, quota, taken, C) | np.isin(np.arange(C), taken)
+        gGg, gc = float(gamma @ Gg), float(gamma @ c)
+        # f(η) = loss + η·b + η²·a  for moving γ towards M·e_k
+        a = M * M * diag - 2 * M * Gg + gGg
+        b = 2 * (M * (Gg - c) - (gGg - gc))
+        if fixed_step:
+            eta = np.full(C, 1.0 / t)
+        else:
+            eta = np.clip(np.where(a > 0, -b / (2 * np.where(a > 0, a, 1)), 1.0), 0.0, 1.0)
+        new_loss = np.where(ok, loss + eta * b + eta * eta * a, np.inf)
+        if not fixed_step and len(order) < n:
+            # a step must not stall: among new channels take the best even if another re-pick is better
+            fresh = ok & ~np.isin(np.arange(C), taken)
+            if fresh.any() and t > 2 * n:
+                new_loss = np.where(fresh, new_loss, np.inf)
+        k = int(np.argmin(new_loss))
+        e = float(eta[k])
+        gamma *= (1 - e)
+        Gg *= (1 - e)
+        gamma[k] += e * M
+        Gg += e * M * G[:, k]
+        loss = max(float(new_loss[k]), 0.0)
+        steps.append(e)
+        if k not in order:
+            order.append(k)
+            losses.append(loss)
+    if fixed_step:  # "scaled to match": one optimal scale of the whole combination
+        gGg, gc = float(gamma @ G @ gamma), float(gamma @ c)
+        if gGg > 0:
+            gamma *= gc / gGg
+            loss = rr - gc * gc / gGg
+            losses[-1] = min(losses[-1], loss)
+    return Path(order, np.array(losses), gamma, steps)
+
+
+def greedy_convex(G, c, rr, n, blocks=None, quota=None) -> Path:
+    return _hull_path(G, c, rr, n, blocks, quota, fixed_step=False)
+
+
+def gfs(G, c, rr, n, blocks=None, quota=None) -> Path:
+    return _hull_path(G, c, rr, n, blocks, quota, fixed_step=True)
+
+
+SELECTORS = {"greedy-local": greedy_local, "greedy-convex": greedy_convex, "gfs": gfs}

@@ -1,0 +1,161 @@
+"""Sufficient statistics of consumers, accumulated batch by batch (DESIGN.md, "Greedy selection").
+
+Each consumer (Conv, Gemm, MatMul reading a group) is seen as a linear map over *features*: for a
+Conv the entries of its input patches (channel-major, as `torch.nn.functional.unfold` lays them),
+for Gemm/MatMul its input features (after Flatten each channel is H·W features). Per consumer we
+accumulate, over sampled output positions, with a constant feature appended for the bias:
+
+    A = X̃ᵀX̃   (F+1)×(F+1)        B = X̃ᵀY   (F+1)×out        yy = Σ‖Y‖²
+
+where X are the inputs in the network pruned so far and Y the original network's outputs. The Gram
+matrix G and cross term c of a group, the loss of any (S, γ), and the ridge refit of a consumer's
+whole weight all follow from these, so memory is bounded by F², never by the data set.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+class NotSupported(Exception):
+    """A consumer whose statistics onnxprune cannot compute (the group falls back to magnitude)."""
+
+
+@dataclass
+class Consumer:
+    node: int                  # index in the analysis graph
+    name: str
+    op: str
+    input: str                 # tensor read (in the network pruned so far)
+    output: str                # tensor written (in the original network)
+    weight_input: int
+    labels: np.ndarray         # channel label (atom) of every feature
+    conv: dict = field(default_factory=dict)
+
+    def dense(self, w: np.ndarray, bias: np.ndarray | None, attrs: dict) -> tuple[np.ndarray, np.ndarray]:
+        """Weight as (out × F) over features, and the bias (out)."""
+        if self.op == "Conv":
+            group = int(attrs.get("group", 1))
+            cout, cin_g = w.shape[0], w.shape[1]
+            k = int(np.prod(w.shape[2:]))
+            dense = np.zeros((cout, cin_g * group, k), dtype=np.float64)
+            per = cout // group
+            for q in range(group):
+                dense[q * per:(q + 1) * per, q * cin_g:(q + 1) * cin_g] = w[q * per:(q + 1) * per].reshape(per, cin_g, k)
+            dense = dense.reshape(cout, -1)
+        elif self.op == "Gemm":
+            b = w.T if attrs.get("transB", 0) else w
+            dense = float(attrs.get("alpha", 1.0)) * b.T
+        else:  # MatMul
+            dense = w.T
+        out = dense.shape[0]
+        if bias is None:
+            bvec = np.zeros(out)
+        else:
+            bvec = np.broadcast_to(np.asarray(bias, np.float64).reshape(-1) if bias.size == out else bias, (out,))
+            if self.op == "Gemm":
+                bvec = bvec * float(attrs.get("beta", 1.0))
+        return np.asarray(dense, np.float64), np.asarray(bvec, np.float64)
+
+    def features(self, x: np.ndarray, y: np.ndarray, first: int, max_positions: int | None, seed: int):
+        """Rows of features and outputs at sampled positions; sampling depends on the sample index
+        only (not on batching)."""
+        xt = torch.from_numpy(np.asarray(x, np.float64))
+        yt = torch.from_numpy(np.asarray(y, np.float64))
+        if self.op == "Conv":
+            if xt.ndim != 4:
+                raise NotSupported(f"{self.name}: only 2-D convolutions have statistics")
+            c = self.conv
+            pads = c["pads"]
+            xt = F.pad(xt, (pads[1], pads[3], pads[0], pads[2]))
+            cols = F.unfold(xt, c["kernel"], dilation=c["dilations"], stride=c["strides"])  # N, F, L
+            rows_x = cols.transpose(1, 2)                     # N, L, F
+            rows_y = yt.reshape(yt.shape[0], yt.shape[1], -1).transpose(1, 2)  # N, L, out
+        else:
+            rows_x = xt.reshape(xt.shape[0], -1, xt.shape[-1])
+            rows_y = yt.reshape(yt.shape[0], -1, yt.shape[-1])
+        if rows_x.shape[1] != rows_y.shape[1]:
+            raise NotSupported(f"{self.name}: input patches do not match output positions")
+        n_pos = rows_x.shape[1]
+        if max_positions and n_pos > max_positions:
+            idx = np.stack([np.random.default_rng((seed, first + i, self.node)).choice(n_pos, max_positions,
+                                                                                    replace=False)
+                            for i in range(rows_x.shape[0])])
+            idx_t = torch.from_numpy(idx)
+            rows_x = torch.gather(rows_x, 1, idx_t[..., None].expand(-1, -1, rows_x.shape[2]))
+            rows_y = torch.gather(rows_y, 1, idx_t[..., None].expand(-1, -1, rows_y.shape[2]))
+        return rows_x.reshape(-1, rows_x.shape[-1]), rows_y.reshape(-1, rows_y.shape[-1])
+
+
+class Stats:
+    """Streamed A = X̃ᵀX̃, B = X̃ᵀY, yy for one consumer."""
+
+    def __init__(self, n_features: int, n_out: int, device: str = "cpu"):
+        self.A = torch.zeros(n_features + 1, n_features + 1, dtype=torch.float64, device=device)
+        self.B = torch.zeros(n_features + 1, n_out, dtype=torch.float64, device=device)
+        self.yy = 0.0
+        self.rows = 0
+
+    def add(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        x = x.to(self.A.device)
+        y = y.to(self.A.device)
+        xa = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype, device=x.device)], 1)
+        self.A += xa.T @ xa
+        self.B += xa.T @ y
+        self.yy += float((y * y).sum())
+        self.rows += len(x)
+
+    def numpy(self):
+        return self.A.cpu().numpy(), self.B.cpu().numpy(), self.yy
+
+
+def group_terms(stats: list[tuple[Stats, np.ndarray, np.ndarray, np.ndarray]], n_channels: int):
+    """G, c, rr of one group summed over its consumers.
+
+    Each consumer comes as (stats, W̃ = [W, b] out×(F+1) current weights, member: group channel index of
+    every feature or -1, alive: features still kept by earlier decisions). The loss of kept set S with
+    scales γ is rr − 2γᵀc_S + γᵀG_SSγ: the group's features are scaled by γ, all others stay as they are.
+    """
+    G = np.zeros((n_channels, n_channels))
+    c = np.zeros(n_channels)
+    rr = 0.0
+    for st, wt, member, alive in stats:
+        A, B, yy = st.numpy()
+        mem = np.append(member, -1)
+        live = np.append(alive, True)
+        g = np.flatnonzero(mem >= 0)
+        phi = np.flatnonzero((mem < 0) & live)
+        S = np.zeros((len(g), n_channels))
+        S[np.arange(len(g)), mem[g]] = 1.0
+        Wg, Wp = wt[:, g], wt[:, phi]
+        G += S.T @ ((Wg.T @ Wg) * A[np.ix_(g, g)]) @ S
+        resid = B[g] - A[np.ix_(g, phi)] @ Wp.T          # F_g × out
+        c += S.T @ (resid * Wg.T).sum(1)
+        rr += yy - 2 * float((Wp.T * B[phi]).sum()) + float(np.einsum("of,fh,oh->", Wp, A[np.ix_(phi, phi)], Wp))
+    return G, c, rr
+
+
+def loss(G, c, rr, idx, gamma) -> float:
+    idx = np.asarray(idx, dtype=np.int64)
+    g = np.asarray(gamma, np.float64)
+    return float(rr - 2 * g @ c[idx] + g @ G[np.ix_(idx, idx)] @ g)
+
+
+def ridge_refit(st: Stats, keep_features: np.ndarray, ridge: float) -> tuple[np.ndarray, float, float]:
+    """Least-squares refit of a consumer's whole weight on its kept features and bias.
+
+    Returns (W̃' out×(F+1) with zeros on removed features, loss, loss of the all-zero weight)."""
+    A, B, yy = st.numpy()
+    k = np.append(np.flatnonzero(keep_features), A.shape[0] - 1)
+    Akk = torch.from_numpy(A[np.ix_(k, k)])
+    reg = ridge * float(torch.diagonal(Akk)[:-1].mean()) if len(k) > 1 else 0.0
+    eye = torch.eye(len(k), dtype=torch.float64)
+    eye[-1, -1] = 0.0
+    sol = torch.linalg.lstsq(Akk + reg * eye, torch.from_numpy(B[k])).solution.numpy()  # |K| × out
+    w = np.zeros((B.shape[1], A.shape[0]))
+    w[:, k] = sol.T
+    ls = float(yy - 2 * (sol * B[k]).sum() + np.einsum("ko,kj,jo->", sol, A[np.ix_(k, k)], sol))
+    return w, max(ls, 0.0), yy

@@ -1,0 +1,57 @@
+"""Activation taps: an ONNX Runtime session of a model whose outputs are the tensors a group needs.
+
+The graph is cut after the tapped tensors, so early groups cost a fraction of a full forward pass.
+CUDAExecutionProvider is used when onnxruntime-gpu sees a GPU, CPU otherwise (logged once).
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+import onnxruntime as ort
+
+from .graph import import_graph
+from .rewrite import finish
+
+log = logging.getLogger("onnxprune")
+_PROVIDERS: list[str] | None = None
+
+
+def providers() -> list[str]:
+    global _PROVIDERS
+    if _PROVIDERS is None:
+        avail = ort.get_available_providers()
+        _PROVIDERS = (["CUDAExecutionProvider", "CPUExecutionProvider"] if "CUDAExecutionProvider" in avail
+                      else ["CPUExecutionProvider"])
+        log.info("activation taps run on ONNX Runtime %s", "CUDA" if len(_PROVIDERS) == 2 else "CPU")
+    return _PROVIDERS
+
+
+class Tap:
+    """Run `model` and return the named tensors (graph cut after them)."""
+
+    def __init__(self, model: onnx.ModelProto, names: list[str]):
+        graph = import_graph(model)
+        tensors = graph.tensors()
+        self.names = list(dict.fromkeys(names))
+        outs = []
+        for n in self.names:
+            t = tensors[n]
+            if isinstance(t, gs.Constant):
+                raise ValueError(f"cannot tap constant '{n}'")
+            if t.dtype is None:
+                t.dtype = np.float32
+            outs.append(t)
+        graph.outputs = outs
+        graph.cleanup(remove_unused_graph_inputs=False)
+        cut = finish(graph, model)
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        self.session = ort.InferenceSession(cut.SerializeToString(), opts, providers=providers())
+        self.inputs = {i.name for i in self.session.get_inputs()}
+
+    def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        got = self.session.run(self.names, {k: v for k, v in feeds.items() if k in self.inputs})
+        return dict(zip(self.names, got))
