@@ -78,29 +78,48 @@ def _parse_keep(values):
 @main.command()
 @click.argument("model", type=click.Path(dir_okay=True))
 @click.option("-o", "--output", required=True, type=click.Path(), help="Pruned model path.")
-@click.option("--method", default="magnitude", show_default=True, type=click.Choice(api.METHODS))
+@click.option("--method", default="greedy-local", show_default=True, type=click.Choice(api.METHODS),
+              help="How channels are chosen.")
+@click.option("--calib", type=click.Path(), help="Calibration data: .npz/.npy file or folder, or image folder.")
+@click.option("--refit", type=click.Choice(["none", "gamma", "full"]),
+              help="Re-fit after selection  [default: full with --calib, none without]")
 @click.option("--keep-ratio", type=float, help="Keep this fraction of the channels of every group.")
 @click.option("--flops", type=float, help="Keep this fraction of the original MACs (within 2%).")
+@click.option("--params", type=float, help="Keep this fraction of the original parameters (within 2%).")
+@click.option("--allocate", type=click.Choice(["uniform", "loss"]),
+              help="Spread a --flops/--params target uniformly or by imitation loss per MAC  "
+                   "[default: loss for greedy methods]")
 @click.option("--round-to", default=1, show_default=True, help="Kept counts are multiples of K (8 suits TensorRT).")
 @click.option("--min-channels", default=1, show_default=True, help="Never keep fewer channels in a group.")
 @click.option("--keep", "keep", multiple=True, metavar="GROUP=N", help="Per-group kept count (repeatable).")
 @click.option("--norm", default="l1", show_default=True, type=click.Choice(["l1", "l2"]),
               help="Norm for --method magnitude.")
-@click.option("--seed", default=0, show_default=True, help="Seed for --method random.")
+@click.option("--seed", default=0, show_default=True, help="Seed for --method random and position sampling.")
+@click.option("--batch-size", default=32, show_default=True, help="Calibration batch size.")
+@click.option("--max-positions", default=64, show_default=True,
+              help="Spatial positions sampled per image and layer for statistics (0: all).")
+@click.option("--holdout", default=0.1, show_default=True, help="Share of calibration samples held out.")
+@click.option("--preprocess", default="none", show_default=True, type=click.Choice(["none", "imagenet"]),
+              help="Preset for image folders.")
+@click.option("--image-size", type=int, help="Image side for image folders (default: the model's).")
 @click.option("--report", "report_path", type=click.Path(), help="Write the report JSON here.")
 @click.option("--masked-reference", "masked_path", type=click.Path(),
               help="Also write the masked reference (original topology, removed channels zeroed).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @user_errors
-def prune(model, output, method, keep_ratio, flops, round_to, min_channels, keep, norm, seed, report_path,
-          masked_path):
+def prune(model, output, method, calib, refit, keep_ratio, flops, params, allocate, round_to, min_channels, keep,
+          norm, seed, batch_size, max_positions, holdout, preprocess, image_size, report_path, masked_path, quiet):
     """Prune MODEL to a target and write the smaller model to OUTPUT."""
     for path in (output, report_path, masked_path):
         if path:
             check_output_path(path, model)
-    if keep_ratio is None and flops is None:
-        raise UserError("give a target: --keep-ratio R or --flops F")
-    pruned, report = api.prune(model, method=method, keep_ratio=keep_ratio, flops=flops, round_to=round_to,
-                               min_channels=min_channels, keep=_parse_keep(keep), norm=norm, seed=seed)
+    if keep_ratio is None and flops is None and params is None:
+        raise UserError("give a target: --keep-ratio R, --flops F or --params P")
+    pruned, report = api.prune(model, calib, method=method, refit=refit, keep_ratio=keep_ratio, flops=flops,
+                               params=params, allocate=allocate, round_to=round_to, min_channels=min_channels,
+                               keep=_parse_keep(keep), norm=norm, seed=seed, batch_size=batch_size,
+                               max_positions=max_positions or None, holdout=holdout, preprocess=preprocess,
+                               image_size=image_size, quiet=quiet)
     external = path_uses_external_data(model) or None  # weights beside the input: same for the output
     save_model(pruned, output, external_data=external)
     if masked_path:

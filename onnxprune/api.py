@@ -16,10 +16,10 @@ from .errors import UserError
 from .modelio import check_model, load_model
 from .report import GroupReport, Report
 from .rewrite import Rewriter
-from .selection import Selection, counts_for_flops, counts_for_ratio, select
+from .selection import Selection, counts_for_ratio, counts_for_target, select
 
 log = logging.getLogger("onnxprune")
-METHODS = ("magnitude", "random")
+METHODS = ("greedy-local", "greedy-convex", "gfs", "magnitude", "random")
 
 
 def _as_model(model) -> tuple[onnx.ModelProto, str]:
@@ -40,24 +40,6 @@ def analyze(model) -> Analysis:
     return analysis
 
 
-def target_counts(analysis: Analysis, keep_ratio=None, flops=None, round_to=1, min_channels=1,
-                  keep=None) -> tuple[dict[int, int], dict]:
-    """Kept channel count per prunable group for a target (exactly one of keep_ratio, flops)."""
-    if (keep_ratio is None) == (flops is None):
-        raise UserError("give exactly one target: --keep-ratio or --flops")
-    if round_to < 1:
-        raise UserError(f"--round-to {round_to}: must be >= 1")
-    if min_channels < 1:
-        raise UserError(f"--min-channels {min_channels}: must be >= 1")
-    overrides = _overrides(analysis, keep or {})
-    if keep_ratio is not None:
-        if not 0 < keep_ratio <= 1:
-            raise UserError(f"--keep-ratio {keep_ratio}: must be in (0, 1]")
-        return counts_for_ratio(analysis, keep_ratio, round_to, min_channels, overrides), \
-            {"keep_ratio": keep_ratio}
-    return counts_for_flops(analysis, flops, round_to, min_channels, overrides), {"flops": flops}
-
-
 def _overrides(analysis: Analysis, keep: dict) -> dict[int, int]:
     out = {}
     for gid, n in keep.items():
@@ -76,45 +58,92 @@ def _overrides(analysis: Analysis, keep: dict) -> dict[int, int]:
 def apply_selection(analysis: Analysis, selection: Selection, masked: bool = False) -> onnx.ModelProto:
     """The pruned graph (or, with masked=True, the masked reference) for a selection."""
     keep, gamma = selection.class_arrays(analysis)
-    return Rewriter(analysis, keep, gamma, masked=masked).run()
+    return Rewriter(analysis, keep, gamma, masked=masked, replace=selection.replace).run()
 
 
 def build_report(analysis: Analysis, selection: Selection, pruned: onnx.ModelProto, name: str,
-                 method: str, target: dict) -> Report:
+                 method: str, target: dict, results: dict | None = None) -> Report:
     keep, _ = selection.class_arrays(analysis)
     total = max(analysis.total_macs, 1)
     groups = []
     for g in analysis.groups:
         idx = selection.kept.get(g.id, np.arange(g.channels))
         gam = selection.gamma.get(g.id, np.ones(len(idx)))
+        r = (results or {}).get(g.id)
         groups.append(GroupReport(g.id, g.channels, len(idx), [int(i) for i in idx],
                                   [float(x) for x in gam], g.frozen, g.reasons, g.producers, g.consumers,
-                                  g.macs / total, None if g.frozen else method))
+                                  g.macs / total, None if g.frozen else (r.method if r else method),
+                                  r.err_calib if r else None, r.err_holdout if r else None,
+                                  list(r.curve) if r else [], r.note if r else ""))
     return Report(name, method, target, analysis.total_macs, macs(analysis, keep),
                   count_params(analysis.model), count_params(pruned), groups)
 
 
-def prune(model, calibration=None, *, method: str = "magnitude", keep_ratio: float | None = None,
-          flops: float | None = None, round_to: int = 1, min_channels: int = 1, keep: dict | None = None,
-          norm: str = "l1", seed: int = 0) -> tuple[onnx.ModelProto, Report]:
-    """Prune a model (path or ModelProto) to a target; returns the pruned model and its report."""
-    if method not in METHODS:
-        raise UserError(f"--method {method}: unknown (choose from {', '.join(METHODS)})")
+def prune(model, calibration=None, *, method: str = "greedy-local", refit: str | None = None,
+          keep_ratio: float | None = None, flops: float | None = None, params: float | None = None,
+          round_to: int = 1, min_channels: int = 1, keep: dict | None = None, allocate: str | None = None,
+          norm: str = "l1", seed: int = 0, batch_size: int = 32, max_positions: int | None = 64,
+          holdout: float = 0.1, ridge: float = 1e-3, preprocess: str = "none", image_size: int | None = None,
+          quiet: bool = True) -> tuple[onnx.ModelProto, Report]:
+    """Prune a model (path or ModelProto) to a target; returns the pruned model and its report.
+
+    `calibration`: a path (.npz/.npy file or folder, image folder), dict of arrays, iterable of input
+    dicts or ONNX Runtime CalibrationDataReader. Needed by the greedy methods and by any re-fit.
+    `refit`: none | gamma | full (default: full with calibration, none without).
+    `allocate`: uniform | loss (default: loss for greedy methods with a flops/params target)."""
+    from .calibration import load_calibration
+    from .pruner import BASELINES, GREEDY, GreedyPruner, Options
+    if method not in GREEDY + BASELINES:
+        raise UserError(f"--method {method}: unknown (choose from {', '.join(GREEDY + BASELINES)})")
     if norm not in ("l1", "l2"):
         raise UserError(f"--norm {norm}: must be l1 or l2")
+    refit = refit or ("full" if calibration is not None else "none")
+    if calibration is None and (method in GREEDY or refit != "none"):
+        raise UserError(f"--method {method} --refit {refit} needs calibration data (--calib); "
+                        "--method magnitude or random with --refit none prune without data")
+    targets = [t for t in (keep_ratio, flops, params) if t is not None]
+    if len(targets) != 1:
+        raise UserError("give exactly one target: --keep-ratio, --flops or --params")
+    allocate = allocate or ("loss" if method in GREEDY and keep_ratio is None else "uniform")
+    if allocate not in ("uniform", "loss"):
+        raise UserError(f"--allocate {allocate}: choose uniform or loss")
+    if allocate == "loss" and calibration is None:
+        raise UserError("--allocate loss needs calibration data (--calib)")
+    if round_to < 1 or min_channels < 1:
+        raise UserError("--round-to and --min-channels must be >= 1")
     proto, name = _as_model(model)
     analysis = analyze(proto)
     if not analysis.prunable:
         raise UserError(f"{name}: every channel group is frozen; nothing to prune")
-    counts, target = target_counts(analysis, keep_ratio, flops, round_to, min_channels, keep)
-    selection = select(analysis, counts, method, norm=norm, seed=seed)
+    overrides = _overrides(analysis, keep or {})
+    what, fraction = ("flops", flops) if flops is not None else ("params", params)
+    target = {"keep_ratio": keep_ratio} if keep_ratio is not None else {what: fraction}
+    if keep_ratio is not None and not 0 < keep_ratio <= 1:
+        raise UserError(f"--keep-ratio {keep_ratio}: must be in (0, 1]")
+    results = None
+    if calibration is None:
+        if keep_ratio is not None:
+            counts = counts_for_ratio(analysis, keep_ratio, round_to, min_channels, overrides)
+        else:
+            counts = counts_for_target(analysis, fraction, what, round_to, min_channels, overrides)
+        selection = select(analysis, counts, method, norm=norm, seed=seed)
+        n_cal = 0
+    else:
+        cal = load_calibration(calibration, analysis.model, holdout, preprocess, image_size)
+        opts = Options(method, refit, batch_size, max_positions, ridge, seed, norm, quiet)
+        pruner = GreedyPruner(analysis, cal, opts)
+        counts = pruner.counts(keep_ratio, fraction, what, allocate, round_to, min_channels, overrides)
+        selection = pruner.run(counts)
+        results, n_cal = pruner.results, cal.size
     pruned = apply_selection(analysis, selection)
-    report = build_report(analysis, selection, pruned, name, method, target)
+    report = build_report(analysis, selection, pruned, name, method, target, results)
+    report.refit, report.allocate, report.calibration_samples = refit, allocate, n_cal
     report.selection = selection
     report.analysis = analysis
     return pruned, report
 
 
 def masked_reference(report: Report) -> onnx.ModelProto:
-    """Original topology, removed channels' consumer slices zeroed, kept ones scaled by γ."""
+    """Original topology, removed channels' consumer slices zeroed, kept ones scaled by γ (or the
+    re-fitted consumer weights)."""
     return apply_selection(report.analysis, report.selection, masked=True)

@@ -20,6 +20,10 @@ class GroupReport:
     consumers: list[str]
     macs_share: float
     method: str | None = None
+    err_calib: float | None = None     # relative imitation error of the group's consumers
+    err_holdout: float | None = None
+    curve: list[float] = field(default_factory=list)  # relative loss with n = 0, 1, ... channels
+    note: str = ""
 
 
 @dataclass
@@ -33,6 +37,9 @@ class Report:
     params_after: int
     groups: list[GroupReport] = field(default_factory=list)
     log: list[str] = field(default_factory=list)
+    refit: str = "none"
+    allocate: str = "uniform"
+    calibration_samples: int = 0
 
     @property
     def macs_ratio(self) -> float:

@@ -16,14 +16,32 @@ from .graph import import_graph
 
 
 class Rewriter:
-    def __init__(self, analysis: Analysis, keep: np.ndarray, gamma: np.ndarray, masked: bool = False):
-        """`keep`/`gamma` are indexed by class id (root atom); class 0 (fixed) is always kept."""
+    def __init__(self, analysis: Analysis, keep: np.ndarray, gamma: np.ndarray, masked: bool = False,
+                 replace: dict[int, dict[int, np.ndarray]] | None = None):
+        """`keep`/`gamma` are indexed by class id (root atom); class 0 (fixed) is always kept.
+        `replace[node][input]` gives re-fitted consumer weights/biases (original shapes, removed
+        inputs zero); γ is already folded into them."""
         self.analysis = analysis
         self.roots = analysis.class_of
         self.keep, self.gamma, self.masked = keep, gamma, masked
         self.graph: gs.Graph = import_graph(analysis.model)
         self.nodes = list(self.graph.nodes)
         self._private: set[tuple[int, int]] = set()
+        self.replaced = set(replace or {})
+        for node_id, values in (replace or {}).items():
+            node = self.nodes[node_id]
+            for index, value in values.items():
+                if index < len(node.inputs) and not node.inputs[index].is_empty():
+                    self.set_const(node, index, value)
+                else:
+                    while len(node.inputs) < index:
+                        node.inputs.append(gs.Variable.empty())
+                    const = gs.Constant(f"{node.name}__refit_{index}", np.ascontiguousarray(value))
+                    if index < len(node.inputs):
+                        node.inputs[index] = const
+                    else:
+                        node.inputs.append(const)
+                    self._private.add((id(node), index))
 
     def keep_mask(self, labels: np.ndarray) -> np.ndarray:
         return self.keep[self.roots[np.asarray(labels)]]
@@ -53,6 +71,8 @@ class Rewriter:
             return
         if self.masked and edit.kind in ("producer", "param"):
             return
+        if edit.input >= len(node.inputs) or node.inputs[edit.input].is_empty():
+            return  # an optional bias that is absent
         w = self.const_of(node, edit.input)
         keep = self.keep_mask(edit.labels)
         shape = [1] * w.ndim
@@ -60,7 +80,8 @@ class Rewriter:
         if edit.kind in ("producer", "param"):
             self.set_const(node, edit.input, np.take(w, np.flatnonzero(keep), axis=edit.axis))
             return
-        scale = np.where(keep, self.gamma_of(edit.labels), 0.0).astype(w.dtype)
+        gamma = 1.0 if edit.node in self.replaced else self.gamma_of(edit.labels)
+        scale = np.where(keep, gamma, 0.0).astype(w.dtype)
         if edit.kind == "grouped_consumer":
             scaled = self._grouped(w, keep, scale, edit.groups)
         elif self.masked:

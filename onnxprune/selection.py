@@ -18,6 +18,7 @@ from .errors import UserError
 class Selection:
     kept: dict[int, np.ndarray] = field(default_factory=dict)
     gamma: dict[int, np.ndarray] = field(default_factory=dict)
+    replace: dict[int, dict[int, np.ndarray]] = field(default_factory=dict)  # node -> input -> re-fitted value
 
     def class_arrays(self, analysis: Analysis) -> tuple[np.ndarray, np.ndarray]:
         """Per-class keep mask and γ, for the rewriter and the cost model."""

@@ -111,6 +111,11 @@ class Stats:
     def numpy(self):
         return self.A.cpu().numpy(), self.B.cpu().numpy(), self.yy
 
+    def loss(self, wt: np.ndarray) -> float:
+        """‖Y − W̃X̃‖² summed over the rows seen, for a weight W̃ (out × (F+1))."""
+        A, B, yy = self.numpy()
+        return max(float(yy - 2 * (wt.T * B).sum() + np.einsum("of,fg,og->", wt, A, wt, optimize=True)), 0.0)
+
 
 def group_terms(stats: list[tuple[Stats, np.ndarray, np.ndarray, np.ndarray]], n_channels: int):
     """G, c, rr of one group summed over its consumers.
@@ -144,18 +149,26 @@ def loss(G, c, rr, idx, gamma) -> float:
     return float(rr - 2 * g @ c[idx] + g @ G[np.ix_(idx, idx)] @ g)
 
 
-def ridge_refit(st: Stats, keep_features: np.ndarray, ridge: float) -> tuple[np.ndarray, float, float]:
-    """Least-squares refit of a consumer's whole weight on its kept features and bias.
-
-    Returns (W̃' out×(F+1) with zeros on removed features, loss, loss of the all-zero weight)."""
-    A, B, yy = st.numpy()
-    k = np.append(np.flatnonzero(keep_features), A.shape[0] - 1)
-    Akk = torch.from_numpy(A[np.ix_(k, k)])
-    reg = ridge * float(torch.diagonal(Akk)[:-1].mean()) if len(k) > 1 else 0.0
-    eye = torch.eye(len(k), dtype=torch.float64)
-    eye[-1, -1] = 0.0
-    sol = torch.linalg.lstsq(Akk + reg * eye, torch.from_numpy(B[k])).solution.numpy()  # |K| × out
-    w = np.zeros((B.shape[1], A.shape[0]))
+def ridge_refit(st: Stats, keep_features: np.ndarray, ridge: float, fixed_bias: np.ndarray | None = None):
+    """Least-squares re-fit of a consumer's whole weight on its kept features (ridge-regularised,
+    λ = ridge × mean diagonal of the kept inputs' second moment) and of its bias, unless the bias is
+    fixed. Returns W̃' = [W', b'] (out × (F+1)) with zeros on removed features."""
+    A, B, _ = st.numpy()
+    nf = A.shape[0] - 1
+    k = np.flatnonzero(keep_features)
+    if fixed_bias is None:
+        k = np.append(k, nf)
+        target = B[k]
+    else:
+        target = B[k] - np.outer(A[k, nf], fixed_bias)
+    Akk = torch.from_numpy(np.ascontiguousarray(A[np.ix_(k, k)]))
+    free = k < nf
+    reg = ridge * float(torch.diagonal(Akk)[torch.from_numpy(free)].mean()) if free.any() else 0.0
+    eye = torch.diag(torch.from_numpy(free.astype(np.float64)))
+    sol = torch.linalg.lstsq(Akk + reg * eye, torch.from_numpy(np.ascontiguousarray(target)),
+                             driver="gelsd").solution.numpy()  # |K| × out
+    w = np.zeros((B.shape[1], nf + 1))
     w[:, k] = sol.T
-    ls = float(yy - 2 * (sol * B[k]).sum() + np.einsum("ko,kj,jo->", sol, A[np.ix_(k, k)], sol))
-    return w, max(ls, 0.0), yy
+    if fixed_bias is not None:
+        w[:, nf] = fixed_bias
+    return w

@@ -38,7 +38,7 @@ def test_analyze_json(model_path):
 
 def test_prune_writes_model_report_and_masked_reference(model_path, tmp_path):
     out, rep, masked = tmp_path / "p.onnx", tmp_path / "r.json", tmp_path / "m.onnx"
-    res = invoke("prune", model_path, "-o", out, "--flops", "0.5", "--report", rep, "--masked-reference", masked)
+    res = invoke("prune", model_path, "-o", out, "--method", "magnitude", "--flops", "0.5", "--report", rep, "--masked-reference", masked)
     assert res.exit_code == 0, res.output
     r = json.loads(rep.read_text())
     assert abs(r["macs_after"] / r["macs_before"] - 0.5) <= 0.02 * 0.5 + 0.02
@@ -51,7 +51,7 @@ def test_prune_writes_model_report_and_masked_reference(model_path, tmp_path):
 
 def test_eval_json(model_path, tmp_path):
     out = tmp_path / "p.onnx"
-    assert invoke("prune", model_path, "-o", out, "--keep-ratio", "0.5").exit_code == 0
+    assert invoke("prune", model_path, "-o", out, "--method", "magnitude", "--keep-ratio", "0.5").exit_code == 0
     x = np.random.default_rng(0).standard_normal((20, 3, 16, 16)).astype(np.float32)
     data = tmp_path / "d.npz"
     np.savez(data, input=x, labels=np.arange(20) % 10)
@@ -74,16 +74,25 @@ def _no_conv_model(path):
 
 
 BAD = {
-    "missing file": lambda d, m: ["prune", d / "nope.onnx", "-o", d / "o.onnx", "--flops", "0.5"],
-    "truncated": lambda d, m: ["prune", _truncated(d, m), "-o", d / "o.onnx", "--flops", "0.5"],
-    "random bytes": lambda d, m: ["prune", _random_bytes(d), "-o", d / "o.onnx", "--flops", "0.5"],
-    "no conv": lambda d, m: ["prune", _no_conv_model(d / "relu.onnx"), "-o", d / "o.onnx", "--flops", "0.5"],
-    "flops 0": lambda d, m: ["prune", m, "-o", d / "o.onnx", "--flops", "0"],
-    "no target": lambda d, m: ["prune", m, "-o", d / "o.onnx"],
-    "output is input": lambda d, m: ["prune", m, "-o", m, "--flops", "0.5"],
-    "missing folder": lambda d, m: ["prune", m, "-o", d / "nodir" / "o.onnx", "--flops", "0.5"],
-    "output is folder": lambda d, m: ["prune", m, "-o", d, "--flops", "0.5"],
-    "bad keep": lambda d, m: ["prune", m, "-o", d / "o.onnx", "--flops", "0.5", "--keep", "999=3"],
+    "missing file": lambda d, m: ["prune", d / "nope.onnx", "-o", d / "o.onnx", "--flops", "0.5", "--method", "magnitude"],
+    "truncated": lambda d, m: ["prune", _truncated(d, m), "-o", d / "o.onnx", "--flops", "0.5", "--method", "magnitude"],
+    "random bytes": lambda d, m: ["prune", _random_bytes(d), "-o", d / "o.onnx", "--flops", "0.5", "--method", "magnitude"],
+    "no conv": lambda d, m: ["prune", _no_conv_model(d / "relu.onnx"), "-o", d / "o.onnx", "--flops", "0.5", "--method", "magnitude"],
+    "flops 0": lambda d, m: ["prune", m, "-o", d / "o.onnx", "--flops", "0", "--method", "magnitude"],
+    "no target": lambda d, m: ["prune", m, "-o", d / "o.onnx", "--method", "magnitude"],
+    "output is input": lambda d, m: ["prune", m, "-o", m, "--flops", "0.5", "--method", "magnitude"],
+    "missing folder": lambda d, m: ["prune", m, "-o", d / "nodir" / "o.onnx", "--flops", "0.5", "--method", "magnitude"],
+    "output is folder": lambda d, m: ["prune", m, "-o", d, "--flops", "0.5", "--method", "magnitude"],
+    "bad keep": lambda d, m: ["prune", m, "-o", d / "o.onnx", "--flops", "0.5", "--keep", "999=3", "--method", "magnitude"],
+    "greedy without calib": lambda d, m: ["prune", m, "-o", d / "o.onnx", "--flops", "0.5"],
+    "calib wrong shape": lambda d, m: ["prune", m, "-o", d / "o.onnx", "--flops", "0.5", "--calib",
+                                       _npz(d, input=np.zeros((8, 3, 8, 8), np.float32))],
+    "calib nan": lambda d, m: ["prune", m, "-o", d / "o.onnx", "--flops", "0.5", "--calib",
+                               _npz(d, input=np.full((8, 3, 16, 16), np.nan, np.float32))],
+    "calib pickled": lambda d, m: ["prune", m, "-o", d / "o.onnx", "--flops", "0.5", "--calib",
+                                   _npz(d, input=np.array([{"a": 1}], dtype=object))],
+    "calib empty": lambda d, m: ["prune", m, "-o", d / "o.onnx", "--flops", "0.5", "--calib",
+                                 _npz(d, input=np.zeros((0, 3, 16, 16), np.float32))],
     "eval wrong key": lambda d, m: ["eval", m, m, "--data", _npz(d, x=np.zeros((2, 3, 16, 16), np.float32))],
     "eval wrong shape": lambda d, m: ["eval", m, m, "--data", _npz(d, input=np.zeros((2, 3, 8, 8), np.float32))],
     "eval wrong dtype": lambda d, m: ["eval", m, m, "--data", _npz(d, input=np.zeros((2, 3, 16, 16)))],

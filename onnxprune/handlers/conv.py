@@ -25,8 +25,8 @@ def _input_labels(node, ctx, channels: int):
 
 
 def _bias(node, ctx, labels):
-    if len(node.inputs) > 2 and not node.inputs[2].is_empty():
-        ctx.edit("param", node, input=2, axis=0, labels=labels)
+    """Slice the bias with the output channels; recorded even when absent, as a re-fit may add one."""
+    ctx.edit("param", node, input=2, axis=0, labels=labels)
 
 
 def _set_group(count_labels):

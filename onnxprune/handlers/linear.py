@@ -40,6 +40,8 @@ def gemm(node, ctx):
             ctx.freeze(atoms, node, "bias computed at run time")
         elif c.ndim >= 1 and c.shape[-1] == n and n > 1:
             ctx.edit("param", node, input=2, axis=c.ndim - 1, labels=atoms)
+    else:  # absent bias: a re-fit may add one of shape (N,)
+        ctx.edit("param", node, input=2, axis=0, labels=atoms)
     ctx.cost(node, k * n, vec, atoms)
     ctx.set_layout(node.outputs[0], on_axis(atoms, 1, 2))
 

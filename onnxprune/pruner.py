@@ -1,0 +1,273 @@
+"""Sequential greedy pruning with calibration data (DESIGN.md, "Greedy selection").
+
+Groups are visited in topological order of their first consumer. For each group one pass over the
+calibration data taps the consumers' inputs in the network pruned so far (its masked reference) and
+their outputs in the original network, and accumulates the consumers' statistics; the group's
+channels are then chosen (greedy or baseline), γ or the consumers' whole weights re-fitted, and the
+decision applied before the next group. With a MACs/params target and `allocate="loss"`, one extra
+profiling pass on the original network gives every group's greedy loss curve, from which channels
+are allocated across groups by marginal loss per MAC.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+from tqdm import tqdm
+
+from . import greedy
+from .allocation import allocate_by_loss, check_reachable, macs_model, params_model
+from .analysis import Analysis, Group
+from .calibration import Calibration, checked_batches
+from .consumers import bias_index, consumers_of, original_dense, to_onnx
+from .errors import UserError
+from .rewrite import Rewriter
+from .selection import Selection, _ensure_segments, _scores_magnitude, _top_k, counts_for_ratio
+from .statistics import NotSupported, Stats, group_terms, loss, ridge_refit
+from .taps import Tap
+
+log = logging.getLogger("onnxprune")
+GREEDY = ("greedy-local", "greedy-convex", "gfs")
+BASELINES = ("magnitude", "random")
+REFITS = ("none", "gamma", "full")
+RIDGE_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+
+
+@dataclass
+class Options:
+    method: str = "greedy-local"
+    refit: str = "full"
+    batch_size: int = 32
+    max_positions: int | None = 64
+    ridge: float = 1e-3
+    seed: int = 0
+    norm: str = "l1"
+    quiet: bool = False
+
+
+@dataclass
+class GroupResult:
+    method: str
+    err_calib: float | None = None
+    err_holdout: float | None = None
+    curve: list[float] = field(default_factory=list)
+    note: str = ""
+
+
+def _order(analysis: Analysis) -> list[Group]:
+    first = {}
+    roots = analysis.class_of
+    for e in analysis.edits:
+        if e.kind in ("consumer", "grouped_consumer"):
+            for c in set(roots[e.labels].tolist()):
+                gid = analysis.group_of_class.get(c)
+                if gid is not None:
+                    first[gid] = min(first.get(gid, e.node), e.node)
+    return sorted(analysis.prunable, key=lambda g: first.get(g.id, 1 << 30))
+
+
+class _Collector:
+    """Streams calibration batches through taps and accumulates every consumer's statistics."""
+
+    def __init__(self, consumers, opts: Options):
+        self.consumers, self.opts = consumers, opts
+        self.stats = {split: {c.node: None for c in consumers} for split in ("calib", "holdout")}
+
+    def run(self, cal: Calibration, tap_in: Tap, tap_out: Tap, desc: str) -> None:
+        bar = tqdm(total=cal.size, desc=desc, unit="sample", leave=False, disable=self.opts.quiet or None)
+        for split in ("calib", "holdout"):
+            for first, batch in checked_batches(cal, self.opts.batch_size, split):
+                xs = tap_in(batch)
+                ys = xs if tap_out is tap_in else tap_out(batch)
+                for c in self.consumers:
+                    x, y = c.features(xs[c.input], ys[c.output], first, self.opts.max_positions, self.opts.seed)
+                    if not (np.isfinite(x.numpy()).all() and np.isfinite(y.numpy()).all()):
+                        raise UserError(f"{cal.what}: activations at '{c.name}' are NaN or Inf")
+                    st = self.stats[split][c.node]
+                    if st is None:
+                        st = self.stats[split][c.node] = Stats(x.shape[1], y.shape[1])
+                    st.add(x, y)
+                bar.update(len(next(iter(batch.values()))))
+        bar.close()
+
+
+def _complete(group: Group, idx: np.ndarray, k: int, scores: np.ndarray) -> np.ndarray:
+    """Make a selection exactly `k` channels with equal counts per block (grouped convolutions),
+    adding the best-scoring missing channels or dropping the worst surplus ones."""
+    chosen = set(idx.tolist())
+    nb = group.n_blocks
+    quota = [k // nb] * nb if nb > 1 else [k]
+    blocks = group.blocks if nb > 1 else np.zeros(group.channels, dtype=np.int64)
+    out = []
+    for b in range(len(quota)):
+        members = np.flatnonzero(blocks == b)
+        inside = [m for m in members if m in chosen]
+        outside = sorted((m for m in members if m not in chosen), key=lambda m: -scores[m])
+        inside = sorted(inside, key=lambda m: -scores[m])[:quota[b]]
+        out.extend(inside + outside[:quota[b] - len(inside)])
+    return np.array(sorted(out), dtype=np.int64)
+
+
+class GreedyPruner:
+    def __init__(self, analysis: Analysis, cal: Calibration, opts: Options):
+        if opts.method not in GREEDY + BASELINES:
+            raise UserError(f"--method {opts.method}: unknown (choose from {', '.join(GREEDY + BASELINES)})")
+        if opts.refit not in REFITS:
+            raise UserError(f"--refit {opts.refit}: choose from {', '.join(REFITS)}")
+        self.analysis, self.cal, self.opts = analysis, cal, opts
+        self.rng = np.random.default_rng(opts.seed)
+        self.sel = Selection()
+        self.dense: dict[int, np.ndarray] = {}   # re-fitted consumers: node -> W̃
+        self.results: dict[int, GroupResult] = {}
+        self.magnitude = _scores_magnitude(analysis, opts.norm)
+
+    # ----- allocation -------------------------------------------------------------------------
+    def profile_curves(self) -> dict[int, np.ndarray]:
+        """Relative greedy-local loss at every kept count, for every group, on the original network
+        (one pass over the calibration data)."""
+        groups, consumers = {}, {}
+        for g in self.analysis.prunable:
+            try:
+                cs = consumers_of(self.analysis, g)
+            except NotSupported:
+                continue
+            groups[g.id] = cs
+            for c in cs:
+                consumers[c.node] = c
+        if not consumers:
+            return {}
+        col = _Collector(list(consumers.values()), self.opts)
+        names = [c.input for c in consumers.values()] + [c.output for c in consumers.values()]
+        tap = Tap(self.analysis.model, names)
+        col.run(self.cal, tap, tap, "profiling")
+        curves = {}
+        for gid, cs in groups.items():
+            g = self.analysis.groups[gid]
+            G, c, rr = self._terms(g, cs, col.stats["calib"], np.ones(len(self.analysis.class_of), bool),
+                                   np.ones(len(self.analysis.class_of)))
+            path = greedy.greedy_local(G, c, rr, g.channels)
+            curve = path.losses / max(rr, 1e-300)
+            curves[gid] = np.concatenate([curve, np.full(g.channels + 1 - len(curve), curve[-1])])
+        return curves
+
+    def counts(self, keep_ratio, fraction, what, allocate, round_to, min_channels, overrides) -> dict[int, int]:
+        a = self.analysis
+        if keep_ratio is not None:
+            return counts_for_ratio(a, keep_ratio, round_to, min_channels, overrides)
+        from .selection import counts_for_target
+        if allocate == "uniform":
+            return counts_for_target(a, fraction, what, round_to, min_channels, overrides)
+        model = macs_model(a) if what == "flops" else params_model(a)
+        if not 0 < fraction <= 1:
+            raise UserError(f"--{what} {fraction}: must be in (0, 1]")
+        check_reachable(model, counts_for_ratio(a, 0.0, round_to, min_channels, overrides), fraction, what, 0.02)
+        curves = self.profile_curves()
+        fixed = dict(overrides)
+        for g in a.prunable:  # groups without statistics keep the uniform share
+            if g.id not in curves and g.id not in fixed:
+                fixed[g.id] = counts_for_ratio(a, fraction, round_to, min_channels)[g.id]
+        return allocate_by_loss(model, curves, fraction, round_to, min_channels, fixed)
+
+    # ----- the sequential pass -------------------------------------------------------------
+    def _current_weights(self, consumer, keep, gamma) -> np.ndarray:
+        if consumer.node in self.dense:
+            return self.dense[consumer.node]
+        wt = original_dense(consumer, self.analysis)
+        roots = self.analysis.class_of
+        scale = np.where(keep, gamma, 0.0)[roots[consumer.labels]]
+        wt[:, :-1] *= scale
+        return wt
+
+    def _member(self, group: Group, consumer) -> np.ndarray:
+        pos = {c: i for i, c in enumerate(group.classes.tolist())}
+        roots = self.analysis.class_of
+        return np.array([pos.get(c, -1) for c in roots[consumer.labels].tolist()], dtype=np.int64)
+
+    def _terms(self, group, consumers, stats, keep, gamma):
+        roots = self.analysis.class_of
+        items = [(stats[c.node], self._current_weights(c, keep, gamma), self._member(group, c),
+                  keep[roots[c.labels]]) for c in consumers]
+        return group_terms(items, group.channels)
+
+    def run(self, counts: dict[int, int]) -> Selection:
+        order = [g for g in _order(self.analysis) if g.id in counts]
+        for g in tqdm(order, desc="groups", unit="group", disable=self.opts.quiet or None):
+            self._prune_group(g, counts[g.id])
+        return self.sel
+
+    def _baseline(self, group: Group, k: int) -> np.ndarray:
+        if self.opts.method == "random":
+            scores = self.rng.random(group.channels)
+        else:
+            scores = np.array([self.magnitude.get(c, 0.0) for c in group.classes.tolist()])
+        return _ensure_segments(self.analysis, group, _top_k(group, scores, k), scores)
+
+    def _prune_group(self, group: Group, k: int) -> None:
+        opts = self.opts
+        keep, gamma = self.sel.class_arrays(self.analysis)
+        try:
+            consumers = consumers_of(self.analysis, group)
+        except NotSupported as exc:
+            method = "magnitude" if opts.method in GREEDY else opts.method
+            idx = self._baseline(group, k)
+            self.sel.kept[group.id], self.sel.gamma[group.id] = idx, np.ones(len(idx))
+            self.results[group.id] = GroupResult(method, note=f"no statistics ({exc}); {method}, no re-fit")
+            return
+        masked = Rewriter(self.analysis, keep, gamma, masked=True, replace=self.sel.replace).run()
+        col = _Collector(consumers, opts)
+        col.run(self.cal, Tap(masked, [c.input for c in consumers]),
+                Tap(self.analysis.model, [c.output for c in consumers]), f"group {group.id}")
+        G, c, rr = self._terms(group, consumers, col.stats["calib"], keep, gamma)
+        held = col.stats["holdout"] if all(v is not None for v in col.stats["holdout"].values()) else None
+        Gh, ch, rrh = self._terms(group, consumers, held, keep, gamma) if held else (None, None, None)
+        quota = k // group.n_blocks if group.n_blocks > 1 else None
+        blocks = group.blocks if quota else None
+        result = GroupResult(opts.method)
+        if opts.method in GREEDY:
+            path = greedy.SELECTORS[opts.method](G, c, rr, k, blocks, quota)
+            idx = np.array(sorted(path.order[:k]), dtype=np.int64)
+            gam = greedy.ls_gamma(G, c, idx) if path.gamma is None else path.gamma[idx]
+            result.curve = (path.losses / max(rr, 1e-300)).tolist()
+        else:
+            idx = self._baseline(group, k)
+            gam = np.ones(len(idx))
+        fixed = _complete(group, idx, k, np.abs(c) / np.sqrt(np.maximum(np.diag(G), 1e-300)))
+        fixed = _ensure_segments(self.analysis, group, fixed, np.zeros(group.channels))
+        if not np.array_equal(fixed, idx):
+            idx, gam = fixed, greedy.ls_gamma(G, c, fixed)
+        if opts.refit == "gamma":
+            gam = greedy.ls_gamma(G, c, idx)
+        self.sel.kept[group.id], self.sel.gamma[group.id] = idx, gam
+        if opts.refit == "full":
+            self.sel.gamma[group.id] = np.ones(len(idx))
+            new_keep, _ = self.sel.class_arrays(self.analysis)
+            losses = self._full_refit(consumers, col, new_keep, keep, gamma)
+            result.err_calib = losses[0] / max(rr, 1e-300)
+            result.err_holdout = None if held is None else losses[1] / max(rrh, 1e-300)
+        else:
+            result.err_calib = loss(G, c, rr, idx, gam) / max(rr, 1e-300)
+            if held is not None:
+                result.err_holdout = loss(Gh, ch, rrh, idx, gam) / max(rrh, 1e-300)
+        self.results[group.id] = result
+
+    def _full_refit(self, consumers, col, new_keep, keep, gamma) -> tuple[float, float]:
+        """Ridge re-fit of every consumer's whole weight (and bias) on its kept inputs; returns the
+        summed loss on the calibration and held-out splits."""
+        roots = self.analysis.class_of
+        total, total_h = 0.0, 0.0
+        for c in consumers:
+            current = self._current_weights(c, keep, gamma)
+            fixed_bias = None if bias_index(c, self.analysis) is not None else current[:, -1]
+            calib, held = col.stats["calib"][c.node], col.stats["holdout"][c.node]
+            feats = new_keep[roots[c.labels]]
+            # ridge strength: chosen on the held-out split when there is one (guards small data sets)
+            lams = RIDGE_GRID if held is not None else (self.opts.ridge,)
+            fits = [ridge_refit(calib, feats, lam, fixed_bias) for lam in lams]
+            wt = min(fits, key=held.loss) if held is not None else fits[0]
+            self.dense[c.node] = wt
+            self.sel.replace[c.node] = to_onnx(c, self.analysis, wt)
+            total += calib.loss(wt)
+            if held is not None:
+                total_h += held.loss(wt)
+        return total, total_h
