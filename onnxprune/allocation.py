@@ -91,12 +91,11 @@ def params_model(analysis: Analysis) -> CostModel:
 
 
 def _step(group, round_to: int) -> int:
-    return int(np.lcm(max(1, round_to), group.n_blocks))
+    return int(np.lcm(max(1, round_to), group.multiple))
 
 
 def _lowest(group, min_channels: int, round_to: int) -> int:
-    step = group.n_blocks
-    lo = int(np.ceil(max(min_channels, 1) / step)) * step
+    lo = int(np.ceil(max(min_channels, group.fewest) / group.multiple)) * group.multiple
     return min(lo, group.channels)
 
 

@@ -59,8 +59,10 @@ class Group:
     consumers: list[str]
     frozen: bool
     reasons: list[str]
-    blocks: np.ndarray            # channel -> block index (grouped conv: equal kept count per block)
+    blocks: np.ndarray            # channel -> block index
     macs: int = 0
+    proportional: bool = False    # blocks are Split/Slice pieces (kept counts proportional to size);
+                                  # otherwise grouped-Conv groups (equal kept counts)
 
     @property
     def channels(self) -> int:
@@ -69,6 +71,32 @@ class Group:
     @property
     def n_blocks(self) -> int:
         return int(self.blocks.max()) + 1 if len(self.blocks) else 1
+
+    @property
+    def multiple(self) -> int:
+        """Kept counts must be multiples of this."""
+        return 1 if self.proportional else self.n_blocks
+
+    @property
+    def fewest(self) -> int:
+        """The smallest kept count: one channel per block."""
+        return self.n_blocks
+
+    def quotas(self, k: int) -> np.ndarray:
+        """Kept channels per block for `k` kept in all."""
+        nb = self.n_blocks
+        if nb == 1:
+            return np.array([k])
+        if not self.proportional:
+            return np.full(nb, k // nb)
+        sizes = np.bincount(self.blocks, minlength=nb)
+        raw = k * sizes / sizes.sum()
+        q = np.minimum(np.maximum(np.floor(raw).astype(np.int64), 1), sizes)
+        while q.sum() < k:
+            q[np.argmax(np.where(q < sizes, raw - q, -np.inf))] += 1
+        while q.sum() > k:
+            q[np.argmax(np.where(q > 1, q - raw, -np.inf))] -= 1
+        return q
 
 
 class Analysis:
@@ -222,7 +250,9 @@ class Analysis:
             blocks, why = self._blocks_for(classes, roots)
             if why:
                 reasons.append(why)
-            groups.append(Group(gid, classes, prods[g], cons.get(g, []), bool(reasons), reasons, blocks))
+            parts = self._parts_for(classes, roots) if blocks.max(initial=0) == 0 else None
+            groups.append(Group(gid, classes, prods[g], cons.get(g, []), bool(reasons), reasons,
+                                blocks if parts is None else parts, proportional=parts is not None))
         class_group = {}
         for grp in groups:
             for c in grp.classes.tolist():
@@ -233,6 +263,23 @@ class Analysis:
             for gid in touched - {None}:
                 groups[gid].macs += cost.macs
         return groups
+
+    def _parts_for(self, classes: np.ndarray, roots: np.ndarray) -> np.ndarray | None:
+        """Pieces cut from the group by Split/Slice or read by separate consumers, when they partition
+        it: each piece then keeps the same share of its channels (so MACs follow the kept count)."""
+        pos = {c: i for i, c in enumerate(classes.tolist())}
+        pieces = set()
+        for seg in self.segments:
+            members = frozenset(pos[c] for c in roots[seg].tolist() if c in pos)
+            if 0 < len(members) < len(classes):
+                pieces.add(members)
+        if len(pieces) < 2 or sum(len(p) for p in pieces) != len(classes) or \
+                len(frozenset().union(*pieces)) != len(classes):
+            return None
+        parts = np.empty(len(classes), dtype=np.int64)
+        for i, piece in enumerate(sorted(pieces, key=min)):
+            parts[list(piece)] = i
+        return parts
 
     def _blocks_for(self, classes: np.ndarray, roots: np.ndarray) -> tuple[np.ndarray, str]:
         blocks = np.zeros(len(classes), dtype=np.int64)

@@ -49,8 +49,8 @@ def _overrides(analysis: Analysis, keep: dict) -> dict[int, int]:
         g = analysis.groups[gid]
         if g.frozen:
             raise UserError(f"--keep {gid}={n}: group {gid} is frozen ({'; '.join(g.reasons)})")
-        if not 1 <= n <= g.channels or n % g.n_blocks:
-            raise UserError(f"--keep {gid}={n}: must be in 1..{g.channels} and a multiple of {g.n_blocks}")
+        if not g.fewest <= n <= g.channels or n % g.multiple:
+            raise UserError(f"--keep {gid}={n}: must be in {g.fewest}..{g.channels} and a multiple of {g.multiple}")
         out[gid] = int(n)
     return out
 

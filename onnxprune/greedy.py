@@ -5,8 +5,8 @@
 - `greedy_convex`: the paper's convex-hull step: f ← (1−η)f + η·M·Z_k with the best η ∈ [0, 1] by
   exact line search (M = number of channels, so the original Σ_k Z_k lies in the hull).
 - `gfs`: greedy forward selection with the fixed step η = 1/t, then one optimal global scale.
-Channels may be picked again by the last two (that only moves γ). `quota` limits picks per block
-(grouped convolutions keep equal counts per block).
+Channels may be picked again by the last two (that only moves γ). `quota[b]` limits picks in block b
+(grouped convolutions keep equal counts per block, split pieces proportional ones).
 """
 from __future__ import annotations
 
@@ -21,15 +21,16 @@ class Path:
     order: list[int]          # channels in the order they were first picked
     losses: np.ndarray        # loss with the first n channels, n = 0..len(order)
     gamma: np.ndarray | None = None   # γ for all of `order` (convex/gfs), None: least squares
-    steps: list[float] | None = None  # line-search step sizes (convex/gfs)
+    steps: list[float] | None = None  # step sizes η of every pick (convex/gfs)
+    picks: list[int] | None = None    # every pick, repeats included (convex/gfs)
 
 
 def _allowed(blocks: np.ndarray | None, quota: int | None, taken: np.ndarray, size: int) -> np.ndarray:
     """Channels whose block has not yet used its quota of picks."""
     if blocks is None or quota is None:
         return np.ones(size, dtype=bool)
-    counts = np.bincount(blocks[taken], minlength=blocks.max() + 1)
-    return counts[blocks] < quota
+    counts = np.bincount(blocks[taken], minlength=len(quota))
+    return counts[blocks] < np.asarray(quota)[blocks]
 
 
 def greedy_local(G: np.ndarray, c: np.ndarray, rr: float, n: int, blocks=None, quota=None) -> Path:
@@ -87,7 +88,7 @@ def _hull_path(G, c, rr, n, blocks, quota, fixed_step: bool, max_steps: int | No
     gamma = np.zeros(C)
     Gg = np.zeros(C)       # G γ
     loss = rr
-    order, losses, steps = [], [rr], []
+    order, losses, steps, picks = [], [rr], [], []
     diag = np.diag(G)
     t = 0
     max_steps = max_steps or 4 * n + 8
@@ -117,16 +118,18 @@ def _hull_path(G, c, rr, n, blocks, quota, fixed_step: bool, max_steps: int | No
         Gg += e * M * G[:, k]
         loss = max(float(new_loss[k]), 0.0)
         steps.append(e)
+        picks.append(k)
         if k not in order:
             order.append(k)
             losses.append(loss)
-    if fixed_step:  # "scaled to match": one optimal scale of the whole combination
+    # one optimal scale of the whole combination (GFS's "scaled to match"; applied to both)
+    if order:
         gGg, gc = float(gamma @ G @ gamma), float(gamma @ c)
         if gGg > 0:
             gamma *= gc / gGg
             loss = rr - gc * gc / gGg
             losses[-1] = min(losses[-1], loss)
-    return Path(order, np.array(losses), gamma, steps)
+    return Path(order, np.array(losses), gamma, steps, picks)
 
 
 def greedy_convex(G, c, rr, n, blocks=None, quota=None) -> Path:

@@ -96,9 +96,8 @@ def _complete(group: Group, idx: np.ndarray, k: int, scores: np.ndarray) -> np.n
     """Make a selection exactly `k` channels with equal counts per block (grouped convolutions),
     adding the best-scoring missing channels or dropping the worst surplus ones."""
     chosen = set(idx.tolist())
-    nb = group.n_blocks
-    quota = [k // nb] * nb if nb > 1 else [k]
-    blocks = group.blocks if nb > 1 else np.zeros(group.channels, dtype=np.int64)
+    quota = group.quotas(k)
+    blocks = group.blocks
     out = []
     for b in range(len(quota)):
         members = np.flatnonzero(blocks == b)
@@ -221,8 +220,8 @@ class GreedyPruner:
         G, c, rr = self._terms(group, consumers, col.stats["calib"], keep, gamma)
         held = col.stats["holdout"] if all(v is not None for v in col.stats["holdout"].values()) else None
         Gh, ch, rrh = self._terms(group, consumers, held, keep, gamma) if held else (None, None, None)
-        quota = k // group.n_blocks if group.n_blocks > 1 else None
-        blocks = group.blocks if quota else None
+        quota = group.quotas(k) if group.n_blocks > 1 else None
+        blocks = group.blocks if quota is not None else None
         result = GroupResult(opts.method)
         if opts.method in GREEDY:
             path = greedy.SELECTORS[opts.method](G, c, rr, k, blocks, quota)

@@ -34,16 +34,13 @@ class Selection:
 
 
 def _round(n: float, group: Group, round_to: int, min_channels: int) -> int:
-    """Round a channel count up to a multiple of `round_to` (and of the group's block count)."""
-    step = max(1, round_to)
-    blocks = group.n_blocks
-    if blocks > 1:
-        step = int(np.lcm(step, blocks))
+    """Round a channel count up to a multiple of `round_to` (and of the group's block multiple)."""
+    step = int(np.lcm(max(1, round_to), group.multiple))
     k = int(np.ceil(n / step - 1e-9)) * step
-    if k > group.channels:  # the multiple does not fit: fall back to block granularity
-        k = int(np.ceil(n / blocks - 1e-9)) * blocks
-    lo = max(min_channels, 1)
-    lo = int(np.ceil(lo / blocks)) * blocks
+    if k > group.channels:  # the multiple does not fit: fall back to the block multiple
+        k = int(np.ceil(n / group.multiple - 1e-9)) * group.multiple
+    lo = max(min_channels, group.fewest)
+    lo = int(np.ceil(lo / group.multiple)) * group.multiple
     return int(min(group.channels, max(k, lo)))
 
 
@@ -116,16 +113,14 @@ def _grouped_slices(w: np.ndarray, groups: int) -> np.ndarray:
 
 
 def _top_k(group: Group, scores: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k best channels, respecting equal counts per block (grouped conv)."""
-    nb = group.n_blocks
-    if nb == 1:
-        idx = np.argsort(-scores, kind="stable")[:k]
-    else:
-        per = k // nb
-        idx = np.concatenate([np.flatnonzero(group.blocks == b)[np.argsort(-scores[group.blocks == b],
-                                                                               kind="stable")[:per]]
-                              for b in range(nb)])
-    return np.sort(idx)
+    """Indices of the k best channels, with each block's quota (grouped conv, split pieces)."""
+    if group.n_blocks == 1:
+        return np.sort(np.argsort(-scores, kind="stable")[:k])
+    out = []
+    for b, q in enumerate(group.quotas(k)):
+        members = np.flatnonzero(group.blocks == b)
+        out.append(members[np.argsort(-scores[members], kind="stable")[:q]])
+    return np.sort(np.concatenate(out))
 
 
 def _ensure_segments(analysis: Analysis, group: Group, idx: np.ndarray, scores: np.ndarray) -> np.ndarray:
