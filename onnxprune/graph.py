@@ -1,7 +1,8 @@
 """The working graph: a normalised onnx-graphsurgeon copy of the user's model.
 
 Normalisation (done once, before analysis, and the basis of every rewrite):
-- `Constant` nodes with a tensor value become constant tensors (weights are weights, wherever they live);
+- `Constant` nodes with a tensor value, and `Identity` nodes of constants, become constant tensors
+  (weights are weights, wherever they live);
 - every node gets a unique name (unnamed nodes are named `<op>_<index>`), so reports can name them;
 - shapes are inferred with ONNX shape inference (symbolic batch dimension kept symbolic).
 """
@@ -22,13 +23,24 @@ def normalise(model: onnx.ModelProto) -> onnx.ModelProto:
     m.CopyFrom(model)
     graph = m.graph
     kept_nodes, new_inits = [], []
+    inits = {t.name: t for t in graph.initializer}
+    outputs = {o.name for o in graph.output}
     for node in graph.node:
+        if node.op_type == "Identity" and node.input[0] in inits and node.output[0] not in outputs:
+            # exporters pass shared weights through Identity nodes: the output is a weight too
+            t = onnx.TensorProto()
+            t.CopyFrom(inits[node.input[0]])
+            t.name = node.output[0]
+            new_inits.append(t)
+            inits[t.name] = t
+            continue
         if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and len(node.attribute) == 1 \
                 and node.attribute[0].name == "value":
             t = onnx.TensorProto()
             t.CopyFrom(node.attribute[0].t)
             t.name = node.output[0]
             new_inits.append(t)
+            inits[t.name] = t
         else:
             kept_nodes.append(node)
     if new_inits:

@@ -1,0 +1,108 @@
+"""Streamed consumer statistics: batch-size independence and agreement with explicit contributions."""
+import numpy as np
+import onnx
+import pytest
+import torch
+import torch.nn.functional as F
+
+import zoo
+from onnxprune.analysis import Analysis
+from onnxprune.consumers import consumers_of, original_dense
+from onnxprune.statistics import Stats, group_terms, ridge_refit
+from onnxprune.taps import Tap
+
+
+def _setup(zoo_models, name="chain"):
+    z = next(z for z in zoo_models if z.name == name and z.exporter == "ts17")
+    a = Analysis(onnx.load(z.path))
+    return z, a
+
+
+def _stats(a, consumers, x_all, batch, max_positions):
+    tap = Tap(a.model, [c.input for c in consumers] + [c.output for c in consumers])
+    stats = {c.node: None for c in consumers}
+    for first in range(0, len(x_all), batch):
+        out = tap({"input": x_all[first:first + batch]})
+        for c in consumers:
+            x, y = c.features(out[c.input], out[c.output], first, max_positions, seed=0)
+            if stats[c.node] is None:
+                stats[c.node] = Stats(x.shape[1], y.shape[1])
+            stats[c.node].add(x, y)
+    return stats
+
+
+@pytest.mark.parametrize("max_positions", [None, 5])
+def test_streamed_statistics_do_not_depend_on_batch_size(zoo_models, max_positions):
+    z, a = _setup(zoo_models)
+    x = zoo.random_input(z, 13, 0)["input"]
+    for g in a.prunable:
+        cons = consumers_of(a, g)
+        ref = _stats(a, cons, x, 13, max_positions)
+        for batch in (1, 4):
+            got = _stats(a, cons, x, batch, max_positions)
+            for c in cons:
+                for u, v in zip(got[c.node].numpy(), ref[c.node].numpy()):
+                    np.testing.assert_allclose(u, v, rtol=1e-10, atol=1e-8)
+
+
+def test_gram_matrix_equals_explicit_channel_contributions(zoo_models):
+    """G_kl = Σ ⟨Z_k, Z_l⟩ with Z_k = the consumer's output from input channel k alone."""
+    z, a = _setup(zoo_models)
+    x = zoo.random_input(z, 6, 1)["input"]
+    checked = 0
+    for g in a.prunable:
+        cons = consumers_of(a, g)
+        if any(c.op != "Conv" for c in cons):
+            continue
+        stats = _stats(a, cons, x, 6, None)
+        ones = np.ones(len(a.class_of))
+        G, cvec, rr = group_terms([(stats[c.node], original_dense(c, a), _member(a, g, c), np.ones(len(c.labels), bool))
+                                   for c in cons], g.channels)
+        tap = Tap(a.model, [c.input for c in cons] + [c.output for c in cons])
+        out = tap({"input": x})
+        Gx = np.zeros_like(G)
+        cx = np.zeros_like(cvec)
+        rx = 0.0
+        for c in cons:
+            node = a.graph.nodes[c.node]
+            w = torch.from_numpy(np.asarray(node.inputs[1].values, np.float64))
+            b = np.asarray(node.inputs[2].values, np.float64)
+            inp = torch.from_numpy(out[c.input].astype(np.float64))
+            p = c.conv["pads"]
+            Zs = []
+            for k in range(g.channels):
+                mask = torch.zeros(inp.shape[1], dtype=torch.float64)
+                mask[_member(a, g, c)[::int(np.prod(c.conv["kernel"]))] == k] = 1
+                zk = F.conv2d(F.pad(inp * mask[None, :, None, None], (p[1], p[3], p[0], p[2])), w,
+                              stride=c.conv["strides"], dilation=c.conv["dilations"])
+                Zs.append(zk.numpy().ravel())
+            Zs = np.array(Zs)
+            target = (out[c.output].astype(np.float64) - b[None, :, None, None]).ravel()
+            Gx += Zs @ Zs.T
+            cx += Zs @ target
+            rx += float(target @ target)
+        np.testing.assert_allclose(G, Gx, rtol=1e-8, atol=1e-8 * np.abs(Gx).max())
+        np.testing.assert_allclose(cvec, cx, rtol=1e-8, atol=1e-8 * np.abs(cx).max())
+        assert rr == pytest.approx(rx, rel=1e-8)
+        checked += 1
+    assert checked >= 2
+
+
+def _member(a, g, c):
+    pos = {cl: i for i, cl in enumerate(g.classes.tolist())}
+    return np.array([pos.get(cl, -1) for cl in a.class_of[c.labels].tolist()])
+
+
+def test_ridge_refit_without_ridge_is_least_squares():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((300, 9))
+    Y = X @ rng.standard_normal((9, 4)) + 0.5 + 0.1 * rng.standard_normal((300, 4))
+    st = Stats(9, 4)
+    st.add(torch.from_numpy(X), torch.from_numpy(Y))
+    keep = np.array([1, 1, 0, 1, 0, 1, 1, 1, 0], bool)
+    w = ridge_refit(st, keep, 0.0)
+    Xa = np.concatenate([X[:, keep], np.ones((300, 1))], 1)
+    ref = np.linalg.lstsq(Xa, Y, rcond=None)[0]
+    np.testing.assert_allclose(w[:, np.append(np.flatnonzero(keep), 9)], ref.T, rtol=1e-8, atol=1e-10)
+    assert np.all(w[:, np.flatnonzero(~keep)] == 0)
+    assert st.loss(w) == pytest.approx(float(((Y - Xa @ ref) ** 2).sum()), rel=1e-8)
