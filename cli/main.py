@@ -65,6 +65,13 @@ def _names(names, limit=3):
     return ", ".join(names[:limit]) + (f" +{len(names) - limit}" if len(names) > limit else "") or "-"
 
 
+def _size(path) -> float:
+    import os
+    total = os.path.getsize(path)
+    data = str(path) + ".data"
+    return (total + (os.path.getsize(data) if path_uses_external_data(path) and os.path.exists(data) else 0)) / 1e6
+
+
 def _parse_keep(values):
     out = {}
     for v in values:
@@ -127,6 +134,7 @@ def prune(model, output, method, calib, refit, keep_ratio, flops, params, alloca
     if report_path:
         atomic_write_bytes(report_path, report.to_json().encode())
     click.echo(report.summary())
+    click.echo(f"size   {_size(model):.2f} MB -> {_size(output):.2f} MB")
     click.echo(f"wrote {output}")
 
 
@@ -149,6 +157,18 @@ def evaluate(original, pruned, data, as_json, batch_size):
     click.echo(f"mean KL    {res['kl']:.4f}")
     if res["accuracy_original"] is not None:
         click.echo(f"accuracy   {res['accuracy_original']:.2%} -> {res['accuracy_pruned']:.2%}")
+
+
+@main.command("report")
+@click.argument("report_json", type=click.Path())
+@click.option("-o", "--output", required=True, type=click.Path(), help="HTML file to write.")
+@user_errors
+def report_cmd(report_json, output):
+    """Render REPORT_JSON (from `prune --report`) as a self-contained HTML page with plots."""
+    from onnxprune.report_html import render
+    check_output_path(output, report_json)
+    atomic_write_bytes(output, render(report_json).encode())
+    click.echo(f"wrote {output}")
 
 
 if __name__ == "__main__":

@@ -75,8 +75,12 @@ def build_report(analysis: Analysis, selection: Selection, pruned: onnx.ModelPro
                                   g.macs / total, None if g.frozen else (r.method if r else method),
                                   r.err_calib if r else None, r.err_holdout if r else None,
                                   list(r.curve) if r else [], r.note if r else ""))
+    roots = analysis.class_of
+    layers = [{"node": c.node, "op": c.op, "macs_before": c.macs,
+               "macs_after": int(round(c.macs * np.prod([keep[roots[f]].mean() for f in c.factors])))}
+              for c in analysis.costs]
     return Report(name, method, target, analysis.total_macs, macs(analysis, keep),
-                  count_params(analysis.model), count_params(pruned), groups)
+                  count_params(analysis.model), count_params(pruned), groups, layers=layers)
 
 
 def prune(model, calibration=None, *, method: str = "greedy-local", refit: str | None = None,

@@ -227,7 +227,9 @@ class GreedyPruner:
             path = greedy.SELECTORS[opts.method](G, c, rr, k, blocks, quota)
             idx = np.array(sorted(path.order[:k]), dtype=np.int64)
             gam = greedy.ls_gamma(G, c, idx) if path.gamma is None else path.gamma[idx]
-            result.curve = (path.losses / max(rr, 1e-300)).tolist()
+            full = path if opts.method == "greedy-local" and len(path.order) == group.channels and quota is None \
+                else greedy.greedy_local(G, c, rr, group.channels)  # the whole curve, for the report
+            result.curve = (full.losses / max(rr, 1e-300)).tolist()
         else:
             idx = self._baseline(group, k)
             gam = np.ones(len(idx))

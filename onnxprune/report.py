@@ -40,6 +40,7 @@ class Report:
     refit: str = "none"
     allocate: str = "uniform"
     calibration_samples: int = 0
+    layers: list[dict] = field(default_factory=list)   # {"node", "op", "macs_before", "macs_after"}
 
     @property
     def macs_ratio(self) -> float:
