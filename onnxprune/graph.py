@@ -54,7 +54,12 @@ def normalise(model: onnx.ModelProto) -> onnx.ModelProto:
             name = f"{name}_{i}"
         node.name = name
         seen.add(name)
-    return infer_shapes(m)
+    inferred = infer_shapes(m)
+    # the interface is the user's: shape inference must not rename or refine input/output dims
+    for field in ("input", "output"):
+        del getattr(inferred.graph, field)[:]
+        getattr(inferred.graph, field).extend(getattr(m.graph, field))
+    return inferred
 
 
 def infer_shapes(m: onnx.ModelProto) -> onnx.ModelProto:

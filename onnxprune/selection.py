@@ -124,14 +124,23 @@ def _top_k(group: Group, scores: np.ndarray, k: int) -> np.ndarray:
 
 
 def _ensure_segments(analysis: Analysis, group: Group, idx: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """Every consumer / split piece of the group keeps at least one channel."""
+    """Every consumer input, Split piece or Slice keeps at least one channel of its part of the group
+    (a zero-channel tensor is not a valid graph); grouped-Conv blocks stay equal."""
     pos = {c: i for i, c in enumerate(group.classes.tolist())}
     kept = set(idx.tolist())
     roots = analysis.class_of
     for seg in analysis.segments:
-        members = [pos[c] for c in roots[seg].tolist() if c in pos]
-        if members and not kept.intersection(members) and len(members) == len(seg):
+        classes = roots[seg].tolist()
+        if 0 in classes:
+            continue  # holds a channel that never goes
+        members = [pos[c] for c in classes if c in pos]
+        if members and not kept.intersection(members):
             kept.add(max(members, key=lambda i: scores[i]))
+    if group.n_blocks > 1 and not group.proportional:
+        counts = np.bincount(group.blocks[list(kept)], minlength=group.n_blocks)
+        for b in range(group.n_blocks):  # raise every block to the fullest one
+            spare = sorted((i for i in np.flatnonzero(group.blocks == b) if i not in kept), key=lambda i: -scores[i])
+            kept.update(spare[:counts.max() - counts[b]])
     return np.array(sorted(kept), dtype=np.int64)
 
 

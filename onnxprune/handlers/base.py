@@ -17,9 +17,14 @@ def axis_labels(lab: np.ndarray, axis: int, size: int) -> np.ndarray | None:
     vec = lab.reshape(-1)
     if len(vec) == size:
         return vec
-    if len(vec) == 1:
-        return np.repeat(vec, size) if size == 1 else None
+    if len(vec) == 1:  # a single channel broadcast along the axis: every position is that channel
+        return np.repeat(vec, size)
     return None
+
+
+def single(lab: np.ndarray) -> bool:
+    """A layout of one channel (every axis of size 1): its channel axis cannot be told from the layout."""
+    return lab.size == 1
 
 
 def on_axis(vec: np.ndarray, axis: int, rank: int) -> np.ndarray:

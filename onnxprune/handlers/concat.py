@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import handles
-from .base import attr, axis_labels, input_or_attr, labeled_axes, on_axis
+from .base import attr, axis_labels, input_or_attr, labeled_axes, on_axis, single
 
 FIXED = 0
 
@@ -16,7 +16,9 @@ def concat(node, ctx):
         return
     rank = next(lab.ndim for lab in labs if lab is not None)
     axis = attr(node, "axis") % rank
-    if not any(lab is not None and lab.shape[axis] > 1 for lab in labs):
+    one_channel = all(lab is None or single(lab) for lab in labs)  # which axis is the channel axis?
+    channel_concat = any(lab is not None and lab.shape[axis] > 1 for lab in labs) or (one_channel and axis == 1)
+    if not channel_concat:
         # channels ride along a concatenation of another axis: they must agree positionally
         out = next(lab for lab in labs if lab is not None)
         for t, lab in zip(node.inputs, labs):

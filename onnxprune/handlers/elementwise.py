@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import handles
-from .base import attr, axis_labels, labeled_axes
+from .base import attr, axis_labels, labeled_axes, single
 
 UNARY = ("Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu", "Celu",
          "Softplus", "Softsign", "Gelu", "Erf", "Exp", "Log", "Sqrt", "Neg", "Abs", "Identity", "Cast",
@@ -43,13 +43,16 @@ def broadcast(node, ctx):
             rank = max(rank, len(shp))
     labs = [None if lab is None else lab.reshape(_aligned(lab.shape, rank)) for lab in labs]
     labelled = [lab for lab in labs if lab is not None]
+    base = next((lab for lab in labelled if not single(lab)), labelled[0])
     try:
-        out = np.broadcast_arrays(*labelled)[0]
+        out = np.broadcast_to(base, np.broadcast_shapes(*(lab.shape for lab in labelled)))
     except ValueError:
         for lab in labelled:
             ctx.freeze(lab, node, "operands' channel layouts do not broadcast")
         return
-    for lab in labelled[1:]:
+    for lab in labelled:
+        if lab is base or (single(lab) and not single(out)):
+            continue  # one channel broadcast over many: nothing to keep together (it has no consumer here)
         ctx.unite(out, lab, node)
     axes = labeled_axes(out)
     for i, t in enumerate(node.inputs):
@@ -79,7 +82,8 @@ def _per_channel_params(node, ctx, inputs: range):
     lab = ctx.layout(node.inputs[0])
     if lab is None:
         return
-    channels = lab.shape[1] if lab.ndim > 1 else 1
+    shape = ctx.shape(node.inputs[0])
+    channels = shape[1] if shape is not None and len(shape) > 1 and shape[1] is not None else lab.shape[1]
     vec = axis_labels(lab, 1, channels)
     if vec is None:
         ctx.freeze(lab, node, "channels are not on axis 1")
