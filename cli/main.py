@@ -109,13 +109,18 @@ def _parse_keep(values):
 @click.option("--preprocess", default="none", show_default=True, type=click.Choice(["none", "imagenet"]),
               help="Preset for image folders.")
 @click.option("--image-size", type=int, help="Image side for image folders (default: the model's).")
+@click.option("--output-loss", default="kl", show_default=True, type=click.Choice(["kl", "mse"]),
+              help="Global methods: discrepancy of the outputs (kl for classifiers).")
+@click.option("--global-samples", default=256, show_default=True,
+              help="Global methods: calibration samples the output loss is measured on.")
 @click.option("--report", "report_path", type=click.Path(), help="Write the report JSON here.")
 @click.option("--masked-reference", "masked_path", type=click.Path(),
               help="Also write the masked reference (original topology, removed channels zeroed).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @user_errors
 def prune(model, output, method, calib, refit, keep_ratio, flops, params, allocate, round_to, min_channels, keep,
-          norm, seed, batch_size, max_positions, holdout, preprocess, image_size, report_path, masked_path, quiet):
+          norm, seed, batch_size, max_positions, holdout, preprocess, image_size, output_loss, global_samples,
+          report_path, masked_path, quiet):
     """Prune MODEL to a target and write the smaller model to OUTPUT."""
     for path in (output, report_path, masked_path):
         if path:
@@ -126,7 +131,8 @@ def prune(model, output, method, calib, refit, keep_ratio, flops, params, alloca
                                params=params, allocate=allocate, round_to=round_to, min_channels=min_channels,
                                keep=_parse_keep(keep), norm=norm, seed=seed, batch_size=batch_size,
                                max_positions=max_positions or None, holdout=holdout, preprocess=preprocess,
-                               image_size=image_size, quiet=quiet)
+                               image_size=image_size, output_loss=output_loss, global_samples=global_samples,
+                               quiet=quiet)
     external = path_uses_external_data(model) or None  # weights beside the input: same for the output
     save_model(pruned, output, external_data=external)
     if masked_path:

@@ -19,7 +19,8 @@ from .rewrite import Rewriter
 from .selection import Selection, counts_for_ratio, counts_for_target, select
 
 log = logging.getLogger("onnxprune")
-METHODS = ("greedy-local", "greedy-convex", "gfs", "magnitude", "random")
+METHODS = ("greedy-local", "greedy-convex", "gfs", "greedy-taylor", "greedy-global", "greedy-combined", "taylor",
+           "magnitude", "random")
 
 
 def _as_model(model) -> tuple[onnx.ModelProto, str]:
@@ -88,27 +89,30 @@ def prune(model, calibration=None, *, method: str = "greedy-local", refit: str |
           round_to: int = 1, min_channels: int = 1, keep: dict | None = None, allocate: str | None = None,
           norm: str = "l1", seed: int = 0, batch_size: int = 32, max_positions: int | None = 64,
           holdout: float = 0.1, ridge: float = 1e-3, preprocess: str = "none", image_size: int | None = None,
+          output_loss: str = "kl", global_samples: int = 256, taylor_rounds: int = 4,
           quiet: bool = True) -> tuple[onnx.ModelProto, Report]:
     """Prune a model (path or ModelProto) to a target; returns the pruned model and its report.
 
     `calibration`: a path (.npz/.npy file or folder, image folder), dict of arrays, iterable of input
     dicts or ONNX Runtime CalibrationDataReader. Needed by the greedy methods and by any re-fit.
     `refit`: none | gamma | full (default: full with calibration, none without).
-    `allocate`: uniform | loss (default: loss for greedy methods with a flops/params target)."""
+    `allocate`: uniform | loss (default: loss for greedy methods with a flops/params target).
+    `output_loss`: kl | mse, the global methods' output discrepancy, measured on `global_samples`."""
     from .calibration import load_calibration
-    from .pruner import BASELINES, GREEDY, GreedyPruner, Options
-    if method not in GREEDY + BASELINES:
-        raise UserError(f"--method {method}: unknown (choose from {', '.join(GREEDY + BASELINES)})")
+    from .pruner import BASELINES, GLOBAL, GREEDY, GreedyPruner, Options
+    if method not in METHODS:
+        raise UserError(f"--method {method}: unknown (choose from {', '.join(METHODS)})")
     if norm not in ("l1", "l2"):
         raise UserError(f"--norm {norm}: must be l1 or l2")
     refit = refit or ("full" if calibration is not None else "none")
-    if calibration is None and (method in GREEDY or refit != "none"):
+    if calibration is None and (method in GREEDY + GLOBAL or refit != "none"):
         raise UserError(f"--method {method} --refit {refit} needs calibration data (--calib); "
                         "--method magnitude or random with --refit none prune without data")
     targets = [t for t in (keep_ratio, flops, params) if t is not None]
     if len(targets) != 1:
         raise UserError("give exactly one target: --keep-ratio, --flops or --params")
-    allocate = allocate or ("loss" if method in GREEDY and keep_ratio is None else "uniform")
+    greedy_like = method in GREEDY or method.startswith("greedy-")
+    allocate = allocate or ("loss" if greedy_like and keep_ratio is None else "uniform")
     if allocate not in ("uniform", "loss"):
         raise UserError(f"--allocate {allocate}: choose uniform or loss")
     if allocate == "loss" and calibration is None:
@@ -134,7 +138,8 @@ def prune(model, calibration=None, *, method: str = "greedy-local", refit: str |
         n_cal = 0
     else:
         cal = load_calibration(calibration, analysis.model, holdout, preprocess, image_size)
-        opts = Options(method, refit, batch_size, max_positions, ridge, seed, norm, quiet)
+        opts = Options(method, refit, batch_size, max_positions, ridge, seed, norm, quiet, output_loss,
+                       global_samples, taylor_rounds)
         pruner = GreedyPruner(analysis, cal, opts)
         counts = pruner.counts(keep_ratio, fraction, what, allocate, round_to, min_channels, overrides)
         selection = pruner.run(counts)

@@ -14,6 +14,7 @@ import logging
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from . import greedy
@@ -22,6 +23,7 @@ from .analysis import Analysis, Group
 from .calibration import Calibration, checked_batches
 from .consumers import bias_index, consumers_of, original_dense, to_onnx
 from .errors import UserError
+from .global_imitation import OutputLoss, exact_select, taylor_importance, taylor_select
 from .rewrite import Rewriter
 from .selection import Selection, _ensure_segments, _scores_magnitude, _top_k, counts_for_ratio
 from .statistics import NotSupported, Stats, group_terms, loss, ridge_refit
@@ -29,6 +31,7 @@ from .taps import Tap
 
 log = logging.getLogger("onnxprune")
 GREEDY = ("greedy-local", "greedy-convex", "gfs")
+GLOBAL = ("greedy-taylor", "greedy-global", "greedy-combined", "taylor")
 BASELINES = ("magnitude", "random")
 REFITS = ("none", "gamma", "full")
 RIDGE_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
@@ -44,6 +47,10 @@ class Options:
     seed: int = 0
     norm: str = "l1"
     quiet: bool = False
+    output_loss: str = "kl"       # global imitation: kl (softmax outputs) or mse
+    global_samples: int = 256     # calibration samples the output loss is measured on
+    taylor_rounds: int = 4        # backward passes per group for greedy-taylor
+    exact_limit: int = 32         # greedy-global is exact up to this many channels, Taylor above
 
 
 @dataclass
@@ -108,10 +115,60 @@ def _complete(group: Group, idx: np.ndarray, k: int, scores: np.ndarray) -> np.n
     return np.array(sorted(out), dtype=np.int64)
 
 
+@dataclass
+class _Outcome:
+    kept: np.ndarray
+    gamma: np.ndarray
+    replace: dict = field(default_factory=dict)
+    dense: dict = field(default_factory=dict)
+    err_calib: float | None = None
+    err_holdout: float | None = None
+
+
+class _GroupStats:
+    """A group's local terms (G, c, rr) on the calibration and held-out splits."""
+
+    def __init__(self, pruner, group, consumers, col, keep, gamma):
+        self.consumers, self.col, self.keep, self.gamma = consumers, col, keep, gamma
+        self.G, self.c, self.rr = pruner._terms(group, consumers, col.stats["calib"], keep, gamma)
+        held = col.stats["holdout"]
+        self.held = held if all(v is not None for v in held.values()) else None
+        self.Gh, self.ch, self.rrh = pruner._terms(group, consumers, self.held, keep, gamma) if self.held \
+            else (None, None, None)
+
+
+class _GlobalState:
+    """The torch twin and the output losses (calibration subset and held-out split)."""
+
+    def __init__(self, analysis, cal, opts):
+        from .twin import Twin
+        self.analysis, self.opts = analysis, opts
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        try:
+            self.original = Twin(analysis, device=self.device)
+        except NotImplementedError as exc:
+            raise UserError(f"--method {opts.method}: {exc}; use --method greedy-local") from None
+        self.calib = OutputLoss(cal, opts.output_loss, opts.global_samples, opts.batch_size, self.device, "calib")
+        self.holdout = OutputLoss(cal, opts.output_loss, opts.global_samples, opts.batch_size, self.device,
+                                  "holdout")
+        for part in (self.calib, self.holdout):
+            part.set_reference(self.original)
+
+    def twin_for(self, sel: Selection, _unused):
+        from .twin import Twin
+        keep, gamma = sel.class_arrays(self.analysis)
+        twin = Twin(self.analysis, device=self.device, replace=sel.replace, keep=keep) if sel.replace \
+            else self.original
+        gates = torch.as_tensor(np.where(keep, gamma, 0.0), dtype=torch.float32, device=self.device)
+        return twin, gates
+
+
 class GreedyPruner:
     def __init__(self, analysis: Analysis, cal: Calibration, opts: Options):
-        if opts.method not in GREEDY + BASELINES:
-            raise UserError(f"--method {opts.method}: unknown (choose from {', '.join(GREEDY + BASELINES)})")
+        if opts.method not in GREEDY + GLOBAL + BASELINES:
+            raise UserError(f"--method {opts.method}: unknown (choose from {', '.join(GREEDY + GLOBAL + BASELINES)})")
+        if opts.output_loss not in ("kl", "mse"):
+            raise UserError(f"--output-loss {opts.output_loss}: choose kl or mse")
         if opts.refit not in REFITS:
             raise UserError(f"--refit {opts.refit}: choose from {', '.join(REFITS)}")
         self.analysis, self.cal, self.opts = analysis, cal, opts
@@ -120,6 +177,7 @@ class GreedyPruner:
         self.dense: dict[int, np.ndarray] = {}   # re-fitted consumers: node -> W̃
         self.results: dict[int, GroupResult] = {}
         self.magnitude = _scores_magnitude(analysis, opts.norm)
+        self._global_state = None
 
     # ----- allocation -------------------------------------------------------------------------
     def profile_curves(self) -> dict[int, np.ndarray]:
@@ -208,7 +266,7 @@ class GreedyPruner:
         try:
             consumers = consumers_of(self.analysis, group)
         except NotSupported as exc:
-            method = "magnitude" if opts.method in GREEDY else opts.method
+            method = "magnitude" if opts.method not in BASELINES else opts.method
             idx = self._baseline(group, k)
             self.sel.kept[group.id], self.sel.gamma[group.id] = idx, np.ones(len(idx))
             self.results[group.id] = GroupResult(method, note=f"no statistics ({exc}); {method}, no re-fit")
@@ -217,58 +275,111 @@ class GreedyPruner:
         col = _Collector(consumers, opts)
         col.run(self.cal, Tap(masked, [c.input for c in consumers]),
                 Tap(self.analysis.model, [c.output for c in consumers]), f"group {group.id}")
-        G, c, rr = self._terms(group, consumers, col.stats["calib"], keep, gamma)
-        held = col.stats["holdout"] if all(v is not None for v in col.stats["holdout"].values()) else None
-        Gh, ch, rrh = self._terms(group, consumers, held, keep, gamma) if held else (None, None, None)
+        st = _GroupStats(self, group, consumers, col, keep, gamma)
+        cands = self._candidates(group, k, st)
+        outcomes = [(name, self._outcome(group, k, idx, gam, st), curve, note) for name, idx, gam, curve, note in cands]
+        name, out, curve, note = outcomes[0]
+        if len(outcomes) > 1:  # greedy-combined: the lower output loss on held-out data wins
+            scored = [(self._output_loss(group, o, held=True), n, o, cv, nt) for n, o, cv, nt in outcomes]
+            scored.sort(key=lambda t: t[0])
+            best, name, out, curve, note = scored[0]
+            note = "; ".join(f"{n}: held-out output loss {v:.4g}" for v, n, *_ in scored) + f"; {name} kept"
+        self.sel.kept[group.id], self.sel.gamma[group.id] = out.kept, out.gamma
+        self.sel.replace.update(out.replace)
+        self.dense.update(out.dense)
+        self.results[group.id] = GroupResult(name if opts.method != "greedy-combined" else f"combined:{name}",
+                                             out.err_calib, out.err_holdout, curve, note)
+
+    def _candidates(self, group, k, st) -> list:
+        """(method, kept indices, γ, loss curve, note) for each selection to try on this group."""
+        opts, G, c, rr = self.opts, st.G, st.c, st.rr
         quota = group.quotas(k) if group.n_blocks > 1 else None
         blocks = group.blocks if quota is not None else None
-        result = GroupResult(opts.method)
-        if opts.method in GREEDY:
-            path = greedy.SELECTORS[opts.method](G, c, rr, k, blocks, quota)
+        curve = (greedy.greedy_local(G, c, rr, group.channels).losses / max(rr, 1e-300)).tolist()
+        out = []
+        if opts.method in GREEDY or opts.method == "greedy-combined":
+            method = "greedy-local" if opts.method == "greedy-combined" else opts.method
+            path = greedy.SELECTORS[method](G, c, rr, k, blocks, quota)
             idx = np.array(sorted(path.order[:k]), dtype=np.int64)
             gam = greedy.ls_gamma(G, c, idx) if path.gamma is None else path.gamma[idx]
-            full = path if opts.method == "greedy-local" and len(path.order) == group.channels and quota is None \
-                else greedy.greedy_local(G, c, rr, group.channels)  # the whole curve, for the report
-            result.curve = (full.losses / max(rr, 1e-300)).tolist()
-        else:
+            out.append((method, idx, gam, curve, ""))
+        if opts.method in GLOBAL:
+            g = self._global()
+            twin, gates = g.twin_for(self.sel, None)
+            classes = group.classes
+            if opts.method == "taylor":
+                scores = taylor_importance(twin, g.calib, gates, classes)
+                idx = _top_k(group, scores, k)
+                out.append(("taylor", idx, np.ones(len(idx)), [], ""))
+            elif opts.method == "greedy-global" and group.channels <= opts.exact_limit:
+                idx = np.array(exact_select(twin, g.calib, gates, classes, k, quota, blocks), dtype=np.int64)
+                out.append(("greedy-global", idx, greedy.ls_gamma(G, c, idx), curve, "exact"))
+            else:
+                chosen, passes = taylor_select(twin, g.calib, gates, classes, k, quota, blocks, opts.taylor_rounds)
+                idx = np.array(chosen, dtype=np.int64)
+                name = "greedy-global" if opts.method == "greedy-global" else "greedy-taylor"
+                out.append((name, idx, greedy.ls_gamma(G, c, idx), curve, f"Taylor, {passes} backward passes"))
+        if opts.method in BASELINES:
             idx = self._baseline(group, k)
-            gam = np.ones(len(idx))
-        fixed = _complete(group, idx, k, np.abs(c) / np.sqrt(np.maximum(np.diag(G), 1e-300)))
-        fixed = _ensure_segments(self.analysis, group, fixed, np.zeros(group.channels))
-        if not np.array_equal(fixed, idx):
-            idx, gam = fixed, greedy.ls_gamma(G, c, fixed)
-        if opts.refit == "gamma":
-            gam = greedy.ls_gamma(G, c, idx)
-        self.sel.kept[group.id], self.sel.gamma[group.id] = idx, gam
-        if opts.refit == "full":
-            self.sel.gamma[group.id] = np.ones(len(idx))
-            new_keep, _ = self.sel.class_arrays(self.analysis)
-            losses = self._full_refit(consumers, col, new_keep, keep, gamma)
-            result.err_calib = losses[0] / max(rr, 1e-300)
-            result.err_holdout = None if held is None else losses[1] / max(rrh, 1e-300)
-        else:
-            result.err_calib = loss(G, c, rr, idx, gam) / max(rr, 1e-300)
-            if held is not None:
-                result.err_holdout = loss(Gh, ch, rrh, idx, gam) / max(rrh, 1e-300)
-        self.results[group.id] = result
+            out.append((opts.method, idx, np.ones(len(idx)), curve, ""))
+        fixed_out = []
+        for name, idx, gam, cv, note in out:
+            fixed = _complete(group, idx, k, np.abs(c) / np.sqrt(np.maximum(np.diag(G), 1e-300)))
+            fixed = _ensure_segments(self.analysis, group, fixed, np.zeros(group.channels))
+            if not np.array_equal(fixed, idx):
+                idx, gam = fixed, greedy.ls_gamma(G, c, fixed)
+            if opts.refit == "gamma":
+                gam = greedy.ls_gamma(G, c, idx)
+            fixed_out.append((name, idx, gam, cv, note))
+        return fixed_out
 
-    def _full_refit(self, consumers, col, new_keep, keep, gamma) -> tuple[float, float]:
+    def _outcome(self, group, k, idx, gam, st) -> "_Outcome":
+        """The group's decision with its re-fit applied, and its imitation errors (not yet committed)."""
+        out = _Outcome(idx, gam)
+        if self.opts.refit == "full":
+            out.gamma = np.ones(len(idx))
+            trial = Selection(dict(self.sel.kept), dict(self.sel.gamma))
+            trial.kept[group.id], trial.gamma[group.id] = idx, out.gamma
+            new_keep, _ = trial.class_arrays(self.analysis)
+            total, total_h = self._full_refit(st, new_keep, out)
+            out.err_calib = total / max(st.rr, 1e-300)
+            out.err_holdout = None if st.held is None else total_h / max(st.rrh, 1e-300)
+        else:
+            out.err_calib = loss(st.G, st.c, st.rr, idx, gam) / max(st.rr, 1e-300)
+            if st.held is not None:
+                out.err_holdout = loss(st.Gh, st.ch, st.rrh, idx, gam) / max(st.rrh, 1e-300)
+        return out
+
+    def _full_refit(self, st, new_keep, out) -> tuple[float, float]:
         """Ridge re-fit of every consumer's whole weight (and bias) on its kept inputs; returns the
         summed loss on the calibration and held-out splits."""
         roots = self.analysis.class_of
         total, total_h = 0.0, 0.0
-        for c in consumers:
-            current = self._current_weights(c, keep, gamma)
+        for c in st.consumers:
+            current = self._current_weights(c, st.keep, st.gamma)
             fixed_bias = None if bias_index(c, self.analysis) is not None else current[:, -1]
-            calib, held = col.stats["calib"][c.node], col.stats["holdout"][c.node]
+            calib, held = st.col.stats["calib"][c.node], st.col.stats["holdout"][c.node]
             feats = new_keep[roots[c.labels]]
             # ridge strength: chosen on the held-out split when there is one (guards small data sets)
             lams = RIDGE_GRID if held is not None else (self.opts.ridge,)
             fits = [ridge_refit(calib, feats, lam, fixed_bias) for lam in lams]
             wt = min(fits, key=held.loss) if held is not None else fits[0]
-            self.dense[c.node] = wt
-            self.sel.replace[c.node] = to_onnx(c, self.analysis, wt)
+            out.dense[c.node] = wt
+            out.replace[c.node] = to_onnx(c, self.analysis, wt)
             total += calib.loss(wt)
             if held is not None:
                 total_h += held.loss(wt)
         return total, total_h
+
+    # ----- global imitation -----------------------------------------------------------------------
+    def _global(self) -> "_GlobalState":
+        if self._global_state is None:
+            self._global_state = _GlobalState(self.analysis, self.cal, self.opts)
+        return self._global_state
+
+    def _output_loss(self, group, out: "_Outcome", held: bool) -> float:
+        g = self._global()
+        trial = Selection(dict(self.sel.kept), dict(self.sel.gamma), {**self.sel.replace, **out.replace})
+        trial.kept[group.id], trial.gamma[group.id] = out.kept, out.gamma
+        twin, gates = g.twin_for(trial, None)
+        return (g.holdout if held and g.holdout.samples else g.calib).value(twin, gates)
