@@ -66,7 +66,7 @@ class OutputLoss:
             else:
                 loss = self._loss(out, r)
             loss.backward()
-            total += float(loss)
+            total += float(loss.detach())
         return total / max(self.samples, 1), g.grad.detach().cpu().numpy() / max(self.samples, 1)
 
 
