@@ -1,0 +1,124 @@
+"""Reusable benchmark helpers: machine info, ONNX Runtime CPU sessions, interleaved timing."""
+from __future__ import annotations
+
+import copy
+import datetime
+import os
+import platform
+import time
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+
+def cores() -> int:
+    """CPU cores this process may run on (affinity-aware)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def loadavg() -> list[float] | None:
+    try:
+        return [float(x) for x in open("/proc/loadavg").read().split()[:3]]
+    except OSError:
+        return None
+
+
+def machine_info(note: str = "") -> dict:
+    return {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "onnxruntime": ort.__version__, "onnx": onnx.__version__, "numpy": np.__version__,
+            "python": platform.python_version(), "cpu_model": cpu_model(), "cores": cores(),
+            "loadavg_start": loadavg(), "note": note}
+
+
+def inline_identity_initializers(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    """Copy of `model` with every `Identity(initializer)` node replaced by an initializer.
+
+    torch.onnx.export deduplicates equal initializers (e.g. the all-zero folded BN biases of
+    a random-weight network) and re-exposes them through Identity nodes; onnxprune then sees
+    those weights as "computed at run time" and freezes the group.  Semantics are unchanged.
+    """
+    model = copy.deepcopy(model)
+    inits = {t.name: t for t in model.graph.initializer}
+    keep, n = [], 0
+    for node in model.graph.node:
+        if node.op_type == "Identity" and node.input[0] in inits:
+            t = copy.deepcopy(inits[node.input[0]])
+            t.name = node.output[0]
+            model.graph.initializer.append(t)
+            n += 1
+        else:
+            keep.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+    return model, n
+
+
+def make_session(model, threads: int | None = None) -> ort.InferenceSession:
+    """CPU session (ORT_ENABLE_ALL, sequential, intra-op threads = cores) from a path or ModelProto."""
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads or cores()
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+
+
+_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+           "tensor(int64)": np.int64, "tensor(int32)": np.int32}
+
+
+def random_feed(sess: ort.InferenceSession, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random inputs; the first (symbolic) dim is the batch, other symbolic dims become 1."""
+    rng = np.random.default_rng(seed)
+    feed = {}
+    for inp in sess.get_inputs():
+        shape = [d if isinstance(d, int) else (batch if i == 0 else 1) for i, d in enumerate(inp.shape)]
+        feed[inp.name] = rng.standard_normal(shape).astype(_DTYPES[inp.type])
+    return feed
+
+
+def time_interleaved(runs: dict, repeats: int, warmup: int = 3) -> dict[str, np.ndarray]:
+    """Wall time (ms) of each callable in `runs`, interleaved round-robin to cancel drift.
+
+    Every round calls each callable once; the start position rotates each round so no
+    variant is always first/last.  Returns {name: array of `repeats` times in ms}.
+    """
+    names = list(runs)
+    for _ in range(warmup):
+        for n in names:
+            runs[n]()
+    times = {n: [] for n in names}
+    for r in range(repeats):
+        for k in range(len(names)):
+            n = names[(r + k) % len(names)]
+            t0 = time.perf_counter()
+            runs[n]()
+            times[n].append((time.perf_counter() - t0) * 1e3)
+    return {n: np.asarray(t) for n, t in times.items()}
+
+
+def summarize(ms: np.ndarray) -> dict:
+    p10, p50, p90 = np.percentile(ms, [10, 50, 90])
+    return {"median_ms": float(p50), "p10_ms": float(p10), "p90_ms": float(p90),
+            "mean_ms": float(ms.mean()), "n": int(ms.size)}
+
+
+def format_table(headers: list[str], rows: list[list]) -> str:
+    cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
