@@ -14,12 +14,6 @@ from onnxprune.global_imitation import OutputLoss
 from onnxprune.twin import Twin
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("kind", ["kl", "mse"])

@@ -18,13 +18,6 @@ from onnxprune.twin import Twin
 CASES = [(name, exp) for name, _ in zoo.zoo_models() for exp in zoo.EXPORTERS]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The models are tiny: torch's thread pool only costs time (a lot of it on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

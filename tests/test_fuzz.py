@@ -1,0 +1,486 @@
+"""Hardening (issue 7): mutated model files and hostile inputs never produce a traceback, a hang or a
+half-written output.
+
+Fuzzing: seeded bit flips, truncations and byte overwrites of valid zoo models (TorchScript exports with
+their weights inline, dynamo exports whose .onnx holds only the graph) are fed to
+`onnxprune prune X -o OUT --method magnitude --flops 0.5 --masked-reference M`, each run in a forked
+child with a timeout. Each case must end with exit 0 and an output that passes the checker and equals
+its masked reference, or exit 2 with one line on stderr and no file left behind. Outcome counts are
+printed (pytest -s). ONNXPRUNE_FUZZ_CASES / ONNXPRUNE_FUZZ_BUDGET_S change the number of cases and the
+time bound, ONNXPRUNE_FUZZ_SEED draws other cases.
+
+Then the bad-input cases not covered by test_cli.py: unsupported opsets, a model failing the checker,
+protobufs that are not models, pickled npz data, unwritable or impossible output paths, determinism.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto, helper, numpy_helper
+
+from cli.main import main
+from helpers import rel_err, run
+
+N_CASES = int(os.environ.get("ONNXPRUNE_FUZZ_CASES", "160"))
+BUDGET_S = float(os.environ.get("ONNXPRUNE_FUZZ_BUDGET_S", "120"))
+SEED = int(os.environ.get("ONNXPRUNE_FUZZ_SEED", "10000"))
+CASE_TIMEOUT_S = 60.0
+# dynamo exports keep only the graph in the .onnx file (weights in .onnx.data): mutations hit structure.
+# (shuffle/split/mbv3_se dynamo18 are left out: their pruned weights all fall under the external-data size
+# threshold, which crashes the save; see test_small_external_data_model_saves.)
+SOURCES = [("chain", "dynamo18"), ("basic_res", "dynamo18"), ("grouped", "dynamo18"), ("concat", "dynamo18"),
+           ("shuffle", "ts17"), ("split", "ts17"), ("nhwc", "ts17"), ("mbv3_se", "ts17"), ("view_flatten", "ts13")]
+PRUNE = ["--method", "magnitude", "--flops", "0.5"]
+# Failures whose minimal reproductions are the xfail tests named here: counted as "known:<test>", not
+# as new failures (the fuzz test then still fails on anything else).
+KNOWN = {"cannot reshape array of size": "test_tensor_data_not_matching_its_shape_is_a_user_error",
+         "incompatible function arguments": "test_non_utf8_names_are_a_user_error",
+         "UnicodeDecodeError": "test_non_utf8_names_are_a_user_error",
+         "unsupported operand type(s) for /: 'PosixPath' and 'bytes'": "test_non_utf8_names_are_a_user_error"}
+FAILURES = {"hang", "crash", "traceback", "bad-exit", "exit2-not-one-line", "exit2-left-files",
+            "exit0-no-output", "exit0-invalid-output", "exit0-mismatch"}
+
+
+# --------------------------------------------------------------------------------------- running the CLI
+def run_cli(args: list, cwd: Path, timeout: float = CASE_TIMEOUT_S) -> tuple[str | int, str, str]:
+    """Run `onnxprune ARGS` as the console script would (standalone click, uncaught exceptions print a
+    traceback) in a forked child; returns (exit code | 'timeout' | 'signal N', stdout, stderr)."""
+    out_p, err_p = cwd.parent / f".{cwd.name}.stdout", cwd.parent / f".{cwd.name}.stderr"
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # child: never return into pytest
+        code = 1
+        try:
+            os.chdir(cwd)
+            fo, fe = open(out_p, "w"), open(err_p, "w")
+            os.dup2(fo.fileno(), 1)
+            os.dup2(fe.fileno(), 2)
+            sys.stdout, sys.stderr = fo, fe
+            try:
+                main.main(args=[str(a) for a in args], prog_name="onnxprune", standalone_mode=True)
+                code = 0
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            except BaseException:
+                traceback.print_exc()
+                code = 1
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + timeout
+    status = None
+    while time.monotonic() < deadline:
+        done, st = os.waitpid(pid, os.WNOHANG)
+        if done:
+            status = st
+            break
+        time.sleep(0.005)
+    if status is None:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        code = "timeout"
+    elif os.WIFSIGNALED(status):
+        code = f"signal {os.WTERMSIG(status)}"
+    else:
+        code = os.WEXITSTATUS(status)
+    out = out_p.read_text(errors="replace") if out_p.exists() else ""
+    err = err_p.read_text(errors="replace") if err_p.exists() else ""
+    out_p.unlink(missing_ok=True)
+    err_p.unlink(missing_ok=True)
+    return code, out, err
+
+
+# --------------------------------------------------------------------------------------- mutations
+def _weight_mask(data: bytes, path: Path) -> np.ndarray:
+    """True where the file holds inline weight bytes (raw_data of initializers)."""
+    mask = np.zeros(len(data), dtype=bool)
+    m = onnx.load_from_string(data)
+    for t in m.graph.initializer:
+        if len(t.raw_data) >= 16:
+            pos = data.find(t.raw_data)
+            if pos >= 0:
+                mask[pos:pos + len(t.raw_data)] = True
+    return mask
+
+
+def mutate(data: bytes, weights: np.ndarray, rng: np.random.Generator) -> tuple[str, bytes]:
+    """One seeded mutation; positions favour graph structure over weight bytes (70 / 30)."""
+    structure = np.flatnonzero(~weights)
+
+    def pos():
+        if len(structure) and rng.random() < 0.7:
+            return int(rng.choice(structure))
+        return int(rng.integers(len(data)))
+    kind = str(rng.choice(["bitflip", "truncate", "overwrite"], p=[0.45, 0.2, 0.35]))
+    buf = bytearray(data)
+    if kind == "bitflip":
+        for _ in range(int(rng.integers(1, 5))):
+            buf[pos()] ^= 1 << int(rng.integers(8))
+    elif kind == "truncate":
+        buf = buf[:int(rng.integers(0, len(data)))]
+    else:
+        for _ in range(int(rng.integers(1, 4))):
+            p = pos()
+            n = int(rng.integers(1, 9))
+            buf[p:p + n] = rng.integers(0, 256, min(n, len(buf) - p), dtype=np.uint8).tobytes()
+    return kind, bytes(buf)
+
+
+def _feeds(model: onnx.ModelProto, seed: int) -> dict | None:
+    """Random feeds for every graph input (symbolic dims -> 2); None if they would be large or odd."""
+    inits = {i.name for i in model.graph.initializer}
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        tt = vi.type.tensor_type
+        if tt.elem_type != TensorProto.FLOAT:
+            return None
+        shape = [d.dim_value if d.HasField("dim_value") else 2 for d in tt.shape.dim]
+        if any(s <= 0 or s > 64 for s in shape) or int(np.prod(shape)) > 200_000:
+            return None
+        feeds[vi.name] = rng.standard_normal(shape).astype(np.float32)
+    return feeds
+
+
+def classify(code, err: str, case_dir: Path, before: set, model_path: Path, out: Path, masked: Path) -> str:
+    if code == "timeout":
+        return "hang"
+    if isinstance(code, str):
+        return "crash"
+    if "Traceback" in err:
+        return "traceback"
+    if code == 2:
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        if len(lines) != 1:
+            return "exit2-not-one-line"
+        if {p.name for p in case_dir.iterdir()} != before:
+            return "exit2-left-files"
+        return "exit2"
+    if code != 0:
+        return "bad-exit"
+    if not out.is_file() or not masked.is_file():
+        return "exit0-no-output"
+    try:
+        pruned = onnx.load(str(out))
+        onnx.checker.check_model(pruned, full_check=True)
+        ref = onnx.load(str(masked))
+    except Exception:
+        return "exit0-invalid-output"
+    try:
+        original = onnx.load(str(model_path))
+        feeds = _feeds(original, 0)
+        if feeds is None:
+            return "exit0-unchecked"
+        want_orig = run(original, feeds)
+    except Exception:
+        return "exit0-input-unrunnable"  # the mutated input itself does not run: nothing to compare with
+    if not all(np.isfinite(o).all() for o in want_orig):
+        return "exit0-nonfinite"
+    try:
+        got, want = run(pruned, feeds), run(ref, feeds)
+    except Exception:
+        return "exit0-invalid-output"
+    if not all(np.isfinite(w).all() for w in want):
+        return "exit0-nonfinite"
+    return "exit0" if rel_err(got, want) <= 1e-4 else "exit0-mismatch"
+
+
+@pytest.fixture(scope="module")
+def fuzz_sources(zoo_models):
+    by_key = {(z.name, z.exporter): z for z in zoo_models}
+    return [by_key[k] for k in SOURCES if k in by_key]
+
+
+def test_fuzzed_models_exit_cleanly(fuzz_sources, tmp_path):
+    assert fuzz_sources, "no zoo model to mutate"
+    prepared = []
+    for z in fuzz_sources:
+        data = z.path.read_bytes()
+        prepared.append((z, data, _weight_mask(data, z.path)))
+    counts, by_kind, bad, notes = collections.Counter(), collections.defaultdict(collections.Counter), [], []
+    t0 = time.monotonic()
+    for i in range(N_CASES):
+        if time.monotonic() - t0 > BUDGET_S:
+            break
+        rng = np.random.default_rng(SEED + i)
+        z, data, weights = prepared[i % len(prepared)]
+        kind, mutated = mutate(data, weights, rng)
+        case = tmp_path / f"case{i:03d}"
+        case.mkdir()
+        src = case / z.path.name
+        src.write_bytes(mutated)
+        ext = Path(str(z.path) + ".data")
+        if ext.exists():
+            shutil.copy(ext, case / ext.name)
+        before = {p.name for p in case.iterdir()}
+        code, out, err = run_cli(["prune", src.name, "-o", "out.onnx", *PRUNE, "--masked-reference", "masked.onnx"],
+                                 case)
+        outcome = classify(code, err, case, before, src, case / "out.onnx", case / "masked.onnx")
+        if outcome in FAILURES:
+            outcome = next((f"known:{t}" for sig, t in KNOWN.items() if sig in err), outcome)
+        counts[outcome] += 1
+        by_kind[kind][outcome] += 1
+        if outcome not in ("exit0", "exit2"):
+            notes.append(f"case {i} ({z.name}/{z.exporter}, {kind}): {outcome}, exit {code}: "
+                         f"{(err.strip().splitlines() or [''])[-1][:200]}")
+        if outcome in FAILURES:
+            bad.append(f"case {i} ({z.name}/{z.exporter}, {kind}): {outcome}, exit {code}: "
+                       f"{(err.strip().splitlines() or [''])[-1][:300]}")
+        shutil.rmtree(case, ignore_errors=True)
+    ran = sum(counts.values())
+    print(f"\nfuzz: {ran} cases in {time.monotonic() - t0:.0f}s: {dict(sorted(counts.items()))}")
+    for kind, c in sorted(by_kind.items()):
+        print(f"  {kind:<9} {dict(sorted(c.items()))}")
+    for line in notes[:30]:
+        print("  " + line)
+    assert ran >= min(N_CASES, 50), f"only {ran} cases ran within {BUDGET_S}s"
+    assert not bad, f"{len(bad)} of {ran} cases failed:\n" + "\n".join(bad[:20])
+
+
+def test_run_cli_reports_tracebacks_and_hangs(tmp_path, monkeypatch):
+    """The harness itself: a crash inside the command shows as a traceback, a hang as a timeout."""
+    from onnxprune import api
+
+    def boom(*a, **k):
+        raise RuntimeError("boom")
+    monkeypatch.setattr(api, "prune", boom)
+    model = _tiny_model(tmp_path / "m.onnx", 17)
+    code, _, err = run_cli(["prune", model, "-o", tmp_path / "o.onnx", *PRUNE], tmp_path)
+    assert code == 1 and "Traceback" in err and "boom" in err
+    monkeypatch.setattr(api, "prune", lambda *a, **k: time.sleep(30))
+    code, _, _ = run_cli(["prune", model, "-o", tmp_path / "o.onnx", *PRUNE], tmp_path, timeout=1.0)
+    assert code == "timeout"
+
+
+# --------------------------------------------------------------------------------------- bad inputs
+def _tiny_model(path: Path, opset: int, ir_version: int | None = None, broken: bool = False) -> Path:
+    """[N,3,8,8] -> Conv(8) -> Relu -> Conv(4) -> GlobalAveragePool -> Flatten."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
+             for n, s in (("w1", (8, 3, 3, 3)), ("w2", (4, 8, 1, 1)))]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1], name="c1"),
+             helper.make_node("Relu", ["a"], ["r"], name="relu"),
+             helper.make_node("Conv", ["missing" if broken else "r", "w2"], ["b"], name="c2"),
+             helper.make_node("GlobalAveragePool", ["b"], ["g"], name="gap"),
+             helper.make_node("Flatten", ["g"], ["y"], name="flat")]
+    g = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], producer_name="tiny")
+    m.ir_version = ir_version or (7 if opset <= 15 else 8 if opset <= 18 else 10)
+    path.write_bytes(m.SerializeToString())
+    return path
+
+
+def _expect_user_error(args, work: Path, must_mention: str | None = None):
+    before = {p.name for p in work.iterdir()}
+    code, out, err = run_cli(args, work)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 2, (code, err[-2000:])
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert {p.name for p in work.iterdir()} == before, "no output file may be left behind"
+    if must_mention:
+        assert must_mention in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize("opset", [9, 10, 22, 23])
+def test_unsupported_opset_is_a_user_error(tmp_path, opset):
+    model = _tiny_model(tmp_path / f"opset{opset}.onnx", opset)
+    onnx.checker.check_model(onnx.load(str(model)), full_check=True)  # a valid model, just out of range
+    line = _expect_user_error(["prune", model.name, "-o", "o.onnx", *PRUNE], tmp_path, "opset")
+    assert str(opset) in line
+    _expect_user_error(["analyze", model.name], tmp_path, "opset")
+
+
+def test_model_failing_the_checker_is_a_user_error(tmp_path):
+    model = _tiny_model(tmp_path / "broken.onnx", 17, broken=True)
+    with pytest.raises(onnx.checker.ValidationError):
+        onnx.checker.check_model(onnx.load(str(model)), full_check=True)
+    _expect_user_error(["prune", model.name, "-o", "o.onnx", *PRUNE], tmp_path, "broken.onnx")
+
+
+def _not_models(d: Path) -> dict[str, Path]:
+    rng = np.random.default_rng(0)
+    tensor = numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w")
+    tiny = onnx.load(str(_tiny_model(d / "ref.onnx", 17)))
+    (d / "ref.onnx").unlink()
+    node = helper.make_node("Conv", ["x", "w"], ["y"], name="c")
+    files = {"tensor": tensor.SerializeToString(), "graph": tiny.graph.SerializeToString(),
+             "node": node.SerializeToString(), "empty": b"", "opset_only": helper.make_opsetid("", 17).SerializeToString(),
+             "model_without_graph": helper.make_model(helper.make_graph([], "g", [], [])).SerializeToString(),
+             "json": json.dumps({"graph": {}}).encode()}
+    out = {}
+    for name, data in files.items():
+        (d / f"{name}.onnx").write_bytes(data)
+        out[name] = d / f"{name}.onnx"
+    return out
+
+
+@pytest.mark.parametrize("kind", ["tensor", "graph", "node", "empty", "opset_only", "model_without_graph", "json"])
+def test_protobuf_that_is_not_a_model_is_a_user_error(tmp_path, kind):
+    path = _not_models(tmp_path)[kind]
+    _expect_user_error(["prune", path.name, "-o", "o.onnx", *PRUNE], tmp_path, path.name)
+    _expect_user_error(["analyze", path.name], tmp_path, path.name)
+
+
+def _pickled_npz(path: Path, **arrays):
+    np.savez(path, **arrays)  # object arrays are pickled inside the archive
+    return path
+
+
+def test_eval_data_with_pickled_labels_is_refused(tmp_path):
+    model = _tiny_model(tmp_path / "m.onnx", 17)
+    x = np.zeros((2, 3, 8, 8), np.float32)
+    data = _pickled_npz(tmp_path / "d.npz", x=x, labels=np.array([{"a": 1}, None], dtype=object))
+    line = _expect_user_error(["eval", model.name, model.name, "--data", data.name], tmp_path)
+    assert "pickle" in line.lower() and "d.npz" in line
+
+
+def test_calibration_data_with_pickled_objects_is_refused(tmp_path):
+    if "calib" not in {p.name for p in main.commands["prune"].params}:
+        pytest.skip("prune has no --calib option yet")
+    model = _tiny_model(tmp_path / "m.onnx", 17)
+    data = _pickled_npz(tmp_path / "calib.npz", x=np.array([np.zeros((3, 8, 8))] * 2 + [None], dtype=object))
+    for method in ("greedy-local", "magnitude"):
+        line = _expect_user_error(["prune", model.name, "-o", "o.onnx", "--method", method, "--flops", "0.5",
+                                   "--calib", data.name], tmp_path)
+        assert "pickle" in line.lower() and "calib.npz" in line, line
+
+
+def _chmod_is_effective(d: Path) -> bool:
+    probe = d / ".probe"
+    try:
+        probe.write_bytes(b"")
+    except PermissionError:
+        return True
+    probe.unlink()
+    return False
+
+
+def test_unwritable_output_folder_is_a_user_error(tmp_path):
+    model = _tiny_model(tmp_path / "m.onnx", 17)
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        if not _chmod_is_effective(ro):
+            pytest.skip("running as root: a read-only folder is still writable")
+        _expect_user_error(["prune", model.name, "-o", "ro/o.onnx", *PRUNE], tmp_path, "ro")
+        _expect_user_error(["prune", model.name, "-o", "o.onnx", *PRUNE, "--report", "ro/r.json"], tmp_path, "ro")
+        assert not any(ro.iterdir())
+    finally:
+        ro.chmod(0o755)
+
+
+@pytest.mark.xfail(strict=True, reason="modelio.check_output_path only checks that the folder exists (a regular file "
+                                       "does) and os.access (always true for root); atomic_write_bytes / save_model "
+                                       "then raise NotADirectoryError, which cli.user_errors does not catch: "
+                                       "traceback, exit 1 (with --report/--masked-reference, -o is already written)")
+@pytest.mark.parametrize("where", ["output", "report", "masked"])
+def test_output_under_a_regular_file_is_a_user_error(tmp_path, where):
+    """A path whose folder is a file is unwritable for root too (NotADirectoryError)."""
+    model = _tiny_model(tmp_path / "m.onnx", 17)
+    (tmp_path / "afile").write_text("not a folder")
+    opts = {"output": ["-o", "afile/o.onnx"], "report": ["-o", "o.onnx", "--report", "afile/r.json"],
+            "masked": ["-o", "o.onnx", "--masked-reference", "afile/m.onnx"]}[where]
+    _expect_user_error(["prune", model.name, *opts, *PRUNE], tmp_path, "afile")
+
+
+@pytest.mark.xfail(strict=True, reason="an output name longer than NAME_MAX: tempfile.mkstemp raises OSError "
+                                       "(ENAMETOOLONG) after the pruning work; cli.user_errors catches only "
+                                       "UserError and PermissionError: traceback, exit 1")
+def test_output_name_too_long_is_a_user_error(tmp_path):
+    model = _tiny_model(tmp_path / "m.onnx", 17)
+    _expect_user_error(["prune", model.name, "-o", "x" * 300 + ".onnx", *PRUNE], tmp_path)
+
+
+@pytest.mark.xfail(strict=True, reason="modelio.save_model(external_data=True) saves with size_threshold=1024 and "
+                                       "then moves <name>.data out of its temporary folder; when every pruned "
+                                       "tensor is under 1 KiB no .data file is written and os.replace raises "
+                                       "FileNotFoundError: traceback, exit 1, for any small model whose input "
+                                       "had external data (mbv3_se, shuffle, split dynamo18 exports)")
+def test_small_external_data_model_saves(zoo_models, tmp_path):
+    z = next(z for z in zoo_models if z.name == "mbv3_se" and z.exporter == "dynamo18")
+    shutil.copy(z.path, tmp_path / z.path.name)
+    shutil.copy(str(z.path) + ".data", tmp_path / (z.path.name + ".data"))
+    code, _, err = run_cli(["prune", z.path.name, "-o", "p.onnx", *PRUNE], tmp_path)
+    assert code == 0, err[-1500:]
+    x = {"input": np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype(np.float32)}
+    assert run(onnx.load(str(tmp_path / "p.onnx")), x)[0].shape == (2, 10)
+
+
+@pytest.mark.parametrize("name,exp", [("basic_res", "dynamo18"), ("mbv3_se", "ts17")])
+def _tiny_external(d: Path) -> Path:
+    onnx.save_model(onnx.load(str(_tiny_model(d / "inline.onnx", 17))), str(d / "e.onnx"), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location="e.data", size_threshold=0)
+    (d / "inline.onnx").unlink()
+    return d / "e.onnx"
+
+
+@pytest.mark.xfail(strict=True, reason="names are protobuf strings that need not be valid UTF-8; nothing checks "
+                                       "them: an inline model passes load, checker and analysis and crashes in "
+                                       "the rewriter's export (UnicodeDecodeError), an external-data tensor name "
+                                       "gives a multi-line TypeError text, a location a TypeError in "
+                                       "modelio._check_external_locations")
+@pytest.mark.parametrize("where", ["inline_name", "external_name", "external_location"])
+def test_non_utf8_names_are_a_user_error(tmp_path, where):
+    if where == "inline_name":
+        path = _tiny_model(tmp_path / "m.onnx", 17)
+        old, new = b"w1", b"\xff1"
+    else:
+        path = _tiny_external(tmp_path)
+        old, new = (b"w1", b"\xff1") if where == "external_name" else (b"e.data", b"e\xffdata")
+    data = path.read_bytes()
+    path.write_bytes(data.replace(old, new))
+    _expect_user_error(["prune", path.name, "-o", "o.onnx", *PRUNE], tmp_path, path.name)
+
+
+@pytest.mark.xfail(strict=True, reason="the ONNX checker refuses raw_data shorter than dims need but accepts longer; "
+                                       "onnx-graphsurgeon's numpy_helper.to_array then raises ValueError (cannot "
+                                       "reshape) inside Analysis: traceback, exit 1")
+@pytest.mark.parametrize("external", [False, True])
+def test_tensor_data_not_matching_its_shape_is_a_user_error(tmp_path, external):
+    path = _tiny_external(tmp_path) if external else _tiny_model(tmp_path / "m.onnx", 17)
+    m = onnx.load(str(path), load_external_data=False)
+    w1 = next(t for t in m.graph.initializer if t.name == "w1")
+    w1.dims[0] = 7  # 7x3x3x3 floats declared, 8x3x3x3 stored
+    path.write_bytes(m.SerializeToString())
+    _expect_user_error(["prune", path.name, "-o", "o.onnx", *PRUNE], tmp_path, "w1")
+
+
+@pytest.mark.parametrize("method", ["magnitude", "random"])
+def test_same_inputs_give_byte_identical_outputs(zoo_models, tmp_path, method, name, exp):
+    """Determinism: the same model, options and seed twice (two processes) give identical files."""
+    z = next(z for z in zoo_models if z.name == name and z.exporter == exp)
+    shutil.copy(z.path, tmp_path / z.path.name)
+    external = Path(str(z.path) + ".data").exists()
+    if external:
+        shutil.copy(str(z.path) + ".data", tmp_path / (z.path.name + ".data"))
+    outs = []
+    for i in range(2):
+        d = tmp_path / f"run{i}"
+        d.mkdir()
+        code, _, err = run_cli(["prune", f"../{z.path.name}", "-o", "p.onnx", "--method", method, "--seed", "7",
+                                "--flops", "0.5", "--masked-reference", "m.onnx", "--report", "r.json"], d)
+        assert code == 0, err[-2000:]
+        outs.append({p.name: p.read_bytes() for p in sorted(d.iterdir())})
+    expected = {"p.onnx", "m.onnx", "r.json"} | ({"p.onnx.data", "m.onnx.data"} if external else set())
+    assert set(outs[0]) == expected, sorted(outs[0])
+    for name in outs[0]:
+        assert outs[0][name] == outs[1][name], f"{name} differs between two identical runs"
