@@ -32,7 +32,7 @@ class OutputLoss:
             take = min(len(next(iter(batch.values()))), samples - n)
             if take <= 0:
                 break
-            self.batches.append({k: torch.from_numpy(np.ascontiguousarray(v[:take])).to(self.device)
+            self.batches.append({k: torch.from_numpy(np.array(v[:take])).to(self.device)
                                  for k, v in batch.items()})
             n += take
         self.samples = n
