@@ -287,6 +287,14 @@ class GreedyPruner:
         self.sel.kept[group.id], self.sel.gamma[group.id] = out.kept, out.gamma
         self.sel.replace.update(out.replace)
         self.dense.update(out.dense)
+        short = [(c.name, col.stats["calib"][c.node].rows, len(c.labels)) for c in consumers
+                 if col.stats["calib"][c.node].rows < len(c.labels)]
+        if short:
+            name_, rows, feats = short[0]
+            warning = (f"only {rows} calibration rows for the {feats} inputs of '{name_}': fits are "
+                       f"ridge-regularised; give at least {feats} rows (samples x sampled positions)")
+            log.warning("group %d: %s", group.id, warning)
+            note = "; ".join(x for x in (note, warning) if x)
         self.results[group.id] = GroupResult(name if opts.method != "greedy-combined" else f"combined:{name}",
                                              out.err_calib, out.err_holdout, curve, note)
 
