@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import time
 import traceback
@@ -27,7 +28,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
 from cli.main import main
@@ -322,7 +322,8 @@ def _not_models(d: Path) -> dict[str, Path]:
     (d / "ref.onnx").unlink()
     node = helper.make_node("Conv", ["x", "w"], ["y"], name="c")
     files = {"tensor": tensor.SerializeToString(), "graph": tiny.graph.SerializeToString(),
-             "node": node.SerializeToString(), "empty": b"", "opset_only": helper.make_opsetid("", 17).SerializeToString(),
+             "node": node.SerializeToString(), "empty": b"",
+             "opset_only": helper.make_opsetid("", 17).SerializeToString(),
              "model_without_graph": helper.make_model(helper.make_graph([], "g", [], [])).SerializeToString(),
              "json": json.dumps({"graph": {}}).encode()}
     out = {}
@@ -425,7 +426,6 @@ def test_small_external_data_model_saves(zoo_models, tmp_path):
     assert run(onnx.load(str(tmp_path / "p.onnx")), x)[0].shape == (2, 10)
 
 
-@pytest.mark.parametrize("name,exp", [("basic_res", "dynamo18"), ("mbv3_se", "ts17")])
 def _tiny_external(d: Path) -> Path:
     onnx.save_model(onnx.load(str(_tiny_model(d / "inline.onnx", 17))), str(d / "e.onnx"), save_as_external_data=True,
                     all_tensors_to_one_file=True, location="e.data", size_threshold=0)
@@ -464,9 +464,11 @@ def test_tensor_data_not_matching_its_shape_is_a_user_error(tmp_path, external):
     _expect_user_error(["prune", path.name, "-o", "o.onnx", *PRUNE], tmp_path, "w1")
 
 
-@pytest.mark.parametrize("method", ["magnitude", "random"])
-def test_same_inputs_give_byte_identical_outputs(zoo_models, tmp_path, method, name, exp):
-    """Determinism: the same model, options and seed twice (two processes) give identical files."""
+@pytest.mark.parametrize("name,exp,method", [("basic_res", "dynamo18", "magnitude"),
+                                             ("basic_res", "dynamo18", "random"), ("mbv3_se", "ts17", "magnitude")])
+def test_same_inputs_give_byte_identical_outputs(zoo_models, tmp_path, name, exp, method):
+    """Determinism: the same model, options and seed in two fresh processes (different PYTHONHASHSEED, so
+    set/dict order of strings differs) give byte-identical model, masked reference and report files."""
     z = next(z for z in zoo_models if z.name == name and z.exporter == exp)
     shutil.copy(z.path, tmp_path / z.path.name)
     external = Path(str(z.path) + ".data").exists()
@@ -476,11 +478,14 @@ def test_same_inputs_give_byte_identical_outputs(zoo_models, tmp_path, method, n
     for i in range(2):
         d = tmp_path / f"run{i}"
         d.mkdir()
-        code, _, err = run_cli(["prune", f"../{z.path.name}", "-o", "p.onnx", "--method", method, "--seed", "7",
-                                "--flops", "0.5", "--masked-reference", "m.onnx", "--report", "r.json"], d)
-        assert code == 0, err[-2000:]
+        env = dict(os.environ, PYTHONHASHSEED=str(i + 1))
+        res = subprocess.run([sys.executable, "-c", "from cli.main import main; main()", "prune", f"../{z.path.name}",
+                              "-o", "p.onnx", "--method", method, "--seed", "7", "--flops", "0.5",
+                              "--masked-reference", "m.onnx", "--report", "r.json"],
+                             cwd=d, env=env, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr[-2000:]
         outs.append({p.name: p.read_bytes() for p in sorted(d.iterdir())})
     expected = {"p.onnx", "m.onnx", "r.json"} | ({"p.onnx.data", "m.onnx.data"} if external else set())
     assert set(outs[0]) == expected, sorted(outs[0])
-    for name in outs[0]:
-        assert outs[0][name] == outs[1][name], f"{name} differs between two identical runs"
+    for fname in outs[0]:
+        assert outs[0][fname] == outs[1][fname], f"{fname} differs between two identical runs"
