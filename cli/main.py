@@ -13,6 +13,10 @@ from onnxprune.errors import UserError
 from onnxprune.modelio import atomic_write_bytes, check_output_path, path_uses_external_data, save_model
 
 
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
 def user_errors(fn):
     """Turn UserError (and unwritable paths) into one line on stderr and exit code 2."""
     @functools.wraps(fn)
@@ -20,10 +24,10 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except UserError as exc:
-            click.echo(f"onnxprune: error: {exc}", err=True)
+            click.echo(f"onnxprune: error: {_one_line(str(exc))}", err=True)
             sys.exit(2)
-        except PermissionError as exc:
-            click.echo(f"onnxprune: error: {exc.filename}: permission denied", err=True)
+        except OSError as exc:  # unwritable, missing, too long... paths
+            click.echo(f"onnxprune: error: {exc.filename or ''}: {_one_line(exc.strerror or str(exc))}", err=True)
             sys.exit(2)
     return wrapper
 
@@ -63,6 +67,24 @@ def analyze(model, as_json):
 
 def _names(names, limit=3):
     return ", ".join(names[:limit]) + (f" +{len(names) - limit}" if len(names) > limit else "") or "-"
+
+
+def _write_all(writes) -> None:
+    """Write every output or none: outputs already written are removed if a later one fails."""
+    import os
+    done = []
+    try:
+        for path, write in writes:
+            existed = os.path.exists(path)
+            write(path)
+            if not existed:
+                done.append(path)
+    except BaseException:
+        for path in done:
+            for p in (path, str(path) + ".data"):
+                if os.path.exists(p):
+                    os.unlink(p)
+        raise
 
 
 def _size(path) -> float:
@@ -134,11 +156,14 @@ def prune(model, output, method, calib, refit, keep_ratio, flops, params, alloca
                                image_size=image_size, output_loss=output_loss, global_samples=global_samples,
                                quiet=quiet)
     external = path_uses_external_data(model) or None  # weights beside the input: same for the output
-    save_model(pruned, output, external_data=external)
+    writes = [(output, lambda p: save_model(pruned, p, external_data=external))]
     if masked_path:
-        save_model(api.masked_reference(report), masked_path, external_data=external)
+        masked = api.masked_reference(report)
+        writes.append((masked_path, lambda p: save_model(masked, p, external_data=external)))
     if report_path:
-        atomic_write_bytes(report_path, report.to_json().encode())
+        text = report.to_json().encode()
+        writes.append((report_path, lambda p: atomic_write_bytes(p, text)))
+    _write_all(writes)
     click.echo(report.summary())
     click.echo(f"size   {_size(model):.2f} MB -> {_size(output):.2f} MB")
     click.echo(f"wrote {output}")

@@ -59,6 +59,10 @@ def normalise(model: onnx.ModelProto) -> onnx.ModelProto:
     for field in ("input", "output"):
         del getattr(inferred.graph, field)[:]
         getattr(inferred.graph, field).extend(getattr(m.graph, field))
+    io_names = {v.name for v in m.graph.input} | {v.name for v in m.graph.output}
+    kept = [v for v in inferred.graph.value_info if v.name not in io_names]
+    del inferred.graph.value_info[:]
+    inferred.graph.value_info.extend(kept)
     return inferred
 
 

@@ -5,6 +5,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import onnx
 from onnx import external_data_helper
 
@@ -28,6 +29,49 @@ def _check_external_locations(model: onnx.ModelProto, base: Path) -> None:
             raise UserError(f"tensor '{tensor.name}': external data location '{loc}' escapes the model folder {base}")
         if not target.is_file():
             raise UserError(f"tensor '{tensor.name}': external data file {target} not found")
+
+
+def _check_names(model: onnx.ModelProto, what: str) -> None:
+    """Names and external-data entries must be text (protobuf does not check UTF-8 in ONNX's proto2)."""
+    def texts():
+        g = model.graph
+        for v in list(g.input) + list(g.output) + list(g.value_info):
+            yield v.name
+        for n in g.node:
+            yield n.name
+            yield from n.input
+            yield from n.output
+        for t in external_data_helper._get_all_tensors(model):
+            yield t.name
+            for e in t.external_data:
+                yield e.key
+                yield e.value
+    for text in texts():
+        if not isinstance(text, str):
+            raise UserError(f"{what}: holds a name that is not valid UTF-8 text ({text!r:.60})")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UserError(f"{what}: holds a name that is not valid UTF-8 text ({text!r:.60})") from None
+
+
+_ITEMSIZE = {onnx.TensorProto.FLOAT: 4, onnx.TensorProto.FLOAT16: 2, onnx.TensorProto.BFLOAT16: 2,
+             onnx.TensorProto.DOUBLE: 8, onnx.TensorProto.INT64: 8, onnx.TensorProto.INT32: 4,
+             onnx.TensorProto.INT16: 2, onnx.TensorProto.INT8: 1, onnx.TensorProto.UINT8: 1,
+             onnx.TensorProto.BOOL: 1, onnx.TensorProto.UINT64: 8, onnx.TensorProto.UINT32: 4,
+             onnx.TensorProto.UINT16: 2}
+
+
+def _check_tensor_sizes(model: onnx.ModelProto, what: str) -> None:
+    """Raw tensor data must be exactly as long as the declared shape needs."""
+    for t in model.graph.initializer:
+        size = _ITEMSIZE.get(t.data_type)
+        if size is None or not t.HasField("raw_data"):
+            continue
+        need = int(np.prod(t.dims, dtype=np.int64)) * size
+        if len(t.raw_data) != need:
+            raise UserError(f"{what}: tensor '{t.name}' holds {len(t.raw_data)} bytes, its shape "
+                            f"{list(t.dims)} needs {need}")
 
 
 def uses_external_data(model: onnx.ModelProto) -> bool:
@@ -56,12 +100,14 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         raise UserError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from None
     if not model.HasField("graph") or len(model.graph.node) == 0:
         raise UserError(f"{path}: not an ONNX model (no graph or no nodes)")
+    _check_names(model, str(path))
     _check_external_locations(model, path.parent)
     if uses_external_data(model):
         try:
             onnx.load_external_data_for_model(model, str(path.parent))
         except Exception as exc:
             raise UserError(f"{path}: cannot read external data ({exc})") from None
+    _check_tensor_sizes(model, str(path))
     check_model(model, str(path))
     return model
 
@@ -96,6 +142,8 @@ def check_output_path(out: str | os.PathLike, *inputs: str | os.PathLike) -> Pat
         raise UserError(f"{out}: output path is a folder")
     if not out.parent.exists():
         raise UserError(f"{out}: output folder {out.parent} does not exist")
+    if not out.parent.is_dir():
+        raise UserError(f"{out}: {out.parent} is not a folder")
     for inp in inputs:
         if inp is not None and Path(inp).exists() and out.exists() and out.resolve() == Path(inp).resolve():
             raise UserError(f"{out}: output path is the input model; refusing to overwrite it")
@@ -107,7 +155,7 @@ def check_output_path(out: str | os.PathLike, *inputs: str | os.PathLike) -> Pat
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write to a temporary file in the target folder, then rename: no partial file ever."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    fd, tmp = tempfile.mkstemp(prefix=".onnxprune-", suffix=".tmp", dir=path.parent or ".")
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; outputs get the usual permissions
@@ -132,9 +180,9 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, external_data: b
     copy.CopyFrom(model)  # saving as external data rewrites the tensors: work on a copy
     model = copy
     data_name = path.name + ".data"
-    with tempfile.TemporaryDirectory(dir=path.parent or ".", prefix=f".{path.name}.") as tmpdir:
+    with tempfile.TemporaryDirectory(dir=path.parent or ".", prefix=".onnxprune-") as tmpdir:
         tmp_model = Path(tmpdir) / path.name
         onnx.save_model(model, str(tmp_model), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=data_name, size_threshold=1024)
+                        location=data_name, size_threshold=0)
         os.replace(Path(tmpdir) / data_name, path.parent / data_name)
         os.replace(tmp_model, path)

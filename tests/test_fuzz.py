@@ -38,17 +38,13 @@ BUDGET_S = float(os.environ.get("ONNXPRUNE_FUZZ_BUDGET_S", "120"))
 SEED = int(os.environ.get("ONNXPRUNE_FUZZ_SEED", "10000"))
 CASE_TIMEOUT_S = 60.0
 # dynamo exports keep only the graph in the .onnx file (weights in .onnx.data): mutations hit structure.
-# (shuffle/split/mbv3_se dynamo18 are left out: their pruned weights all fall under the external-data size
-# threshold, which crashes the save; see test_small_external_data_model_saves.)
 SOURCES = [("chain", "dynamo18"), ("basic_res", "dynamo18"), ("grouped", "dynamo18"), ("concat", "dynamo18"),
-           ("shuffle", "ts17"), ("split", "ts17"), ("nhwc", "ts17"), ("mbv3_se", "ts17"), ("view_flatten", "ts13")]
+           ("mbv3_se", "dynamo18"), ("shuffle", "ts17"), ("split", "ts17"), ("nhwc", "ts17"), ("mbv3_se", "ts17"),
+           ("view_flatten", "ts13")]
 PRUNE = ["--method", "magnitude", "--flops", "0.5"]
-# Failures whose minimal reproductions are the xfail tests named here: counted as "known:<test>", not
-# as new failures (the fuzz test then still fails on anything else).
-KNOWN = {"cannot reshape array of size": "test_tensor_data_not_matching_its_shape_is_a_user_error",
-         "incompatible function arguments": "test_non_utf8_names_are_a_user_error",
-         "UnicodeDecodeError": "test_non_utf8_names_are_a_user_error",
-         "unsupported operand type(s) for /: 'PosixPath' and 'bytes'": "test_non_utf8_names_are_a_user_error"}
+# Failures with an open reproduction test elsewhere would be listed here ("signature": "test name") and
+# counted as "known:<test>"; every one found so far is fixed, so any failure is new.
+KNOWN: dict[str, str] = {}
 FAILURES = {"hang", "crash", "traceback", "bad-exit", "exit2-not-one-line", "exit2-left-files",
             "exit0-no-output", "exit0-invalid-output", "exit0-mismatch"}
 
@@ -389,10 +385,6 @@ def test_unwritable_output_folder_is_a_user_error(tmp_path):
         ro.chmod(0o755)
 
 
-@pytest.mark.xfail(strict=True, reason="modelio.check_output_path only checks that the folder exists (a regular file "
-                                       "does) and os.access (always true for root); atomic_write_bytes / save_model "
-                                       "then raise NotADirectoryError, which cli.user_errors does not catch: "
-                                       "traceback, exit 1 (with --report/--masked-reference, -o is already written)")
 @pytest.mark.parametrize("where", ["output", "report", "masked"])
 def test_output_under_a_regular_file_is_a_user_error(tmp_path, where):
     """A path whose folder is a file is unwritable for root too (NotADirectoryError)."""
@@ -403,19 +395,11 @@ def test_output_under_a_regular_file_is_a_user_error(tmp_path, where):
     _expect_user_error(["prune", model.name, *opts, *PRUNE], tmp_path, "afile")
 
 
-@pytest.mark.xfail(strict=True, reason="an output name longer than NAME_MAX: tempfile.mkstemp raises OSError "
-                                       "(ENAMETOOLONG) after the pruning work; cli.user_errors catches only "
-                                       "UserError and PermissionError: traceback, exit 1")
 def test_output_name_too_long_is_a_user_error(tmp_path):
     model = _tiny_model(tmp_path / "m.onnx", 17)
     _expect_user_error(["prune", model.name, "-o", "x" * 300 + ".onnx", *PRUNE], tmp_path)
 
 
-@pytest.mark.xfail(strict=True, reason="modelio.save_model(external_data=True) saves with size_threshold=1024 and "
-                                       "then moves <name>.data out of its temporary folder; when every pruned "
-                                       "tensor is under 1 KiB no .data file is written and os.replace raises "
-                                       "FileNotFoundError: traceback, exit 1, for any small model whose input "
-                                       "had external data (mbv3_se, shuffle, split dynamo18 exports)")
 def test_small_external_data_model_saves(zoo_models, tmp_path):
     z = next(z for z in zoo_models if z.name == "mbv3_se" and z.exporter == "dynamo18")
     shutil.copy(z.path, tmp_path / z.path.name)
@@ -433,11 +417,6 @@ def _tiny_external(d: Path) -> Path:
     return d / "e.onnx"
 
 
-@pytest.mark.xfail(strict=True, reason="names are protobuf strings that need not be valid UTF-8; nothing checks "
-                                       "them: an inline model passes load, checker and analysis and crashes in "
-                                       "the rewriter's export (UnicodeDecodeError), an external-data tensor name "
-                                       "gives a multi-line TypeError text, a location a TypeError in "
-                                       "modelio._check_external_locations")
 @pytest.mark.parametrize("where", ["inline_name", "external_name", "external_location"])
 def test_non_utf8_names_are_a_user_error(tmp_path, where):
     if where == "inline_name":
@@ -451,9 +430,6 @@ def test_non_utf8_names_are_a_user_error(tmp_path, where):
     _expect_user_error(["prune", path.name, "-o", "o.onnx", *PRUNE], tmp_path, path.name)
 
 
-@pytest.mark.xfail(strict=True, reason="the ONNX checker refuses raw_data shorter than dims need but accepts longer; "
-                                       "onnx-graphsurgeon's numpy_helper.to_array then raises ValueError (cannot "
-                                       "reshape) inside Analysis: traceback, exit 1")
 @pytest.mark.parametrize("external", [False, True])
 def test_tensor_data_not_matching_its_shape_is_a_user_error(tmp_path, external):
     path = _tiny_external(tmp_path) if external else _tiny_model(tmp_path / "m.onnx", 17)

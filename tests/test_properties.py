@@ -391,11 +391,6 @@ def test_slice_across_concat_inputs_keeps_a_channel():
     assert rel_err(run(pruned, x), run(api.masked_reference(report), x)) <= 1e-4
 
 
-@pytest.mark.xfail(strict=True, reason="graph.normalise restores graph.input/output after shape inference, but "
-                                       "ONNX Runtime's symbolic inference also wrote value_info entries for the "
-                                       "output ('y': ['floor(1.0*N)', 5, 16, 16] after a Resize); onnx-graphsurgeon "
-                                       "takes the tensor's shape from value_info, so the pruned model's output dims "
-                                       "change")
 def test_resize_keeps_symbolic_batch_dim():
     rng = np.random.default_rng(0)
     inits = [numpy_helper.from_array(v.astype(np.float32), n) for n, v in
