@@ -106,6 +106,8 @@ class Analysis:
         self.model = normalise(model)
         self.graph: gs.Graph = import_graph(self.model)
         self.index = {id(n): i for i, n in enumerate(self.graph.nodes)}
+        # initializers also listed as graph inputs can be overridden at run time: not weights we may edit
+        self.overridable = {i.name for i in self.model.graph.input} & {t.name for t in self.model.graph.initializer}
         self.layouts: dict[str, np.ndarray] = {}
         self._parent: list[int] = [FIXED]
         self._frozen: dict[int, list[str]] = defaultdict(list)
@@ -188,7 +190,9 @@ class Analysis:
     def cost(self, node, macs: int, *factors) -> None:
         self.costs.append(Cost(node.name, node.op, int(macs), [f for f in factors if f is not None]))
 
-    const = staticmethod(const_value)
+    def const(self, tensor):
+        return None if tensor is None or tensor.name in self.overridable else const_value(tensor)
+
     shape = staticmethod(static_shape)
 
     # ----- the pass --------------------------------------------------------------------------

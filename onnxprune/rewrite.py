@@ -119,6 +119,9 @@ class Rewriter:
 def finish(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
     """Export a graph and restore the model-level fields of the original."""
     model = gs.export_onnx(graph, do_type_check=False)
+    if [i.name for i in model.graph.input] != [i.name for i in like.graph.input]:
+        del model.graph.input[:]  # initializers that are also inputs stay inputs (they are never edited)
+        model.graph.input.extend(like.graph.input)
     model.ir_version = like.ir_version
     del model.opset_import[:]
     model.opset_import.extend(like.opset_import)
