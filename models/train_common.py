@@ -123,7 +123,8 @@ def parse_args(doc, epochs):
     ap.add_argument("--epochs", type=int, default=epochs)
     ap.add_argument("--lr", type=float, default=0.1, help="OneCycle max lr")
     ap.add_argument("--out-dir", default=os.path.dirname(os.path.abspath(__file__)))
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2,
+                    help="torch threads; 1 is much faster when other jobs load the CPU")
     return ap.parse_args()
 
 
