@@ -16,7 +16,7 @@ from .errors import UserError
 from .modelio import check_model, load_model
 from .report import GroupReport, Report
 from .rewrite import Rewriter
-from .selection import Selection, counts_for_ratio, counts_for_target, select
+from .selection import Selection, counts_for_ratio, counts_for_target, fit_to_target, select
 
 log = logging.getLogger("onnxprune")
 METHODS = ("greedy-local", "greedy-convex", "gfs", "greedy-taylor", "greedy-global", "greedy-combined", "taylor",
@@ -135,6 +135,8 @@ def prune(model, calibration=None, *, method: str = "greedy-local", refit: str |
         else:
             counts = counts_for_target(analysis, fraction, what, round_to, min_channels, overrides)
         selection = select(analysis, counts, method, norm=norm, seed=seed)
+        if what == "flops" and keep_ratio is None:
+            fit_to_target(analysis, selection, selection.scores, fraction, min_channels)
         n_cal = 0
     else:
         cal = load_calibration(calibration, analysis.model, holdout, preprocess, image_size)

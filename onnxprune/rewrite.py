@@ -31,17 +31,7 @@ class Rewriter:
         for node_id, values in (replace or {}).items():
             node = self.nodes[node_id]
             for index, value in values.items():
-                if index < len(node.inputs) and not node.inputs[index].is_empty():
-                    self.set_const(node, index, value)
-                else:
-                    while len(node.inputs) < index:
-                        node.inputs.append(gs.Variable.empty())
-                    const = gs.Constant(f"{node.name}__refit_{index}", np.ascontiguousarray(value))
-                    if index < len(node.inputs):
-                        node.inputs[index] = const
-                    else:
-                        node.inputs.append(const)
-                    self._private.add((id(node), index))
+                self.set_const(node, index, value)
 
     def keep_mask(self, labels: np.ndarray) -> np.ndarray:
         return self.keep[self.roots[np.asarray(labels)]]
@@ -53,9 +43,20 @@ class Rewriter:
         return np.asarray(node.inputs[index].values)
 
     def set_const(self, node, index: int, value: np.ndarray) -> None:
-        """Bind a new constant to one node input (never modifying a tensor another node shares)."""
-        old = node.inputs[index]
+        """Bind a new constant to one node input (never modifying a tensor another node shares); an
+        absent optional input is added."""
         key = (id(node), index)
+        if index >= len(node.inputs) or node.inputs[index].is_empty():
+            while len(node.inputs) < index:
+                node.inputs.append(gs.Variable.empty())
+            const = gs.Constant(f"{node.name}__{index}", np.ascontiguousarray(value))
+            if index < len(node.inputs):
+                node.inputs[index] = const
+            else:
+                node.inputs.append(const)
+            self._private.add(key)
+            return
+        old = node.inputs[index]
         if key in self._private:
             old.values = value
             return

@@ -19,6 +19,7 @@ class Selection:
     kept: dict[int, np.ndarray] = field(default_factory=dict)
     gamma: dict[int, np.ndarray] = field(default_factory=dict)
     replace: dict[int, dict[int, np.ndarray]] = field(default_factory=dict)  # node -> input -> re-fitted value
+    scores: dict[int, np.ndarray] = field(default_factory=dict, repr=False)   # criterion per channel, if any
 
     def class_arrays(self, analysis: Analysis) -> tuple[np.ndarray, np.ndarray]:
         """Per-class keep mask and γ, for the rewriter and the cost model."""
@@ -144,6 +145,44 @@ def _ensure_segments(analysis: Analysis, group: Group, idx: np.ndarray, scores: 
     return np.array(sorted(kept), dtype=np.int64)
 
 
+def fit_to_target(analysis: Analysis, sel: Selection, scores: dict[int, np.ndarray], fraction: float,
+                  min_channels: int = 1, tolerance: float = 0.02) -> None:
+    """Counts were set from a cost model that assumes a group's channels weigh the same; tied
+    channels (channel shuffle) can weigh more. Move single channels of free groups (best score in,
+    worst out) while the measured MACs are off the target by more than `tolerance`."""
+    from .cost import macs
+    total = macs(analysis)
+    for _ in range(64):
+        keep, _ = sel.class_arrays(analysis)
+        err = macs(analysis, keep) / total - fraction
+        if abs(err) <= tolerance * fraction:
+            return
+        best = None
+        for g in analysis.prunable:
+            if g.id not in sel.kept or g.n_blocks > 1:
+                continue
+            kept = sel.kept[g.id]
+            sc = scores[g.id]
+            if err > 0 and len(kept) > max(min_channels, 1):
+                trial = np.delete(kept, np.argmin(sc[kept]))
+            elif err < 0 and len(kept) < g.channels:
+                out = np.setdiff1d(np.arange(g.channels), kept)
+                trial = np.sort(np.append(kept, out[np.argmax(sc[out])]))
+            else:
+                continue
+            old = sel.kept[g.id], sel.gamma[g.id]
+            sel.kept[g.id], sel.gamma[g.id] = trial, np.ones(len(trial))
+            k2, _ = sel.class_arrays(analysis)
+            e2 = abs(macs(analysis, k2) / total - fraction)
+            sel.kept[g.id], sel.gamma[g.id] = old
+            if e2 < abs(err) and (best is None or e2 < best[0]):
+                best = (e2, g.id, trial)
+        if best is None:
+            return
+        sel.kept[best[1]] = best[2]
+        sel.gamma[best[1]] = np.ones(len(best[2]))
+
+
 def select(analysis: Analysis, counts: dict[int, int], method: str = "magnitude", norm: str = "l1",
            seed: int = 0, random_gamma: bool = False) -> Selection:
     """Choose `counts[g]` channels of each group by `method` ('magnitude' or 'random')."""
@@ -159,6 +198,7 @@ def select(analysis: Analysis, counts: dict[int, int], method: str = "magnitude"
         else:
             raise UserError(f"--method {method}: unknown selection method")
         idx = _ensure_segments(analysis, group, _top_k(group, scores, k), scores)
+        sel.scores[gid] = scores
         sel.kept[gid] = idx
         sel.gamma[gid] = rng.uniform(0.5, 1.5, len(idx)) if random_gamma else np.ones(len(idx))
     return sel

@@ -40,9 +40,27 @@ def _relayout(node, ctx, lab, out_shape_rest):
         vout = out.reshape(-1)
         if (len(vout) % len(vin) == 0 and np.array_equal(np.repeat(vin, len(vout) // len(vin)), vout)) or \
                 (len(vin) % len(vout) == 0 and np.array_equal(np.repeat(vout, len(vin) // len(vout)), vin)):
-            return out_full if len(vout) > len(vin) else out
-    ctx.freeze(lab, node, "moves channels across axes (channel shuffle or split channel axis)")
+            return out
+    if len(ins) == 1 and len(outs) == 2 and outs[1] == outs[0] + 1:
+        tied = _split_channel_axis(node, ctx, lab.reshape(-1), out_full, outs[0])
+        if tied is not None:
+            return tied
+    ctx.freeze(lab, node, "moves channels across axes in a way onnxprune does not follow")
     return None
+
+
+def _split_channel_axis(node, ctx, vin, out_full, b):
+    """C channels reshaped to (g, C/g), as channel shuffle does before its Transpose. Pruning keeps the
+    reshape valid and the shuffle a permutation of the kept channels only if every block keeps the same
+    positions: channel j of each block is tied to channel j of block 0 (they go or stay together)."""
+    block = np.moveaxis(out_full, (b, b + 1), (0, 1))[(slice(None), slice(None)) + (0,) * (out_full.ndim - 2)]
+    if not np.array_equal(block.reshape(-1), vin):
+        return None
+    for i in range(1, block.shape[0]):
+        ctx.unite(block[0], block[i], node, "channel shuffle ties a channel to a fixed one")
+    shape = [1] * out_full.ndim
+    shape[b + 1] = block.shape[1]
+    return block[0].reshape(shape)
 
 
 @handles("Flatten")
@@ -80,6 +98,10 @@ def _shape_element(ctx, tensor, idx: int):
         return None
     if node.op in ("Unsqueeze", "Cast", "Squeeze", "Identity") and idx == 0:
         return _shape_element(ctx, node.inputs[0], 0)
+    if node.op == "Div" and idx == 0 and ctx.const(node.inputs[1]) is not None:
+        inner = _shape_element(ctx, node.inputs[0], 0)
+        q = int(ctx.const(node.inputs[1]).reshape(-1)[0])
+        return ("div", inner, q) if inner is not None and inner[0] == "dim" and q > 0 else None
     if node.op == "Gather" and node.inputs[0].inputs and node.inputs[0].inputs[0].op == "Shape":
         ind = ctx.const(node.inputs[1])
         if ind is None:
@@ -122,13 +144,18 @@ def reshape(node, ctx):
     elem = _shape_element(ctx, shape_t, b)
 
     def check(elem=elem, vout=vout):
+        """A run-time target dim follows the pruning when, for any selection, it computes the kept count:
+        the source axis holds the same channels as many times (divided by q for a Div)."""
         if elem is not None and elem[0] == "const" and elem[1] == -1:
             return
+        q = 1
+        if elem is not None and elem[0] == "div":
+            elem, q = elem[1], elem[2]
         if elem is not None and elem[0] == "dim":
             src = ctx.layout(elem[1])
-            if src is not None and src.ndim > elem[2] and src.shape[elem[2]] == len(vout):
+            if src is not None and src.ndim > elem[2] and labeled_axes(src) == [elem[2]]:
                 roots = ctx.roots()
-                if np.array_equal(roots[src.reshape(-1)], roots[vout]):
+                if np.array_equal(np.sort(roots[src.reshape(-1)]), np.sort(np.repeat(roots[vout], q))):
                     return
         ctx.freeze(vout, node, "target shape computed at run time does not follow the channel count")
     ctx.deferred.append(check)
