@@ -38,9 +38,12 @@ def _relayout(node, ctx, lab, out_shape_rest):
     if len(ins) == 1 and len(outs) == 1:
         vin = lab.reshape(-1)
         vout = out.reshape(-1)
-        if (len(vout) % len(vin) == 0 and np.array_equal(np.repeat(vin, len(vout) // len(vin)), vout)) or \
-                (len(vin) % len(vout) == 0 and np.array_equal(np.repeat(vout, len(vin) // len(vout)), vin)):
-            return out
+        # channels merged with (or split from) other axes, channel-major (NCHW) or channel-minor (NHWC)
+        for short, long in ((vin, vout), (vout, vin)):
+            r = len(long) // len(short)
+            if len(long) % len(short) == 0 and (np.array_equal(np.repeat(short, r), long) or
+                                                np.array_equal(np.tile(short, r), long)):
+                return out
     if len(ins) == 1 and len(outs) == 2 and outs[1] == outs[0] + 1:
         tied = _split_channel_axis(node, ctx, lab.reshape(-1), out_full, outs[0])
         if tied is not None:
