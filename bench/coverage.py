@@ -29,35 +29,26 @@ import traceback
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "models"))
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
 
 import coverage_zoo as cz  # noqa: E402
+import helpers  # noqa: E402
+from helpers import rel_err, run  # noqa: E402
 from onnxprune import api  # noqa: E402
 from onnxprune.analysis import Analysis  # noqa: E402
 from onnxprune.errors import UserError  # noqa: E402
 from onnxprune.modelio import load_model  # noqa: E402
 from onnxprune.rewrite import Rewriter  # noqa: E402
 from onnxprune.cost import macs  # noqa: E402
-from onnxprune.selection import Selection, counts_for_ratio, select  # noqa: E402
+from onnxprune.selection import Selection, counts_for_ratio  # noqa: E402
 
 DEFAULT_CACHE = ROOT / "models" / "cache" / "coverage"
 DEFAULT_OUT = ROOT / "bench" / "results" / "coverage.json"
 OUTPUT_REASON = "reaches graph output"
-
-
-def run(model: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.intra_op_num_threads = 1
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"]).run(None, feeds)
-
-
-def rel_err(a, b) -> float:
-    return max(float(np.abs(x - y).max() / max(np.abs(y).max(), 1e-6)) for x, y in zip(a, b))
 
 
 def output_facing(group) -> bool:
@@ -78,18 +69,7 @@ def prunable_macs_share(a: Analysis) -> float:
 
 def oracle_error(a: Analysis, cm, seeds=(0, 1), ratios=(0.3, 0.6)) -> float:
     """Pruned vs masked reference for random selections with random γ; also runs the checker."""
-    worst = 0.0
-    for seed in seeds:
-        for ratio in ratios:
-            sel = select(a, counts_for_ratio(a, ratio), "random", seed=seed, random_gamma=True)
-            keep, gamma = sel.class_arrays(a)
-            pruned = Rewriter(a, keep, gamma).run()
-            masked = Rewriter(a, keep, gamma, masked=True).run()
-            onnx.checker.check_model(pruned, full_check=True)
-            for batch in (1, 3):
-                feeds = cz.random_input(cm, batch, seed)
-                worst = max(worst, rel_err(run(pruned, feeds), run(masked, feeds)))
-    return worst
+    return helpers.oracle_error(a, lambda batch, seed: cz.random_input(cm, batch, seed), seeds, ratios)
 
 
 def keep_all_error(a: Analysis, model: onnx.ModelProto, cm) -> float:

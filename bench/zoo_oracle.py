@@ -18,12 +18,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import zoo  # noqa: E402
-from helpers import rel_err, run  # noqa: E402
+from helpers import oracle_error  # noqa: E402
 
 from onnxprune import api, load_model  # noqa: E402
 from onnxprune.analysis import Analysis  # noqa: E402
-from onnxprune.rewrite import Rewriter  # noqa: E402
-from onnxprune.selection import counts_for_ratio, select  # noqa: E402
 
 
 def main() -> None:
@@ -38,13 +36,7 @@ def main() -> None:
         model = load_model(z.path)
         _, report = api.prune(model, method="magnitude", flops=0.5)
         a = Analysis(model)
-        worst = 0.0
-        for seed in range(args.seeds):
-            keep, gamma = select(a, counts_for_ratio(a, 0.5), "random", seed=seed, random_gamma=True).class_arrays(a)
-            pruned, masked = Rewriter(a, keep, gamma).run(), Rewriter(a, keep, gamma, masked=True).run()
-            for batch in (1, 3):
-                feeds = zoo.random_input(z, batch, seed)
-                worst = max(worst, rel_err(run(pruned, feeds), run(masked, feeds)))
+        worst = oracle_error(a, lambda batch, seed, z=z: zoo.random_input(z, batch, seed), range(args.seeds), (0.5,))
         rows.append({"model": z.name, "exporter": z.exporter, "macs_before": report.macs_before,
                      "macs_after": report.macs_after, "macs_ratio": report.macs_ratio,
                      "groups": len(a.groups), "prunable": len(a.prunable), "max_oracle_rel_err": worst})

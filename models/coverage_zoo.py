@@ -16,14 +16,10 @@ randomised) so that no normalisation is the identity and outputs depend on the i
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import io
-import logging
 import math
 import pathlib
 import time
-import warnings
 from typing import Callable
 
 import numpy as np
@@ -32,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
+
+from exporters import export
 
 SEED = 0
 EXPORTERS = ("ts11", "ts13", "ts17", "dynamo18")
@@ -773,28 +771,6 @@ def all_names() -> list[str]:
 
 
 # ----------------------------------------------------------------------------------- export
-def _export(model: nn.Module, exporter: str, x: torch.Tensor, path: pathlib.Path) -> None:
-    kw = dict(input_names=["input"], output_names=["output"])
-    log = logging.getLogger("torch.onnx")
-    level = log.level
-    log.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            if exporter.startswith("ts"):
-                axes = {"input": {0: "batch"}, "output": {0: "batch"}}
-                torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=int(exporter[2:]),
-                                  dynamic_axes=axes, **kw)
-            elif exporter == "dynamo18":
-                prog = torch.onnx.export(model, (x,), dynamo=True, opset_version=18, external_data=True,
-                                         dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},), **kw)
-                prog.save(str(path), external_data=True)
-            else:
-                raise ValueError(f"unknown exporter {exporter!r}")
-    finally:
-        log.setLevel(level)
-
-
 def build_coverage_zoo(out_dir, exporters=EXPORTERS, names=None) -> list[CoverageModel]:
     """Export every coverage model with every exporter into `out_dir` (cached: only missing files are
     built), plus the hand-built NHWC graphs (exporter 'onnx'). Failures are recorded, not raised."""
@@ -819,7 +795,7 @@ def build_coverage_zoo(out_dir, exporters=EXPORTERS, names=None) -> list[Coverag
                 x = torch.randn((EXPORT_BATCH, *shape[1:]), generator=torch.Generator().manual_seed(SEED))
                 t0 = time.perf_counter()
                 try:
-                    _export(model, exp, x, path)
+                    export(model, exp, x, path)
                 except Exception as e:  # record, don't break the zoo
                     failed.write_text(f"{type(e).__name__}: {str(e)[:2000]}")
                     path.unlink(missing_ok=True)

@@ -99,7 +99,7 @@ def prune(model, calibration=None, *, method: str = "greedy-local", refit: str |
     `allocate`: uniform | loss (default: loss for greedy methods with a flops/params target).
     `output_loss`: kl | mse, the global methods' output discrepancy, measured on `global_samples`."""
     from .calibration import load_calibration
-    from .pruner import BASELINES, GLOBAL, GREEDY, GreedyPruner, Options
+    from .pruner import GLOBAL, GREEDY, GreedyPruner, Options
     if method not in METHODS:
         raise UserError(f"--method {method}: unknown (choose from {', '.join(METHODS)})")
     if norm not in ("l1", "l2"):

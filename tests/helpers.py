@@ -13,3 +13,22 @@ def run(model: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:
 def rel_err(a: list[np.ndarray], b: list[np.ndarray]) -> float:
     """Largest |a - b| over outputs, relative to each output's scale."""
     return max(float(np.abs(x - y).max() / max(np.abs(y).max(), 1e-6)) for x, y in zip(a, b))
+
+
+def oracle_error(analysis, feeds, seeds=(0, 1), ratios=(0.3, 0.6)) -> float:
+    """Largest pruned-vs-masked-reference error over random selections with random γ, at batch 1 and 3
+    (`feeds(batch, seed)` makes the inputs); every pruned graph also passes the full checker."""
+    from onnxprune.rewrite import Rewriter
+    from onnxprune.selection import counts_for_ratio, select
+    worst = 0.0
+    for seed in seeds:
+        for ratio in ratios:
+            keep, gamma = select(analysis, counts_for_ratio(analysis, ratio), "random", seed=seed,
+                                 random_gamma=True).class_arrays(analysis)
+            pruned = Rewriter(analysis, keep, gamma).run()
+            masked = Rewriter(analysis, keep, gamma, masked=True).run()
+            onnx.checker.check_model(pruned, full_check=True)
+            for batch in (1, 3):
+                x = feeds(batch, seed)
+                worst = max(worst, rel_err(run(pruned, x), run(masked, x)))
+    return worst

@@ -8,7 +8,6 @@ import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper
 
-import zoo
 from cli.main import main
 from helpers import rel_err, run
 

@@ -55,7 +55,6 @@ def test_gram_matrix_equals_explicit_channel_contributions(zoo_models):
         if any(c.op != "Conv" for c in cons):
             continue
         stats = _stats(a, cons, x, 6, None)
-        ones = np.ones(len(a.class_of))
         G, cvec, rr = group_terms([(stats[c.node], original_dense(c, a), _member(a, g, c), np.ones(len(c.labels), bool))
                                    for c in cons], g.channels)
         tap = Tap(a.model, [c.input for c in cons] + [c.output for c in cons])

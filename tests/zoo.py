@@ -11,13 +11,10 @@ the cache and recorded in ``EXPORT_FAILURES[(name, exporter)]``.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import io
-import logging
 import pathlib
+import sys
 import time
-import warnings
 from typing import Callable
 
 import numpy as np
@@ -25,6 +22,9 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "models"))
+from exporters import export  # noqa: E402
 
 SEED = 0
 EXPORTERS = ("ts13", "ts17", "dynamo18")
@@ -288,29 +288,6 @@ def zoo_models() -> list[tuple[str, Callable[[], nn.Module]]]:
 
 
 # --------------------------------------------------------------------------- export
-def _export(model: nn.Module, exporter: str, x: torch.Tensor, path: pathlib.Path, outs: tuple) -> None:
-    kw = dict(input_names=["input"], output_names=list(outs))
-    log = logging.getLogger("torch.onnx")
-    level = log.level
-    log.setLevel(logging.ERROR)  # silences "torchvision is not installed" chatter of the dynamo exporter
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            if exporter in ("ts13", "ts17"):
-                axes = {n: {0: "batch"} for n in ("input", *outs)}
-                torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=int(exporter[2:]),
-                                  dynamic_axes=axes, **kw)
-            elif exporter == "dynamo18":
-                # Weights above a small size threshold go to <path>.data beside the .onnx file.
-                prog = torch.onnx.export(model, (x,), dynamo=True, opset_version=18, external_data=True,
-                                         dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},), **kw)
-                prog.save(str(path), external_data=True)
-            else:
-                raise ValueError(f"unknown exporter {exporter!r}")
-    finally:
-        log.setLevel(level)
-
-
 def build_zoo(cache_dir, exporters=EXPORTERS, names=None) -> list[ZooModel]:
     cache_dir = pathlib.Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -325,7 +302,7 @@ def build_zoo(cache_dir, exporters=EXPORTERS, names=None) -> list[ZooModel]:
                 x = torch.randn((EXPORT_BATCH, *shape[1:]), generator=torch.Generator().manual_seed(SEED))
                 t0 = time.perf_counter()
                 try:
-                    _export(model, exp, x, path, outs)
+                    export(model, exp, x, path, outs)
                 except Exception as e:  # record, don't break the zoo
                     failed.write_text(f"{type(e).__name__}: {str(e)[:2000]}")
                     path.unlink(missing_ok=True)

@@ -1,0 +1,38 @@
+"""Export a torch module to ONNX with one of the exporters users run, quietly.
+
+Exporter names: `ts<opset>` is the TorchScript exporter at that opset (dynamo=False); `dynamo18` is the
+dynamo exporter at opset 18 with weights in external data beside the file. The batch axis is dynamic.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import pathlib
+import warnings
+
+import torch
+from torch import nn
+
+
+def export(model: nn.Module, exporter: str, x: torch.Tensor, path: pathlib.Path,
+           outputs: tuple = ("output",)) -> None:
+    kw = dict(input_names=["input"], output_names=list(outputs))
+    log = logging.getLogger("torch.onnx")
+    level = log.level
+    log.setLevel(logging.ERROR)  # silences "torchvision is not installed" chatter of the dynamo exporter
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            if exporter.startswith("ts"):
+                axes = {n: {0: "batch"} for n in ("input", *outputs)}
+                torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=int(exporter[2:]),
+                                  dynamic_axes=axes, **kw)
+            elif exporter == "dynamo18":
+                prog = torch.onnx.export(model, (x,), dynamo=True, opset_version=18, external_data=True,
+                                         dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},), **kw)
+                prog.save(str(path), external_data=True)
+            else:
+                raise ValueError(f"unknown exporter {exporter!r}")
+    finally:
+        log.setLevel(level)
