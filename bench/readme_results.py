@@ -1,0 +1,111 @@
+"""Write the README's "Results" section from the benchmark JSON (no hand-copied numbers).
+
+    python bench/readme_results.py        # rewrites the text between the RESULTS markers in README.md
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+BEGIN, END = "<!-- RESULTS:BEGIN (bench/readme_results.py) -->", "<!-- RESULTS:END -->"
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _load(name: str):
+    path = RESULTS / name
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def quality_section(data, title: str) -> str:
+    if not data:
+        return ""
+    out = [f"### {title}", "",
+           f"Test accuracy without finetuning, Fashion-MNIST (`{data.get('test')}`), calibrated on "
+           f"`{data.get('calibration')}`; one run (`bench/results/{data['_file']}`), "
+           f"{data['total_s'] / 60:.0f} min on {data['machine'].get('cores')} shared CPU cores.", ""]
+    for model in dict.fromkeys(r["model"] for r in data["results"]):
+        rows = [r for r in data["results"] if r["model"] == model and "error" not in r]
+        levels = sorted({r["flops"] for r in rows}, reverse=True)
+        names = list(dict.fromkeys(r["row"] for r in rows))
+        acc = {(r["row"], r["flops"]): r for r in rows}
+        original = rows[0]["accuracy_original"] if rows else None
+        body = [[n] + [f"{100 * acc[(n, f)]['accuracy_pruned']:.2f}" if (n, f) in acc else "-" for f in levels]
+                for n in names]
+        out += [f"**{model}** (original {100 * original:.2f}%), accuracy % at MACs kept:", "",
+                _table(["method+refit"] + [f"{f:.0%}" for f in levels], body), ""]
+        plot = (data.get("plots") or {}).get(model)
+        if plot:
+            out += [f"![{model}]({pathlib.Path(plot).as_posix()})", ""]
+    cost = [c for c in data.get("cost", []) if "error" not in c]
+    if cost:
+        out += ["Cost of `greedy-local+full` at 50% MACs on the ResNet (fresh process per run):", "",
+                _table(["calibration images", "wall s", "peak RSS MB"],
+                       [[c["calibration_images"], f"{c['prune_wall_s']:.0f}", f"{c['peak_rss_mb']:.0f}"]
+                        for c in cost]), ""]
+    return "\n".join(out)
+
+
+def latency_section(data) -> str:
+    if not data:
+        return ""
+    rows = [[r["model"], f"{r['flops_target']:.0%}", r["round_to"], r["batch"], f"{r['macs_ratio']:.3f}",
+             f"{r['original']['median_ms']:.2f}", f"{r['pruned']['median_ms']:.2f}", f"{r['speedup_paired']:.2f}x"]
+            for r in data["results"] if "original" in r]
+    return "\n".join(["### ONNX Runtime CPU latency", "",
+                      f"Median of {data['settings'].get('repeats', '?')} interleaved runs "
+                      f"(`bench/results/latency.json`, {data['machine'].get('cores')} shared cores: noisy). "
+                      "Speed-up is original/pruned timed in the same round.", "",
+                      _table(["model", "MACs target", "round-to", "batch", "MACs", "original ms", "pruned ms",
+                              "speed-up"], rows), ""])
+
+
+def coverage_section(data) -> str:
+    if not data:
+        return ""
+    by_name: dict[str, list] = {}
+    for g in data["graphs"]:
+        by_name.setdefault(g["name"], []).append(g)
+
+    def span(gs, key, fmt):
+        lo, hi = min(g[key] for g in gs), max(g[key] for g in gs)
+        return fmt(lo) if fmt(lo) == fmt(hi) else f"{fmt(lo)}–{fmt(hi)}"
+    pct = lambda v: f"{100 * v:.0f}%"  # noqa: E731
+    rows = [[name, ", ".join(g["exporter"] for g in gs), span(gs, "channels_prunable", pct),
+             span(gs, "macs_prunable", pct), span(gs, "macs_reached", lambda v: f"{v:.2f}"),
+             f"{max(g['oracle_err'] for g in gs):.0e}"] for name, gs in by_name.items()]
+    return "\n".join(["### Coverage of exported architectures", "",
+                      "`bench/coverage.py`: share of channels and MACs in prunable groups, MACs reached at a 50% "
+                      "target, largest pruned-vs-masked-reference error.", "",
+                      _table(["graph", "exporters", "channels prunable", "MACs prunable", "MACs reached",
+                              "oracle error"], rows), ""])
+
+
+def main() -> None:
+    parts = ["## Results", ""]
+    for name, title in (("quality.json", "Quality: local imitation and baselines"),
+                        ("quality_global.json", "Quality: global imitation")):
+        data = _load(name)
+        if data:
+            data["_file"] = name
+            parts.append(quality_section(data, title))
+    parts += [latency_section(_load("latency.json")), coverage_section(_load("coverage.json"))]
+    section = "\n".join(p for p in parts if p).rstrip() + "\n"
+    readme = (ROOT / "README.md").read_text()
+    if BEGIN in readme:
+        head, rest = readme.split(BEGIN, 1)
+        tail = rest.split(END, 1)[1]
+    else:
+        head, tail = readme.rstrip() + "\n\n", "\n"
+    (ROOT / "README.md").write_text(f"{head}{BEGIN}\n{section}{END}{tail}")
+    print(f"README.md: wrote the results section ({section.count(chr(10))} lines)")
+
+
+if __name__ == "__main__":
+    main()
