@@ -187,9 +187,10 @@ def _image_part(files: list[Path], input_name: str, shape: tuple, preprocess: st
     nchw = shape[1] in (1, 3)
     h, w = (shape[2], shape[3]) if nchw else (shape[1], shape[2])
     channels = shape[1] if nchw else shape[3]
-    size = size or p["size"] or h or w
+    size = size or h or w or p["size"]  # the model's input size wins over the preset's
     if size is None:
         raise UserError("image calibration: model input size is symbolic; give --image-size")
+    resize = round(size * p["resize"] / p["size"]) if p["resize"] else size  # imagenet: 256 -> 224 crop ratio
     mean = np.asarray(mean or p["mean"], np.float32)[:channels]
     std = np.asarray(std or p["std"], np.float32)[:channels]
     out = np.empty((len(files), channels, size, size) if nchw else (len(files), size, size, channels), np.float32)
@@ -198,7 +199,6 @@ def _image_part(files: list[Path], input_name: str, shape: tuple, preprocess: st
             img = Image.open(f).convert("RGB" if channels == 3 else "L")
         except Exception as exc:
             raise UserError(f"{f}: not a readable image ({type(exc).__name__})") from None
-        resize = p["resize"] or size
         scale = resize / min(img.size)
         img = img.resize((max(size, round(img.size[0] * scale)), max(size, round(img.size[1] * scale))),
                          Image.BILINEAR)

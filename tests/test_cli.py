@@ -132,3 +132,49 @@ def test_bad_input_is_one_line_exit_2_no_output(case, model_path, tmp_path):
     assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
     assert {p.name for p in work.iterdir()} == before, "no output file may be left behind"
     assert model_path.read_bytes() == original
+
+
+def test_report_html_and_params_target(model_path, tmp_path):
+    out, rep, page = tmp_path / "p.onnx", tmp_path / "r.json", tmp_path / "r.html"
+    x = np.random.default_rng(0).standard_normal((48, 3, 16, 16)).astype(np.float32)
+    np.savez(tmp_path / "cal.npz", input=x)
+    res = invoke("prune", model_path, "-o", out, "--calib", tmp_path / "cal.npz", "--params", "0.6", "--report", rep,
+                 "-q")
+    assert res.exit_code == 0, res.output
+    r = json.loads(rep.read_text())
+    assert abs(r["params_after"] / r["params_before"] - 0.6) <= 0.02 * 0.6 + 0.02
+    assert any(g["curve"] and g["err_calib"] is not None for g in r["groups"])
+    res = invoke("report", rep, "-o", page)
+    assert res.exit_code == 0, res.output
+    html = page.read_text()
+    assert html.count("data:image/png;base64,") == 2 and "frozen" in html
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    res = invoke("report", bad, "-o", tmp_path / "x.html")
+    assert res.exit_code == 2 and not (tmp_path / "x.html").exists()
+
+
+def test_image_folder_calibration(tmp_path):
+    """A folder of images feeds a single-input model through the preprocessing preset."""
+    from PIL import Image
+    from onnx import numpy_helper
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    w1 = numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array(rng.standard_normal((4, 8, 1, 1)).astype(np.float32), "w2")
+    g = helper.make_graph([helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1] * 4),
+                           helper.make_node("Relu", ["a"], ["r"]), helper.make_node("Conv", ["r", "w2"], ["y"])],
+                          "img", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 32, 32])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 32, 32])], [w1, w2])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    for preset in ("none", "imagenet"):
+        res = invoke("prune", tmp_path / "m.onnx", "-o", tmp_path / f"o_{preset}.onnx", "--calib", folder,
+                     "--preprocess", preset, "--keep-ratio", "0.5", "-q")
+        assert res.exit_code == 0, res.output
+    from onnxprune.calibration import load_calibration
+    cal = load_calibration(folder, onnx.load(tmp_path / "m.onnx"), preprocess="imagenet")
+    batch = next(b for _, b in cal.batches(12))["x"]
+    assert batch.shape == (12, 3, 32, 32) and batch.dtype == np.float32 and batch.min() < 0
