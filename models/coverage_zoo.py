@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from exporters import export
+from exporters import export_cached
 
 SEED = 0
 EXPORTERS = ("ts11", "ts13", "ts17", "dynamo18")
@@ -786,23 +786,15 @@ def build_coverage_zoo(out_dir, exporters=EXPORTERS, names=None) -> list[Coverag
             result.append(CoverageModel(name, HAND_BUILT, path, "input", shape))
             continue
         shape = _SPECS[name][1]
-        model = None
+        built: dict = {}
         for exp in exporters:
             path = out_dir / f"{name}_{exp}.onnx"
-            failed = path.with_suffix(".failed")
-            if not path.exists() and not failed.exists():
-                model = model or make(name)
-                x = torch.randn((EXPORT_BATCH, *shape[1:]), generator=torch.Generator().manual_seed(SEED))
-                t0 = time.perf_counter()
-                try:
-                    export(model, exp, x, path)
-                except Exception as e:  # record, don't break the zoo
-                    failed.write_text(f"{type(e).__name__}: {str(e)[:2000]}")
-                    path.unlink(missing_ok=True)
-                    pathlib.Path(str(path) + ".data").unlink(missing_ok=True)
-                EXPORT_TIMES[(name, exp)] = time.perf_counter() - t0
-            if failed.exists():
-                EXPORT_FAILURES[(name, exp)] = failed.read_text()
+            x = torch.randn((EXPORT_BATCH, *shape[1:]), generator=torch.Generator().manual_seed(SEED))
+            t0 = time.perf_counter()
+            failure = export_cached(lambda: built.setdefault(name, make(name)), exp, x, path)
+            EXPORT_TIMES.setdefault((name, exp), time.perf_counter() - t0)
+            if failure is not None:
+                EXPORT_FAILURES[(name, exp)] = failure
                 continue
             result.append(CoverageModel(name, exp, path, "input", shape))
     return result

@@ -36,3 +36,20 @@ def export(model: nn.Module, exporter: str, x: torch.Tensor, path: pathlib.Path,
                 raise ValueError(f"unknown exporter {exporter!r}")
     finally:
         log.setLevel(level)
+
+
+def export_cached(make_model, exporter: str, x: torch.Tensor, path: pathlib.Path,
+                  outputs: tuple = ("output",)) -> str | None:
+    """Export `make_model()` unless `path` (or its `.failed` record) exists; returns the failure text,
+    or None. The model is only built when an export is needed.
+
+    A failed export is recorded in `<stem>.failed` beside it, so a zoo keeps going and reports it."""
+    failed = path.with_suffix(".failed")
+    if not path.exists() and not failed.exists():
+        try:
+            export(make_model(), exporter, x, path, outputs)
+        except Exception as e:  # record, don't break the zoo
+            failed.write_text(f"{type(e).__name__}: {str(e)[:2000]}")
+            path.unlink(missing_ok=True)
+            pathlib.Path(str(path) + ".data").unlink(missing_ok=True)
+    return failed.read_text() if failed.exists() else None

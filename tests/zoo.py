@@ -24,7 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "models"))
-from exporters import export  # noqa: E402
+from exporters import export_cached  # noqa: E402
 
 SEED = 0
 EXPORTERS = ("ts13", "ts17", "dynamo18")
@@ -297,19 +297,12 @@ def build_zoo(cache_dir, exporters=EXPORTERS, names=None) -> list[ZooModel]:
         model = _make(name)
         for exp in exporters:
             path = cache_dir / f"{name}_{exp}.onnx"
-            failed = path.with_suffix(".failed")
-            if not path.exists() and not failed.exists():
-                x = torch.randn((EXPORT_BATCH, *shape[1:]), generator=torch.Generator().manual_seed(SEED))
-                t0 = time.perf_counter()
-                try:
-                    export(model, exp, x, path, outs)
-                except Exception as e:  # record, don't break the zoo
-                    failed.write_text(f"{type(e).__name__}: {str(e)[:2000]}")
-                    path.unlink(missing_ok=True)
-                    pathlib.Path(str(path) + ".data").unlink(missing_ok=True)
-                EXPORT_TIMES[(name, exp)] = time.perf_counter() - t0
-            if failed.exists():
-                EXPORT_FAILURES[(name, exp)] = failed.read_text()
+            x = torch.randn((EXPORT_BATCH, *shape[1:]), generator=torch.Generator().manual_seed(SEED))
+            t0 = time.perf_counter()
+            failure = export_cached(lambda: model, exp, x, path, outs)
+            EXPORT_TIMES.setdefault((name, exp), time.perf_counter() - t0)
+            if failure is not None:
+                EXPORT_FAILURES[(name, exp)] = failure
                 continue
             result.append(ZooModel(name, exp, path, "input", shape, model, outs))
     return result
