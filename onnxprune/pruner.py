@@ -154,7 +154,7 @@ class _GlobalState:
         for part in (self.calib, self.holdout):
             part.set_reference(self.original)
 
-    def twin_for(self, sel: Selection, _unused):
+    def twin_for(self, sel: Selection):
         from .twin import Twin
         keep, gamma = sel.class_arrays(self.analysis)
         twin = Twin(self.analysis, device=self.device, replace=sel.replace, keep=keep) if sel.replace \
@@ -313,7 +313,7 @@ class GreedyPruner:
             out.append((method, idx, gam, curve, ""))
         if opts.method in GLOBAL:
             g = self._global()
-            twin, gates = g.twin_for(self.sel, None)
+            twin, gates = g.twin_for(self.sel)
             classes = group.classes
             if opts.method == "taylor":
                 scores = taylor_importance(twin, g.calib, gates, classes)
@@ -389,5 +389,5 @@ class GreedyPruner:
         g = self._global()
         trial = Selection(dict(self.sel.kept), dict(self.sel.gamma), {**self.sel.replace, **out.replace})
         trial.kept[group.id], trial.gamma[group.id] = out.kept, out.gamma
-        twin, gates = g.twin_for(trial, None)
+        twin, gates = g.twin_for(trial)
         return (g.holdout if held and g.holdout.samples else g.calib).value(twin, gates)

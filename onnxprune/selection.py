@@ -1,7 +1,7 @@
 """Which channels each group keeps, and their scales γ.
 
 A `Selection` maps group id -> (kept channel indices, γ per kept channel). Channel counts come from a
-target (`counts_for_ratio`, `counts_for_flops`); the choice within a group comes from a criterion:
+target (`counts_for_ratio`, `counts_for_target`); the choice within a group comes from a criterion:
 `magnitude` (L1/L2 norm of each channel's consumer input slices) or `random`.
 """
 from __future__ import annotations
@@ -77,11 +77,6 @@ def counts_for_target(analysis: Analysis, fraction: float, what: str = "flops", 
     cands = [counts_for_ratio(analysis, r, round_to, min_channels, overrides) for r in (lo, hi)]
     best = min(cands, key=lambda c: abs(model(model.vector(c)) - target))
     return refine(model, best, target, round_to, min_channels, set(overrides or {}))
-
-
-def counts_for_flops(analysis: Analysis, fraction: float, round_to: int = 1, min_channels: int = 1,
-                     overrides: dict[int, int] | None = None, tolerance: float = 0.02) -> dict[int, int]:
-    return counts_for_target(analysis, fraction, "flops", round_to, min_channels, overrides, tolerance)
 
 
 def _scores_magnitude(analysis: Analysis, norm: str) -> dict[int, float]:
