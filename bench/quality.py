@@ -151,11 +151,13 @@ def cost(sizes, tmp) -> list[dict]:
         tv = dict(l.strip().rsplit(": ", 1) for l in res.stderr.splitlines() if ": " in l)
         rec = {"calibration_images": n, **json.loads(res.stdout.strip().splitlines()[-1]),
                "time_v_max_rss_mb": int(tv["Maximum resident set size (kbytes)"]) / 1024,
+               "process_cpu_s": float(tv["User time (seconds)"]) + float(tv["System time (seconds)"]),
                "subprocess_wall_s": time.perf_counter() - t0, "loadavg_before": load0, "loadavg_after": loadavg()}
         rec.update({k: v for k, v in compare(MODELS["fmnist_resnet"], pruned, TEST).items()
                     if k in ("accuracy_pruned", "agreement", "kl")})
-        print(f"  cost n={n}: prune {rec['prune_wall_s']:.1f}s, peak RSS {rec['peak_rss_mb']:.0f} MB "
-              f"(after import {rec['rss_after_import_mb']:.0f} MB), acc {rec['accuracy_pruned']:.4f}", flush=True)
+        print(f"  cost n={n}: prune {rec['prune_wall_s']:.1f}s (process CPU {rec['process_cpu_s']:.0f}s), "
+              f"peak RSS {rec['peak_rss_mb']:.0f} MB (after import {rec['rss_after_import_mb']:.0f} MB), "
+              f"acc {rec['accuracy_pruned']:.4f}", flush=True)
         out.append(rec)
     return out
 
@@ -259,8 +261,10 @@ def main():
                 cost_rows = cost((512,) if args.quick else (512, 4096), tmp)
     total = time.perf_counter() - t_start
     print("\n" + tables(results))
-    print("\n" + format_table(["calib images", "prune wall s", "peak RSS MB", "RSS after import MB", "acc"],
-                              [[c["calibration_images"], f"{c['prune_wall_s']:.1f}", f"{c['peak_rss_mb']:.0f}",
+    print("\n" + format_table(["calib images", "prune wall s", "process CPU s", "peak RSS MB",
+                               "RSS after import MB", "acc"],
+                              [[c["calibration_images"], f"{c['prune_wall_s']:.1f}",
+                                f"{c.get('process_cpu_s', 0):.0f}", f"{c['peak_rss_mb']:.0f}",
                                 f"{c['rss_after_import_mb']:.0f}", f"{c['accuracy_pruned']:.4f}"]
                                for c in cost_rows if "error" not in c]))
     print(f"\ntotal run time {total:.0f}s, load average {loadavg()}")

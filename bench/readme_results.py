@@ -31,7 +31,8 @@ def quality_section(data, title: str) -> str:
            f"`{data.get('calibration')}`; one run (`bench/results/{data['_file']}`), "
            f"{data['total_s'] / 60:.0f} min on {data['machine'].get('cores')} shared CPU cores.", ""]
     for model in dict.fromkeys(r["model"] for r in data["results"]):
-        rows = [r for r in data["results"] if r["model"] == model and "error" not in r]
+        rows = [dict(r, row=f"{r['method']}+{r['refit']} ({r['allocate']})") for r in data["results"]
+                if r["model"] == model and "error" not in r]
         levels = sorted({r["flops"] for r in rows}, reverse=True)
         names = list(dict.fromkeys(r["row"] for r in rows))
         acc = {(r["row"], r["flops"]): r for r in rows}
@@ -39,7 +40,7 @@ def quality_section(data, title: str) -> str:
         body = [[n] + [f"{100 * acc[(n, f)]['accuracy_pruned']:.2f}" if (n, f) in acc else "-" for f in levels]
                 for n in names]
         out += [f"**{model}** (original {100 * original:.2f}%), accuracy % at MACs kept:", "",
-                _table(["method+refit"] + [f"{f:.0%}" for f in levels], body), ""]
+                _table(["method+refit (allocation)"] + [f"{f:.0%}" for f in levels], body), ""]
         plot = (data.get("plots") or {}).get(model)
         if plot:
             out += [f"![{model}]({pathlib.Path(plot).as_posix()})", ""]
