@@ -7,9 +7,10 @@
    test accuracy, top-1 agreement and KL(original || pruned) on models/fmnist_test.npz, achieved
    MACs and params ratios, prune wall and CPU time.  Table on stdout, JSON to --out, one plot per
    model (accuracy vs MACs kept) next to it: <out stem>_<model>.png.
-2. Cost: greedy-local+full at 0.5 on the ResNet with 512 and 4096 calibration images (seeded
-   subsets of the Fashion-MNIST training set, normalised like fmnist_calib.npz, i.e. [0, 1]),
-   each in a fresh subprocess that reports its own wall time and peak RSS (getrusage).
+2. Cost: greedy-local+full at 0.5 on the ResNet, loss and uniform allocation, with 512 and 4096
+   calibration images (seeded subsets of the Fashion-MNIST training set, [0, 1] like
+   fmnist_calib.npz), each in a fresh subprocess under /usr/bin/time -v: prune wall time, process
+   CPU time, peak RSS.
 --quick: ResNet only, MACs 0.5, 4 rows, cost with 512 images only (smoke test).
 The MobileNet may still be training: it is waited for (up to --wait-mobilenet seconds, polled
 every 60 s) after the ResNet is done, and skipped with a note if it never appears.
@@ -35,11 +36,12 @@ from bench.common import format_table, loadavg, machine_info  # noqa: E402
 MODELS = {"fmnist_resnet": "models/fmnist_resnet.onnx", "fmnist_mobilenet": "models/fmnist_mobilenet.onnx"}
 CALIB, TEST = "models/fmnist_calib.npz", "models/fmnist_test.npz"
 LEVELS = (0.7, 0.5, 0.3)
-# (method, refit, allocate); allocate None = the default (loss for greedy, uniform for baselines)
-ROWS = [("greedy-local", "full", None), ("greedy-local", "gamma", None), ("greedy-convex", "full", None),
-        ("greedy-convex", "none", None), ("gfs", "full", None), ("gfs", "none", None),
-        ("magnitude", "none", None), ("magnitude", "gamma", None), ("magnitude", "full", None),
-        ("random", "none", None), ("random", "full", None),
+# (method, refit, allocate); allocation explicit (loss for greedy, uniform for baselines, plus two
+# crossed rows) so the rows do not move when the library default does; None = the library default
+ROWS = [("greedy-local", "full", "loss"), ("greedy-local", "gamma", "loss"), ("greedy-convex", "full", "loss"),
+        ("greedy-convex", "none", "loss"), ("gfs", "full", "loss"), ("gfs", "none", "loss"),
+        ("magnitude", "none", "uniform"), ("magnitude", "gamma", "uniform"), ("magnitude", "full", "uniform"),
+        ("random", "none", "uniform"), ("random", "full", "uniform"),
         ("greedy-local", "full", "uniform"), ("magnitude", "full", "loss")]
 QUICK_ROWS = [ROWS[0], ROWS[6], ROWS[8], ROWS[9]]
 # global imitation (issue 5) beside the local default, same models, levels and data
@@ -49,19 +51,19 @@ GREEDY = ("greedy-local", "greedy-convex", "gfs", "greedy-taylor", "greedy-combi
 
 
 def label(method, refit, allocate):
-    default = "loss" if method in GREEDY else "uniform"
-    return f"{method}+{refit}" + (f" [{allocate}]" if allocate and allocate != default else "")
+    return f"{method}+{refit} ({allocate or 'default'})"
 
 
 def run_row(path, method, refit, allocate, flops) -> dict:
     from onnxprune import prune
     from onnxprune.evaluate import compare
-    rec = {"row": label(method, refit, allocate), "method": method, "refit": refit,
-           "allocate": allocate or ("loss" if method in GREEDY else "uniform"), "flops": flops}
+    rec = {"row": label(method, refit, allocate), "method": method, "refit": refit, "allocate": allocate,
+           "flops": flops}
     try:
         w0, c0 = time.perf_counter(), time.process_time()
         # data-free rows (selection and allocation ignore data) run as a user would: without calibration
-        calib = None if refit == "none" and method in ("magnitude", "random") and not allocate else CALIB
+        data_free = refit == "none" and method in ("magnitude", "random") and allocate in (None, "uniform")
+        calib = None if data_free else CALIB
         rec["calibrated"] = calib is not None
         pruned, rep = prune(path, calib, method=method, refit=refit, flops=flops, allocate=allocate,
                             round_to=1, batch_size=32, quiet=True)
@@ -69,6 +71,7 @@ def run_row(path, method, refit, allocate, flops) -> dict:
     except Exception as e:  # a failed row is recorded, not fatal
         return {**rec, "error": f"{type(e).__name__}: {e}"}
     d = rep.to_dict()
+    rec.update(allocate=rep.allocate, row=label(method, refit, rep.allocate))  # what was actually used
     live = [g for g in rep.groups if not g.frozen]
     rec.update(macs_ratio=d["macs_ratio"], params_ratio=d["params_ratio"], **compare(path, pruned, TEST),
                kept={g.id: g.kept_count for g in live},
@@ -113,14 +116,14 @@ def quality(name, path, levels, rows) -> list[dict]:
 
 # ---------------------------------------------------------------- cost (fresh subprocess per run)
 
-def cost_child(model, calib, out):
+def cost_child(model, calib, out, allocate):
     """Runs in its own process: prune, save to `out`, print one JSON line with time and peak RSS."""
     import onnxruntime  # noqa: F401  (imported up front so "after import" is the fixed baseline)
     import torch  # noqa: F401
     from onnxprune import prune, save_model
     rss_import = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
-    pruned, rep = prune(model, calib, method="greedy-local", refit="full", flops=0.5, quiet=True)
+    pruned, rep = prune(model, calib, method="greedy-local", refit="full", flops=0.5, allocate=allocate, quiet=True)
     wall = time.perf_counter() - t0
     peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
@@ -129,36 +132,41 @@ def cost_child(model, calib, out):
                       "macs_ratio": rep.macs_ratio, "calibration_samples": rep.calibration_samples}))
 
 
-def cost(sizes, tmp) -> list[dict]:
+def cost(sizes, tmp, allocations=("loss", "uniform")) -> list[dict]:
     sys.path.insert(0, os.path.join(ROOT, "models"))
     from fmnist_data import load_fmnist
     from onnxprune.evaluate import compare
     x, y = load_fmnist("train")  # float32 [0, 1], exactly what fmnist_calib.npz holds
-    out = []
+    out, files = [], {}
     for n in sizes:
         # same recipe as models/train_common.py (seed 0, sorted); n=512 reproduces fmnist_calib.npz
         idx = np.sort(np.random.default_rng(0).choice(len(x), n, replace=False))
-        calib, pruned = os.path.join(tmp, f"calib{n}.npz"), os.path.join(tmp, f"pruned{n}.onnx")
-        np.savez(calib, input=x[idx], labels=y[idx])
-        t0, load0 = time.perf_counter(), loadavg()
-        # /usr/bin/time forks the child afresh: Linux carries the spawning process's peak RSS over
-        # exec, so a child spawned straight from this (large) process would report our peak, not its own
-        res = subprocess.run(["/usr/bin/time", "-v", sys.executable, __file__, "--cost-child",
-                              MODELS["fmnist_resnet"], calib, pruned], cwd=ROOT, capture_output=True, text=True)
-        if res.returncode:
-            out.append({"calibration_images": n, "error": res.stderr.strip()[-2000:]})
-            continue
-        tv = dict(l.strip().rsplit(": ", 1) for l in res.stderr.splitlines() if ": " in l)
-        rec = {"calibration_images": n, **json.loads(res.stdout.strip().splitlines()[-1]),
-               "time_v_max_rss_mb": int(tv["Maximum resident set size (kbytes)"]) / 1024,
-               "process_cpu_s": float(tv["User time (seconds)"]) + float(tv["System time (seconds)"]),
-               "subprocess_wall_s": time.perf_counter() - t0, "loadavg_before": load0, "loadavg_after": loadavg()}
-        rec.update({k: v for k, v in compare(MODELS["fmnist_resnet"], pruned, TEST).items()
-                    if k in ("accuracy_pruned", "agreement", "kl")})
-        print(f"  cost n={n}: prune {rec['prune_wall_s']:.1f}s (process CPU {rec['process_cpu_s']:.0f}s), "
-              f"peak RSS {rec['peak_rss_mb']:.0f} MB (after import {rec['rss_after_import_mb']:.0f} MB), "
-              f"acc {rec['accuracy_pruned']:.4f}", flush=True)
-        out.append(rec)
+        files[n] = os.path.join(tmp, f"calib{n}.npz")
+        np.savez(files[n], input=x[idx], labels=y[idx])
+    for allocate in allocations:
+        for n in sizes:
+            pruned = os.path.join(tmp, f"pruned_{allocate}{n}.onnx")
+            t0, load0 = time.perf_counter(), loadavg()
+            # /usr/bin/time forks the child afresh: Linux carries the spawning process's peak RSS over
+            # exec, so a child spawned straight from this (large) process would report our peak, not its own
+            res = subprocess.run(["/usr/bin/time", "-v", sys.executable, __file__, "--cost-child",
+                                  MODELS["fmnist_resnet"], files[n], pruned, allocate],
+                                 cwd=ROOT, capture_output=True, text=True)
+            rec = {"calibration_images": n, "allocate": allocate}
+            if res.returncode:
+                out.append({**rec, "error": res.stderr.strip()[-2000:]})
+                continue
+            tv = dict(l.strip().rsplit(": ", 1) for l in res.stderr.splitlines() if ": " in l)
+            rec.update(json.loads(res.stdout.strip().splitlines()[-1]),
+                       time_v_max_rss_mb=int(tv["Maximum resident set size (kbytes)"]) / 1024,
+                       process_cpu_s=float(tv["User time (seconds)"]) + float(tv["System time (seconds)"]),
+                       subprocess_wall_s=time.perf_counter() - t0, loadavg_before=load0, loadavg_after=loadavg())
+            rec.update({k: v for k, v in compare(MODELS["fmnist_resnet"], pruned, TEST).items()
+                        if k in ("accuracy_pruned", "agreement", "kl")})
+            print(f"  cost {allocate} n={n}: prune {rec['prune_wall_s']:.1f}s (process CPU "
+                  f"{rec['process_cpu_s']:.0f}s), peak RSS {rec['peak_rss_mb']:.0f} MB (after import "
+                  f"{rec['rss_after_import_mb']:.0f} MB), acc {rec['accuracy_pruned']:.4f}", flush=True)
+            out.append(rec)
     return out
 
 
@@ -194,7 +202,7 @@ def plot(results, model, path):
     styles = {"full": "-", "gamma": "-.", "none": ":"}
     mine = [r for r in results if r["model"] == model and "error" not in r]
     orig = 100 * mine[0]["accuracy_original"] if mine else None
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 6.5))
     for ax in axes:
         for row in dict.fromkeys(r["row"] for r in mine):
             pts = sorted((r["macs_ratio"], 100 * r["accuracy_pruned"]) for r in mine if r["row"] == row)
@@ -209,10 +217,10 @@ def plot(results, model, path):
         axes[1].set_ylim(orig - 12, orig + 1)
     axes[0].set_title("all rows", fontsize=9)
     axes[1].set_title("zoom: within 12 points of the original", fontsize=9)
-    axes[0].legend(fontsize=7, ncol=2, loc="lower right")
+    fig.legend(*axes[0].get_legend_handles_labels(), fontsize=8, ncol=5, loc="lower center")
     fig.suptitle(f"{model}: pruned, no finetuning (512 calibration images); line: refit (solid full, "
                  "dash-dot gamma, dotted none); marker: allocation (o loss, s uniform)", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
@@ -226,7 +234,7 @@ def main():
     ap.add_argument("--levels", default=None, help="comma-separated MACs fractions (default 0.7,0.5,0.3)")
     ap.add_argument("--rows", choices=("local", "global"), default="local",
                     help="local: issue-4 rows (default); global: global-imitation rows beside greedy-local")
-    ap.add_argument("--cost-child", nargs=3, metavar=("MODEL", "CALIB", "OUT"), help=argparse.SUPPRESS)
+    ap.add_argument("--cost-child", nargs=4, metavar=("MODEL", "CALIB", "OUT", "ALLOCATE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     os.chdir(ROOT)
     if args.cost_child:
@@ -261,9 +269,9 @@ def main():
                 cost_rows = cost((512,) if args.quick else (512, 4096), tmp)
     total = time.perf_counter() - t_start
     print("\n" + tables(results))
-    print("\n" + format_table(["calib images", "prune wall s", "process CPU s", "peak RSS MB",
+    print("\n" + format_table(["allocate", "calib images", "prune wall s", "process CPU s", "peak RSS MB",
                                "RSS after import MB", "acc"],
-                              [[c["calibration_images"], f"{c['prune_wall_s']:.1f}",
+                              [[c["allocate"], c["calibration_images"], f"{c['prune_wall_s']:.1f}",
                                 f"{c.get('process_cpu_s', 0):.0f}", f"{c['peak_rss_mb']:.0f}",
                                 f"{c['rss_after_import_mb']:.0f}", f"{c['accuracy_pruned']:.4f}"]
                                for c in cost_rows if "error" not in c]))
