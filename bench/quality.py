@@ -47,7 +47,6 @@ QUICK_ROWS = [ROWS[0], ROWS[6], ROWS[8], ROWS[9]]
 # global imitation (issue 5) beside the local default, same models, levels and data
 GLOBAL_ROWS = [("greedy-local", "full", None), ("greedy-taylor", "full", None), ("greedy-combined", "full", None),
                ("greedy-taylor", "none", None), ("taylor", "none", None), ("taylor", "full", None)]
-GREEDY = ("greedy-local", "greedy-convex", "gfs", "greedy-taylor", "greedy-combined", "greedy-global")
 
 
 def label(method, refit, allocate):
@@ -207,7 +206,7 @@ def plot(results, model, path):
         for row in dict.fromkeys(r["row"] for r in mine):
             pts = sorted((r["macs_ratio"], 100 * r["accuracy_pruned"]) for r in mine if r["row"] == row)
             r0 = next(r for r in mine if r["row"] == row)
-            ax.plot(*zip(*pts), styles[r0["refit"]], color=colors[r0["method"]], label=row, lw=1.6,
+            ax.plot(*zip(*pts), styles[r0["refit"]], color=colors.get(r0["method"]), label=row, lw=1.6,
                     marker="o" if r0["allocate"] == "loss" else "s", ms=5)
         if orig is not None:
             ax.axhline(orig, ls="--", color="k", lw=1, label="original")

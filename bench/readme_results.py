@@ -47,9 +47,9 @@ def quality_section(data, title: str) -> str:
     cost = [c for c in data.get("cost", []) if "error" not in c]
     if cost:
         out += ["Cost of `greedy-local+full` at 50% MACs on the ResNet (fresh process per run):", "",
-                _table(["calibration images", "wall s", "peak RSS MB"],
-                       [[c["calibration_images"], f"{c['prune_wall_s']:.0f}", f"{c['peak_rss_mb']:.0f}"]
-                        for c in cost]), ""]
+                _table(["allocation", "calibration images", "wall s", "peak RSS MB"],
+                       [[c.get("allocate", "-"), c["calibration_images"], f"{c['prune_wall_s']:.0f}",
+                         f"{c['peak_rss_mb']:.0f}"] for c in cost]), ""]
     return "\n".join(out)
 
 
