@@ -303,11 +303,14 @@ class GreedyPruner:
         opts, G, c, rr = self.opts, st.G, st.c, st.rr
         quota = group.quotas(k) if group.n_blocks > 1 else None
         blocks = group.blocks if quota is not None else None
-        curve = (greedy.greedy_local(G, c, rr, group.channels).losses / max(rr, 1e-300)).tolist()
+        full = greedy.greedy_local(G, c, rr, group.channels)  # the whole loss curve, for the report
+        curve = (full.losses / max(rr, 1e-300)).tolist()
         out = []
         if opts.method in GREEDY or opts.method == "greedy-combined":
             method = "greedy-local" if opts.method == "greedy-combined" else opts.method
-            path = greedy.SELECTORS[method](G, c, rr, k, blocks, quota)
+            # an unconstrained greedy-local path to k is the first k steps of the whole curve's path
+            path = full if method == "greedy-local" and quota is None \
+                else greedy.SELECTORS[method](G, c, rr, k, blocks, quota)
             idx = np.array(sorted(path.order[:k]), dtype=np.int64)
             gam = greedy.ls_gamma(G, c, idx) if path.gamma is None else path.gamma[idx]
             out.append((method, idx, gam, curve, ""))
