@@ -133,6 +133,20 @@ def check_model(model: onnx.ModelProto, what: str = "model") -> None:
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"{what}: fails the ONNX checker: {first}") from None
+    _check_inference(model, what)
+
+
+def _check_inference(model: onnx.ModelProto, what: str) -> None:
+    """Strict ONNX shape and type inference: catches what the checker lets through (attributes of the
+    wrong length, shapes that cannot be, type clashes) and would otherwise be copied into the output."""
+    if model.ByteSize() >= 2**31 - 1024:
+        return  # protobuf cannot serialise it for the inference engine; ORT's checks at run time remain
+    try:
+        onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    except Exception as exc:
+        text = str(exc).strip().replace("[ShapeInferenceError] Inference error(s): ", "")
+        first = text.splitlines()[0] if text else type(exc).__name__
+        raise UserError(f"{what}: fails ONNX shape inference: {first}") from None
 
 
 def check_output_path(out: str | os.PathLike, *inputs: str | os.PathLike) -> Path:

@@ -176,7 +176,8 @@ def classify(code, err: str, case_dir: Path, before: set, model_path: Path, out:
         pruned = onnx.load(str(out))
         onnx.checker.check_model(pruned, full_check=True)
         ref = onnx.load(str(masked))
-    except Exception:
+    except Exception as exc:
+        (case_dir / "why").write_text(f"{type(exc).__name__}: {exc}"[:300])
         return "exit0-invalid-output"
     try:
         original = onnx.load(str(model_path))
@@ -190,7 +191,8 @@ def classify(code, err: str, case_dir: Path, before: set, model_path: Path, out:
         return "exit0-nonfinite"
     try:
         got, want = run(pruned, feeds), run(ref, feeds)
-    except Exception:
+    except Exception as exc:
+        (case_dir / "why").write_text(f"{type(exc).__name__}: {exc}"[:300])
         return "exit0-invalid-output"
     if not all(np.isfinite(w).all() for w in want):
         return "exit0-nonfinite"
@@ -236,8 +238,12 @@ def test_fuzzed_models_exit_cleanly(fuzz_sources, tmp_path):
             notes.append(f"case {i} ({z.name}/{z.exporter}, {kind}): {outcome}, exit {code}: "
                          f"{(err.strip().splitlines() or [''])[-1][:200]}")
         if outcome in FAILURES:
+            why = (case / "why").read_text() if (case / "why").exists() else ""
             bad.append(f"case {i} ({z.name}/{z.exporter}, {kind}): {outcome}, exit {code}: "
-                       f"{(err.strip().splitlines() or [''])[-1][:300]}")
+                       f"{(err.strip().splitlines() or [''])[-1][:300]} {why}")
+            keep = os.environ.get("ONNXPRUNE_FUZZ_KEEP")
+            if keep:
+                shutil.copytree(case, Path(keep) / case.name, dirs_exist_ok=True)
         shutil.rmtree(case, ignore_errors=True)
     ran = sum(counts.values())
     print(f"\nfuzz: {ran} cases in {time.monotonic() - t0:.0f}s: {dict(sorted(counts.items()))}")
