@@ -117,6 +117,8 @@ class Analysis:
         self.consumer_labels: list[tuple[str, np.ndarray]] = []
         self.block_constraints: list[tuple[str, np.ndarray, int]] = []
         self.segments: list[np.ndarray] = []  # label vectors that must keep at least one channel
+        # (node, label vector, n): the vector is cut into n equal pieces that must keep equal counts
+        self.equal_pieces: list[tuple[str, np.ndarray, int]] = []
         self.deferred: list[Callable[[], None]] = []
         self._run()
 
@@ -252,6 +254,8 @@ class Analysis:
             if not cons.get(g) and not reasons:
                 reasons.append("no consumer reads these channels")
             blocks, why = self._blocks_for(classes, roots)
+            if not why:
+                blocks, why = self._equal_pieces_for(classes, roots, blocks)
             if why:
                 reasons.append(why)
             parts = self._parts_for(classes, roots) if blocks.max(initial=0) == 0 else None
@@ -302,6 +306,38 @@ class Analysis:
                 return blocks, f"grouped Conv '{name}' splits these channels differently from another grouped Conv"
             assigned = this
         return (assigned if assigned is not None else blocks), ""
+
+    def _equal_pieces_for(self, classes: np.ndarray, roots: np.ndarray, blocks: np.ndarray) -> tuple[np.ndarray, str]:
+        """Refine `blocks` so that each piece of every equal-pieces constraint on this group keeps the same
+        count: possible when each class lies in one piece and all occur equally often. Classes the sliced
+        tensor does not hold are cut into n equal cells too (stricter than needed, but expressible)."""
+        pos = {c: i for i, c in enumerate(classes.tolist())}
+        for name, vec, n in self.equal_pieces:
+            cls = roots[vec]
+            mine = [pos.get(int(c)) for c in cls.tolist()]
+            if all(m is None for m in mine):
+                continue
+            why = f"Slice '{name}' (bounds computed at run time) cuts these channels into pieces that cannot keep equal counts"
+            if any(m is None for m in mine):
+                return blocks, why
+            mine = np.array(mine)
+            piece = np.arange(len(vec)) // (len(vec) // n)
+            of_class = np.full(len(classes), -1)
+            of_class[mine] = piece
+            counts = np.bincount(mine, minlength=len(classes))[np.unique(mine)]
+            if not np.array_equal(of_class[mine], piece) or counts.min() != counts.max():
+                return blocks, why
+            rest = np.flatnonzero(of_class < 0)  # classes the slice does not see: equal cells of their own
+            if len(rest):
+                if len(rest) % n:
+                    return blocks, why
+                of_class[rest] = n + np.arange(len(rest)) // (len(rest) // n)
+            _, cell = np.unique(blocks * n + of_class, return_inverse=True)
+            sizes = np.bincount(cell)
+            if sizes.min() != sizes.max():
+                return blocks, why
+            blocks = cell.astype(np.int64)
+        return blocks, ""
 
     # ----- conveniences for callers ------------------------------------------------------
     @property

@@ -1,9 +1,11 @@
 """Concat, Split and Slice: channel ranges made of, or cut from, other tensors' channels."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from . import handles
+from . import handles, shape_expr
 from .base import attr, axis_labels, input_or_attr, labeled_axes, on_axis, single
 
 FIXED = 0
@@ -93,11 +95,13 @@ def slice_(node, ctx):
     lab = ctx.layout(node.inputs[0])
     if lab is None:
         return
-    vals = [ctx.const(node.inputs[i]) if len(node.inputs) > i and not node.inputs[i].is_empty() else None
-            for i in range(1, 5)]
-    if any(v is None and len(node.inputs) > i + 1 and not node.inputs[i + 1].is_empty()
-           for i, v in enumerate(vals)):
-        ctx.freeze(lab, node, "slice bounds computed at run time")
+    present = [len(node.inputs) > i and not node.inputs[i].is_empty() for i in range(1, 5)]
+    vals = [ctx.const(node.inputs[i + 1]) if present[i] else None for i in range(4)]
+    if any(present[i] and vals[i] is None for i in (2, 3)):
+        ctx.freeze(lab, node, "slice axes or steps computed at run time")
+        return
+    if any(present[i] and vals[i] is None for i in (0, 1)):
+        _runtime_slice(node, ctx, lab, vals[2], vals[3])
         return
     starts, ends, axes, steps = vals
     axes = list(range(len(starts))) if axes is None else [int(a) % lab.ndim for a in axes]
@@ -126,3 +130,101 @@ def slice_(node, ctx):
             rw.set_const(n, 2, en)
         ctx.edit("call", node, fn=fix)
     ctx.set_layout(node.outputs[0], out)
+
+
+def _runtime_slice(node, ctx, lab, axes, steps):
+    """Bounds computed from shapes at run time (TorchScript's torch.chunk). They are left in the graph,
+    so they must recompute the right bounds in the pruned graph: the sliced axis is cut into n equal
+    pieces that each keep the same number of channels, and a deferred check evaluates the bounds at
+    every size the pruned axis can have. Anything else freezes."""
+    n_axes = len(axes) if axes is not None else shape_expr._length(ctx, node.inputs[1])
+    if n_axes is None:
+        ctx.freeze(lab, node, "slice bounds computed at run time, of unknown length")
+        return
+    axes = list(range(n_axes)) if axes is None else [int(a) % lab.ndim for a in axes]
+    steps = np.ones(n_axes, dtype=np.int64) if steps is None else np.asarray(steps).reshape(-1)
+    bounds = [(shape_expr.element(ctx, node.inputs[1], i), shape_expr.element(ctx, node.inputs[2], i))
+              for i in range(n_axes)]
+    if any(b is None for pair in bounds for b in pair):
+        ctx.freeze(lab, node, "slice bounds computed at run time by ops other than shape arithmetic")
+        return
+    out, cut = lab, None
+    for i, a in enumerate(axes):
+        if a not in labeled_axes(lab):
+            continue
+        vec = _channel_split(node, ctx, lab, a)
+        if vec is None:
+            return
+        if int(steps[i]) != 1 or cut is not None:
+            ctx.freeze(lab, node, "slices channels with a step or on two axes")
+            return
+        try:
+            s, e, _ = slice(*(int(b(_actual_size(ctx))) for b in bounds[i])).indices(len(vec))
+        except (TypeError, ValueError, ZeroDivisionError, OverflowError):
+            ctx.freeze(lab, node, "slice bounds computed at run time cannot be evaluated")
+            return
+        cut = (vec, s, max(s, e), bounds[i])
+        out = on_axis(vec[s:max(s, e)], a, lab.ndim)
+        ctx.segments.append(vec[s:max(s, e)])
+    ctx.set_layout(node.outputs[0], out)
+    others = [b for i, a in enumerate(axes) if a not in labeled_axes(lab) for b in bounds[i]]
+    ctx.deferred.append(lambda: _check_runtime_slice(node, ctx, cut, others))
+
+
+def _actual_size(ctx):
+    def size(tensor, axis):
+        shape = ctx.shape(tensor)
+        d = shape[axis] if shape is not None and axis < len(shape) else None
+        if not isinstance(d, int):
+            raise ValueError(f"size of {tensor.name} axis {axis} unknown")
+        return d
+    return size
+
+
+def _pruned_size(ctx, vec, kept):
+    """Size of a dimension once `vec` (the sliced channel axis) keeps `kept` channels: the same for a
+    dimension holding the same channels, unchanged for one holding none, unknown (ValueError) else."""
+    roots = ctx.roots()
+    mine = np.sort(roots[vec])
+    actual = _actual_size(ctx)
+
+    def size(tensor, axis):
+        lab = ctx.layout(tensor)
+        if lab is None or axis >= lab.ndim or lab.shape[axis] == 1:
+            return actual(tensor, axis)
+        other = axis_labels(lab, axis, lab.shape[axis])
+        if other is not None and np.array_equal(np.sort(roots[other]), mine):
+            return kept
+        raise ValueError(f"{tensor.name} axis {axis} holds other channels")
+    return size
+
+
+def _check_runtime_slice(node, ctx, cut, others):
+    if cut is None and not others:
+        return
+    vec = cut[0] if cut is not None else np.zeros(0, dtype=np.int64)
+    try:
+        no_channels = _pruned_size(ctx, np.zeros(0, dtype=np.int64), 0)  # raises on any channel axis
+        for b in others:  # bounds on other axes must not depend on channel counts
+            b(no_channels)
+        if cut is None:
+            return
+        vec, s, e, (fs, fe) = cut
+        c = len(vec)
+        n = c // math.gcd(c, s, e)
+        piece = c // n
+        for kept in range(1, piece + 1):  # every piece keeps `kept` channels
+            size = _pruned_size(ctx, vec, n * kept)
+            got = slice(int(fs(size)), int(fe(size))).indices(n * kept)[:2]
+            if got != (s // piece * kept, e // piece * kept):
+                raise ValueError("does not follow")
+    except (TypeError, ValueError, ZeroDivisionError, OverflowError):
+        why = "slice bounds computed at run time do not follow the channel count"
+        ctx.freeze(ctx.layout(node.inputs[0]), node, why)
+        for b in ([*cut[3]] if cut is not None else []) + list(others):
+            for tensor in b.dims.values():  # the channels whose count the bounds read
+                if ctx.layout(tensor) is not None:
+                    ctx.freeze(ctx.layout(tensor), node, why)
+        return
+    if n > 1:
+        ctx.equal_pieces.append((node.name, vec, n))

@@ -208,7 +208,7 @@ def squeeze(node, ctx):
 
 @handles("Shape")
 def shape(node, ctx):
-    """Shapes are data: allowed when they only feed Reshape targets (checked there); else frozen."""
+    """Shapes are data: allowed when they only feed Reshape targets or Slice bounds (checked there); else frozen."""
     lab = ctx.layout(node.inputs[0])
     if lab is None:
         return
@@ -225,6 +225,12 @@ def shape(node, ctx):
                 continue
             seen.add(id(user))
             if user.op == "Reshape" and user.inputs[1] is t:
+                continue
+            if user.op == "Slice" and any(i in (1, 2) for i, x in enumerate(user.inputs) if x is t) and \
+                    not any(i not in (1, 2) for i, x in enumerate(user.inputs) if x is t):
+                # bounds: checked by the Slice handler, which needs the data to carry channels
+                ctx.deferred.insert(0, lambda user=user: ctx.layout(user.inputs[0]) is not None or ctx.freeze(
+                    lab, node, f"the channel count sets the bounds of Slice node '{user.name}' on an untracked tensor"))
                 continue
             if user.op in SHAPE_ARITH:
                 frontier.extend(user.outputs)

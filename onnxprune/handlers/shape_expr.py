@@ -1,0 +1,141 @@
+"""Integer scalars that a graph computes at run time from tensor shapes.
+
+Exporters compute Slice bounds and Reshape targets from `Shape` (TorchScript's `torch.chunk` gives
+`Shape -> Gather -> Add(1) -> Div(2) -> Mul(j)`). `element` turns one element of such a tensor into an
+`Expr`: a function of the dimensions it reads, so a handler can evaluate it at the sizes a pruned graph
+would have and check that it follows the pruning."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from .base import attr
+
+MAX_DEPTH = 48
+_INT_TYPES = (np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64)
+
+
+@dataclass
+class Expr:
+    """`fn(size)` gives the value, `size(tensor, axis)` the size of a dimension it reads."""
+    fn: Callable[[Callable], float | int]
+    dims: dict = field(default_factory=dict)  # (tensor name, axis) -> tensor
+
+    def __call__(self, size: Callable) -> float | int:
+        return self.fn(size)
+
+
+def _const(v) -> Expr:
+    v = v.item() if isinstance(v, np.generic) else v
+    return Expr(lambda size: v)
+
+
+def _combine(fn, *parts: Expr) -> Expr:
+    dims = {}
+    for p in parts:
+        dims.update(p.dims)
+    return Expr(lambda size: fn(*(p(size) for p in parts)), dims)
+
+
+def _is_int(tensor, *operands) -> bool:
+    dtype = getattr(tensor, "dtype", None)
+    if dtype is not None:
+        return np.dtype(dtype).type in _INT_TYPES
+    return all(isinstance(o, int) for o in operands)
+
+
+def _div(tensor):
+    def fn(a, b):
+        if b == 0:
+            raise ZeroDivisionError
+        if _is_int(tensor, a, b) and float(a).is_integer() and float(b).is_integer():
+            q = abs(int(a)) // abs(int(b))  # ONNX integer Div truncates toward zero
+            return q if (a >= 0) == (b >= 0) else -q
+        return a / b
+    return fn
+
+
+_BINARY = {"Add": lambda t: lambda a, b: a + b, "Sub": lambda t: lambda a, b: a - b,
+           "Mul": lambda t: lambda a, b: a * b, "Div": _div,
+           "Max": lambda t: max, "Min": lambda t: min}
+_UNARY = {"Floor": math.floor, "Ceil": math.ceil, "Neg": lambda a: -a, "Abs": abs}
+
+
+def _length(ctx, tensor) -> int | None:
+    """Number of elements of a 0-D/1-D shape tensor, if known."""
+    val = ctx.const(tensor)
+    if val is not None:
+        return int(val.size)
+    shape = ctx.shape(tensor)
+    if shape is None or any(not isinstance(d, int) for d in shape):
+        return None
+    return int(np.prod(shape)) if shape else 1
+
+
+def element(ctx, tensor, idx: int, depth: int = 0) -> Expr | None:
+    """Element `idx` of an integer (or float) shape-derived tensor as an Expr, or None if it is not
+    computed from constants and dimensions by the ops understood here."""
+    if depth > MAX_DEPTH or tensor is None:
+        return None
+    val = ctx.const(tensor)
+    if val is not None:
+        flat = np.asarray(val).reshape(-1)
+        return _const(flat[idx]) if 0 <= idx < len(flat) else None
+    if not tensor.inputs:
+        return None
+    node = tensor.inputs[0]
+    op, ins = node.op, node.inputs
+    sub = lambda t, i: element(ctx, t, i, depth + 1)  # noqa: E731
+    if op == "Shape":
+        src = ins[0]
+        rank = len(ctx.shape(src) or ())
+        if not rank:
+            return None
+        axis = attr(node, "start", 0)
+        axis = (axis % rank if axis < 0 else axis) + idx
+        if axis >= rank:
+            return None
+        key = (src.name, axis)
+        return Expr(lambda size: size(src, axis), {key: src})
+    if op == "Gather" and attr(node, "axis", 0) == 0:
+        ind = ctx.const(ins[1])
+        if ind is None:
+            return None
+        flat = np.asarray(ind).reshape(-1)
+        if not 0 <= idx < len(flat):
+            return None
+        n = _length(ctx, ins[0])
+        j = int(flat[idx])
+        return sub(ins[0], j + n if j < 0 and n is not None else j) if j >= 0 or n is not None else None
+    if op == "Concat":
+        for t in ins:
+            n = _length(ctx, t)
+            if n is None:
+                return None
+            if idx < n:
+                return sub(t, idx)
+            idx -= n
+        return None
+    if op in ("Unsqueeze", "Squeeze", "Identity", "Reshape", "Flatten"):
+        return sub(ins[0], idx)
+    if op == "Cast":
+        inner = sub(ins[0], idx)
+        if inner is None:
+            return None
+        to = np.dtype(getattr(tensor, "dtype", None) or np.int64).type
+        return _combine(lambda a: int(a) if to in _INT_TYPES else float(a), inner)
+    if op in _UNARY:
+        inner = sub(ins[0], idx)
+        return None if inner is None else _combine(_UNARY[op], inner)
+    if op in _BINARY and len(ins) == 2:
+        parts = []
+        for t in ins:
+            n = _length(ctx, t)
+            parts.append(sub(t, 0 if n == 1 else idx))
+        if any(p is None for p in parts):
+            return None
+        return _combine(_BINARY[op](tensor), *parts)
+    return None
