@@ -45,8 +45,9 @@ ROWS = [("greedy-local", "full", "loss"), ("greedy-local", "gamma", "loss"), ("g
         ("greedy-local", "full", "uniform"), ("magnitude", "full", "loss")]
 QUICK_ROWS = [ROWS[0], ROWS[6], ROWS[8], ROWS[9]]
 # global imitation (issue 5) beside the local default, same models, levels and data
+# greedy-global is exact on groups of at most 32 channels (Options.exact_limit) and Taylor above
 GLOBAL_ROWS = [("greedy-local", "full", None), ("greedy-taylor", "full", None), ("greedy-combined", "full", None),
-               ("greedy-taylor", "none", None), ("taylor", "none", None), ("taylor", "full", None)]
+               ("greedy-global", "full", None), ("taylor", "none", None), ("taylor", "full", None)]
 
 
 def label(method, refit, allocate):
@@ -98,12 +99,16 @@ def wait_for(path, timeout_s, poll_s=60) -> bool:
         time.sleep(poll_s)
 
 
-def quality(name, path, levels, rows) -> list[dict]:
+def quality(name, path, levels, rows, partial=None) -> list[dict]:
+    """Every row at every level; each record is also appended to `partial` (JSON lines) as it lands."""
     out = []
     for flops in levels:
         for r in rows:
             rec = run_row(path, *r, flops)
             out.append({"model": name, **rec})
+            if partial:
+                with open(partial, "a") as f:
+                    f.write(json.dumps(out[-1], default=float) + "\n")
             if "error" in rec:
                 print(f"  {name} {flops} {rec['row']}: FAILED {rec['error']}", flush=True)
             else:
@@ -234,8 +239,12 @@ def main():
     ap.add_argument("--rows", choices=("local", "global"), default="local",
                     help="local: issue-4 rows (default); global: global-imitation rows beside greedy-local")
     ap.add_argument("--cost-child", nargs=4, metavar=("MODEL", "CALIB", "OUT", "ALLOCATE"), help=argparse.SUPPRESS)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = ap.parse_args()
     os.chdir(ROOT)
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
     if args.cost_child:
         return cost_child(*args.cost_child)
     suffix = ("_quick" if args.quick else "") + ("_global" if args.rows == "global" else "")
@@ -261,7 +270,7 @@ def main():
                 print(notes[-1], flush=True)
                 continue
         print(f"{name}: {len(levels)} levels x {len(rows)} rows", flush=True)
-        results += quality(name, path, levels, rows)
+        results += quality(name, path, levels, rows, partial=f"{stem}.partial.jsonl")
         if name == "fmnist_resnet" and args.rows == "local":  # cost runs between the models
             print("cost: greedy-local+full at 0.5 on the ResNet, fresh subprocess per run", flush=True)
             with tempfile.TemporaryDirectory() as tmp:

@@ -6,7 +6,7 @@ import onnx
 import onnxruntime as ort
 
 from .data import batches, load_npz
-from .modelio import load_model
+from .modelio import inference_session, load_model
 
 
 def session(model: onnx.ModelProto | str, threads: int = 0) -> ort.InferenceSession:
@@ -14,8 +14,9 @@ def session(model: onnx.ModelProto | str, threads: int = 0) -> ort.InferenceSess
     opts.log_severity_level = 3
     if threads:
         opts.intra_op_num_threads = threads
-    src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-    return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
+    if isinstance(model, onnx.ModelProto):
+        return inference_session(model, opts, ["CPUExecutionProvider"])
+    return ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
 
 
 def logits(sess: ort.InferenceSession, inputs: dict, batch_size: int = 256) -> np.ndarray:

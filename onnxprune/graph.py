@@ -16,6 +16,8 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 
+from .skeleton import skeleton, too_big
+
 
 def normalise(model: onnx.ModelProto) -> onnx.ModelProto:
     """Return a normalised copy of `model` (the input is not modified)."""
@@ -70,8 +72,13 @@ def infer_shapes(m: onnx.ModelProto) -> onnx.ModelProto:
     """ONNX Runtime's symbolic shape inference (it follows shapes computed at run time, e.g.
     `x.view(x.size(0), -1)`), falling back to ONNX's; best effort, since handlers freeze what
     lacks a shape."""
-    if m.ByteSize() >= 2**31 - 1024:
-        return m
+    if too_big(m):  # infer on the structure, then give the shapes to the whole model
+        shaped = infer_shapes(skeleton(m))
+        out = onnx.ModelProto()
+        out.CopyFrom(m)
+        del out.graph.value_info[:]
+        out.graph.value_info.extend(shaped.graph.value_info)
+        return out
     try:
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):

@@ -10,6 +10,7 @@ import onnx
 from onnx import external_data_helper
 
 from .errors import UnsupportedModel, UserError
+from .skeleton import skeleton, too_big
 
 MIN_OPSET, MAX_OPSET = 11, 21
 
@@ -128,8 +129,7 @@ def check_model(model: onnx.ModelProto, what: str = "model") -> None:
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise UnsupportedModel(f"{what}: opset {opset} is not supported (supported: {MIN_OPSET} to {MAX_OPSET})")
     try:
-        if model.ByteSize() < 2**31 - 1024:
-            onnx.checker.check_model(model)
+        onnx.checker.check_model(skeleton(model) if too_big(model) else model)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"{what}: fails the ONNX checker: {first}") from None
@@ -139,10 +139,9 @@ def check_model(model: onnx.ModelProto, what: str = "model") -> None:
 def _check_inference(model: onnx.ModelProto, what: str) -> None:
     """Strict ONNX shape and type inference: catches what the checker lets through (attributes of the
     wrong length, shapes that cannot be, type clashes) and would otherwise be copied into the output."""
-    if model.ByteSize() >= 2**31 - 1024:
-        return  # protobuf cannot serialise it for the inference engine; ORT's checks at run time remain
     try:
-        onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+        onnx.shape_inference.infer_shapes(skeleton(model) if too_big(model) else model, check_type=True,
+                                          strict_mode=True)
     except Exception as exc:
         text = str(exc).strip().replace("[ShapeInferenceError] Inference error(s): ", "")
         first = text.splitlines()[0] if text else type(exc).__name__
@@ -186,7 +185,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 def save_model(model: onnx.ModelProto, path: str | os.PathLike, external_data: bool | None = None) -> None:
     """Save atomically; large models (or `external_data=True`) keep weights in `<name>.data` beside."""
     path = Path(path)
-    big = model.ByteSize() > 2**31 - 2**24 if external_data is None else external_data
+    big = too_big(model) if external_data is None else external_data
     if not big:
         atomic_write_bytes(path, model.SerializeToString())
         return
@@ -200,3 +199,15 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, external_data: b
                         location=data_name, size_threshold=0)
         os.replace(Path(tmpdir) / data_name, path.parent / data_name)
         os.replace(tmp_model, path)
+
+
+def inference_session(model: onnx.ModelProto, opts, providers) -> "onnxruntime.InferenceSession":  # noqa: F821
+    """An ONNX Runtime session for an in-memory model; one over protobuf's 2 GB limit goes through a
+    temporary file with external data (ORT reads it while the session is created)."""
+    import onnxruntime as ort
+    if not too_big(model):
+        return ort.InferenceSession(model.SerializeToString(), opts, providers=providers)
+    with tempfile.TemporaryDirectory(prefix="onnxprune-session-") as tmp:
+        path = Path(tmp) / "model.onnx"
+        save_model(model, path, external_data=True)
+        return ort.InferenceSession(str(path), opts, providers=providers)

@@ -13,6 +13,7 @@ import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
 from .graph import import_graph
+from .modelio import inference_session
 from .rewrite import finish
 
 log = logging.getLogger("onnxprune")
@@ -49,7 +50,7 @@ class Tap:
         cut = finish(graph, model)
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
-        self.session = ort.InferenceSession(cut.SerializeToString(), opts, providers=providers())
+        self.session = inference_session(cut, opts, providers())
         self.inputs = {i.name for i in self.session.get_inputs()}
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
