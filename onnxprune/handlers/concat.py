@@ -106,16 +106,11 @@ def slice_(node, ctx):
     starts, ends, axes, steps = vals
     axes = list(range(len(starts))) if axes is None else [int(a) % lab.ndim for a in axes]
     steps = np.ones(len(starts), dtype=np.int64) if steps is None else steps
+    found = _channel_axes(node, ctx, lab, axes, steps)
+    if found is None:
+        return
     out = lab
-    for i, a in enumerate(axes):
-        if a not in labeled_axes(lab):
-            continue
-        vec = _channel_split(node, ctx, lab, a)
-        if vec is None:
-            return
-        if int(steps[i]) != 1:
-            ctx.freeze(lab, node, "slices channels with a step")
-            return
+    for i, a, vec in found:
         s, e, _ = slice(int(starts[i]), int(ends[i])).indices(len(vec))
         piece = vec[s:max(s, e)]
         out = on_axis(piece, a, lab.ndim)
@@ -132,12 +127,28 @@ def slice_(node, ctx):
     ctx.set_layout(node.outputs[0], out)
 
 
+def _channel_axes(node, ctx, lab, axes, steps) -> list | None:
+    """(index, axis, channel labels) of each sliced channel axis; None (frozen) for a step on one."""
+    found = []
+    for i, a in enumerate(axes):
+        if a not in labeled_axes(lab):
+            continue
+        vec = _channel_split(node, ctx, lab, a)
+        if vec is None:
+            return None
+        if int(steps[i]) != 1:
+            ctx.freeze(lab, node, "slices channels with a step")
+            return None
+        found.append((i, a, vec))
+    return found
+
+
 def _runtime_slice(node, ctx, lab, axes, steps):
     """Bounds computed from shapes at run time (TorchScript's torch.chunk). They are left in the graph,
     so they must recompute the right bounds in the pruned graph: the sliced axis is cut into n equal
     pieces that each keep the same number of channels, and a deferred check evaluates the bounds at
     every size the pruned axis can have. Anything else freezes."""
-    n_axes = len(axes) if axes is not None else shape_expr._length(ctx, node.inputs[1])
+    n_axes = len(axes) if axes is not None else shape_expr.length(ctx, node.inputs[1])
     if n_axes is None:
         ctx.freeze(lab, node, "slice bounds computed at run time, of unknown length")
         return
@@ -148,16 +159,14 @@ def _runtime_slice(node, ctx, lab, axes, steps):
     if any(b is None for pair in bounds for b in pair):
         ctx.freeze(lab, node, "slice bounds computed at run time by ops other than shape arithmetic")
         return
+    found = _channel_axes(node, ctx, lab, axes, steps)
+    if found is None:
+        return
+    if len(found) > 1:
+        ctx.freeze(lab, node, "slices channels on two axes with bounds computed at run time")
+        return
     out, cut = lab, None
-    for i, a in enumerate(axes):
-        if a not in labeled_axes(lab):
-            continue
-        vec = _channel_split(node, ctx, lab, a)
-        if vec is None:
-            return
-        if int(steps[i]) != 1 or cut is not None:
-            ctx.freeze(lab, node, "slices channels with a step or on two axes")
-            return
+    for i, a, vec in found:
         try:
             s, e, _ = slice(*(int(b(_actual_size(ctx))) for b in bounds[i])).indices(len(vec))
         except (TypeError, ValueError, ZeroDivisionError, OverflowError):

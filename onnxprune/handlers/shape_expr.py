@@ -64,7 +64,7 @@ _BINARY = {"Add": lambda t: lambda a, b: a + b, "Sub": lambda t: lambda a, b: a 
 _UNARY = {"Floor": math.floor, "Ceil": math.ceil, "Neg": lambda a: -a, "Abs": abs}
 
 
-def _length(ctx, tensor) -> int | None:
+def length(ctx, tensor) -> int | None:
     """Number of elements of a 0-D/1-D shape tensor, if known."""
     val = ctx.const(tensor)
     if val is not None:
@@ -107,12 +107,12 @@ def element(ctx, tensor, idx: int, depth: int = 0) -> Expr | None:
         flat = np.asarray(ind).reshape(-1)
         if not 0 <= idx < len(flat):
             return None
-        n = _length(ctx, ins[0])
+        n = length(ctx, ins[0])
         j = int(flat[idx])
         return sub(ins[0], j + n if j < 0 and n is not None else j) if j >= 0 or n is not None else None
     if op == "Concat":
         for t in ins:
-            n = _length(ctx, t)
+            n = length(ctx, t)
             if n is None:
                 return None
             if idx < n:
@@ -133,7 +133,7 @@ def element(ctx, tensor, idx: int, depth: int = 0) -> Expr | None:
     if op in _BINARY and len(ins) == 2:
         parts = []
         for t in ins:
-            n = _length(ctx, t)
+            n = length(ctx, t)
             parts.append(sub(t, 0 if n == 1 else idx))
         if any(p is None for p in parts):
             return None
