@@ -16,7 +16,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 
-from .skeleton import skeleton, too_big
+from .skeleton import LARGE, skeleton, tensor_bytes
 
 
 def normalise(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -59,6 +59,8 @@ def normalise(model: onnx.ModelProto) -> onnx.ModelProto:
     inferred = infer_shapes(m)
     # the interface is the user's: shape inference must not rename or refine input/output dims
     for field in ("input", "output"):
+        if inferred is m:  # shapes were only added as value_info
+            break
         del getattr(inferred.graph, field)[:]
         getattr(inferred.graph, field).extend(getattr(m.graph, field))
     io_names = {v.name for v in m.graph.input} | {v.name for v in m.graph.output}
@@ -71,14 +73,18 @@ def normalise(model: onnx.ModelProto) -> onnx.ModelProto:
 def infer_shapes(m: onnx.ModelProto) -> onnx.ModelProto:
     """ONNX Runtime's symbolic shape inference (it follows shapes computed at run time, e.g.
     `x.view(x.size(0), -1)`), falling back to ONNX's; best effort, since handlers freeze what
-    lacks a shape."""
-    if too_big(m):  # infer on the structure, then give the shapes to the whole model
-        shaped = infer_shapes(skeleton(m))
-        out = onnx.ModelProto()
-        out.CopyFrom(m)
-        del out.graph.value_info[:]
-        out.graph.value_info.extend(shaped.graph.value_info)
-        return out
+    lacks a shape. Models with large weights get the shapes of their structure, in place."""
+    if any(tensor_bytes(t) > LARGE for t in m.graph.initializer):
+        # infer on the structure (large weights as inputs: serialising them costs copies, and fails
+        # over 2 GB), then give the shapes to the whole model
+        shaped = _infer(skeleton(m))
+        del m.graph.value_info[:]
+        m.graph.value_info.extend(shaped.graph.value_info)
+        return m
+    return _infer(m)
+
+
+def _infer(m: onnx.ModelProto) -> onnx.ModelProto:
     try:
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):

@@ -10,7 +10,7 @@ import onnx
 from onnx import external_data_helper
 
 from .errors import UnsupportedModel, UserError
-from .skeleton import skeleton, too_big
+from .skeleton import skeleton, structure, too_big
 
 MIN_OPSET, MAX_OPSET = 11, 21
 
@@ -129,7 +129,9 @@ def check_model(model: onnx.ModelProto, what: str = "model") -> None:
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise UnsupportedModel(f"{what}: opset {opset} is not supported (supported: {MIN_OPSET} to {MAX_OPSET})")
     try:
-        onnx.checker.check_model(skeleton(model) if too_big(model) else model)
+        # on the structure: serialising the weights would cost several copies of them (and fails
+        # over 2 GB); their byte counts are checked by _check_tensor_sizes
+        onnx.checker.check_model(skeleton(model))
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"{what}: fails the ONNX checker: {first}") from None
@@ -140,8 +142,7 @@ def _check_inference(model: onnx.ModelProto, what: str) -> None:
     """Strict ONNX shape and type inference: catches what the checker lets through (attributes of the
     wrong length, shapes that cannot be, type clashes) and would otherwise be copied into the output."""
     try:
-        onnx.shape_inference.infer_shapes(skeleton(model) if too_big(model) else model, check_type=True,
-                                          strict_mode=True)
+        onnx.shape_inference.infer_shapes(skeleton(model), check_type=True, strict_mode=True)
     except Exception as exc:
         text = str(exc).strip().replace("[ShapeInferenceError] Inference error(s): ", "")
         first = text.splitlines()[0] if text else type(exc).__name__
@@ -189,15 +190,26 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, external_data: b
     if not big:
         atomic_write_bytes(path, model.SerializeToString())
         return
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)  # saving as external data rewrites the tensors: work on a copy
-    model = copy
     data_name = path.name + ".data"
     with tempfile.TemporaryDirectory(dir=path.parent or ".", prefix=".onnxprune-") as tmpdir:
-        tmp_model = Path(tmpdir) / path.name
-        onnx.save_model(model, str(tmp_model), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=data_name, size_threshold=0)
-        os.replace(Path(tmpdir) / data_name, path.parent / data_name)
+        tmp_model, tmp_data = Path(tmpdir) / path.name, Path(tmpdir) / data_name
+        stub = structure(model)  # the weights go to the data file, not into a copy of the model
+        with open(tmp_data, "wb") as f:
+            for t in model.graph.initializer:
+                if not t.HasField("raw_data") or not t.raw_data:
+                    stub.graph.initializer.append(t)
+                    continue
+                if len(t.raw_data) >= 1 << 20:
+                    f.write(b"\0" * (-f.tell() % 4096))  # large tensors page-aligned, for memory mapping
+                ref = onnx.TensorProto(name=t.name, dims=t.dims, data_type=t.data_type, doc_string=t.doc_string,
+                                       raw_data=b"")
+                external_data_helper.set_external_data(ref, data_name, offset=f.tell(), length=len(t.raw_data))
+                ref.ClearField("raw_data")
+                ref.data_location = onnx.TensorProto.EXTERNAL
+                f.write(t.raw_data)
+                stub.graph.initializer.append(ref)
+        tmp_model.write_bytes(stub.SerializeToString())
+        os.replace(tmp_data, path.parent / data_name)
         os.replace(tmp_model, path)
 
 

@@ -21,22 +21,29 @@ def too_big(model: onnx.ModelProto) -> bool:
     return inits + sum(n.ByteSize() for n in model.graph.node) + 2**20 > LIMIT
 
 
-def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy whose initializers over 1 MB are graph inputs (same dtype and dims) instead."""
+def structure(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of everything but the main graph's initializers (no weight bytes are copied)."""
     m = onnx.ModelProto()
     m.ir_version, m.producer_name, m.producer_version = model.ir_version, model.producer_name, model.producer_version
     m.domain, m.model_version, m.doc_string = model.domain, model.model_version, model.doc_string
     m.opset_import.extend(model.opset_import)
+    m.metadata_props.extend(model.metadata_props)
     m.functions.extend(model.functions)
     g = model.graph
     m.graph.name, m.graph.doc_string = g.name, g.doc_string
     m.graph.node.extend(g.node)
+    m.graph.input.extend(g.input)
     m.graph.output.extend(g.output)
     m.graph.value_info.extend(g.value_info)
     m.graph.sparse_initializer.extend(g.sparse_initializer)
-    listed = {v.name for v in g.input}
-    m.graph.input.extend(g.input)
-    for t in g.initializer:
+    return m
+
+
+def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy whose initializers over 1 MB are graph inputs (same dtype and dims) instead."""
+    m = structure(model)
+    listed = {v.name for v in model.graph.input}
+    for t in model.graph.initializer:
         if tensor_bytes(t) > LARGE:
             if t.name not in listed:
                 m.graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))

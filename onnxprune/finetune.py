@@ -1,0 +1,245 @@
+"""Short supervised finetune of an ONNX model (typically a pruned one) through its torch twin.
+
+    tuned = finetune(pruned, x_train, y_train, epochs=1, lr=0.01)
+
+`finetune` builds a `Twin` (onnxprune/twin.py) of the model, turns the floating-point weight
+constants of Conv, ConvTranspose, Gemm and MatMul nodes (weights and biases, plus the constant
+operand of an Add that directly follows a MatMul, its bias) into trainable parameters, trains
+them with the cross-entropy of the first graph output against integer labels, and writes the
+trained values back into the model it was given. The graph is unchanged: same nodes, names,
+shapes, dtypes, opset and metadata; only those weight values change. Everything else
+(BatchNormalization statistics and affine, per-channel Mul/Add constants, shape constants) is
+frozen; BatchNormalization runs in inference mode and Dropout is the identity.
+
+Optimiser (documented defaults): SGD with momentum 0.9 (Nesterov), no weight decay, and a cosine
+learning-rate decay from `lr` to 0 over all steps, no warm-up; or Adam (`optimizer="adam"`, same
+schedule). Batches are drawn by a seeded permutation per epoch (torch.Generator(seed)); the last
+incomplete batch is dropped unless it is the only one. No data augmentation: pass augmented data,
+or an `augment` callable (a batch of inputs -> the same, applied to every input of a step).
+
+The model may store a weight as an initializer, as a `Constant` node, or behind `Identity` nodes
+(exporters deduplicate equal initializers this way); the analyzer's normalised graph turns the
+last two into initializers named after the node outputs. Every trainable tensor of the normalised
+graph is traced back to its storage in the original model, and tensors sharing one storage share
+one parameter, so the written-back model stays consistent. Initializers that are also graph inputs
+(overridable at run time) are not trained.
+
+The twin computes in float32 (`dtype`) whatever the model's float type; values are cast back to
+each tensor's own dtype when written.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Callable
+
+import numpy as np
+import onnx
+import torch
+import torch.nn.functional as F
+from onnx import numpy_helper
+
+from .analysis import Analysis
+from .errors import UserError
+from .twin import Twin
+
+log = logging.getLogger("onnxprune")
+
+_WEIGHT_OPS = {"Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (0, 1, 2), "MatMul": (0, 1)}
+_FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
+                onnx.TensorProto.BFLOAT16)
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+# ----------------------------------------------------------------------------- where weights live
+def _storage_map(model: onnx.ModelProto) -> dict[str, tuple]:
+    """Tensor name in the normalised graph -> its storage in `model`:
+    ("init", initializer name) or ("constant", node index). Follows Identity chains."""
+    inits = {t.name for t in model.graph.initializer}
+    out: dict[str, tuple] = {n: ("init", n) for n in inits}
+    for i, node in enumerate(model.graph.node):
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and len(node.attribute) == 1 \
+                and node.attribute[0].name == "value":
+            out[node.output[0]] = ("constant", i)
+        elif node.op_type == "Identity" and node.input and node.input[0] in out:
+            out[node.output[0]] = out[node.input[0]]
+    return out
+
+
+def _storage_array(model: onnx.ModelProto, key: tuple) -> tuple[np.ndarray, int]:
+    if key[0] == "init":
+        t = next(t for t in model.graph.initializer if t.name == key[1])
+    else:
+        t = model.graph.node[key[1]].attribute[0].t
+    return numpy_helper.to_array(t), t.data_type
+
+
+def _write(model: onnx.ModelProto, key: tuple, value: np.ndarray) -> None:
+    if key[0] == "init":
+        t = next(t for t in model.graph.initializer if t.name == key[1])
+    else:
+        t = model.graph.node[key[1]].attribute[0].t
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(t.data_type)
+    new = numpy_helper.from_array(np.asarray(value).astype(dtype, copy=False).reshape(tuple(t.dims)), t.name)
+    t.ClearField("external_data")
+    t.data_location = onnx.TensorProto.DEFAULT
+    t.CopyFrom(new)
+
+
+def trainable_tensors(analysis: Analysis) -> list[str]:
+    """Names (in the normalised graph) of the float constants `finetune` trains."""
+    import onnx_graphsurgeon as gs
+    overridable = analysis.overridable
+    names: list[str] = []
+
+    def take(t):
+        if isinstance(t, gs.Constant) and t.name not in overridable and t.name not in names \
+                and np.asarray(t.values).dtype.kind == "f":
+            names.append(t.name)
+
+    for node in analysis.graph.nodes:
+        if node.op in _WEIGHT_OPS:
+            for i in _WEIGHT_OPS[node.op]:
+                if i < len(node.inputs):
+                    take(node.inputs[i])
+        elif node.op == "Add" and len(node.inputs) == 2:
+            for i, t in enumerate(node.inputs):
+                other = node.inputs[1 - i]
+                if isinstance(t, gs.Constant) and not isinstance(other, gs.Constant) and other.inputs \
+                        and other.inputs[0].op == "MatMul":
+                    take(t)
+    return names
+
+
+class _Trainable:
+    """A twin whose weight buffers are replaced by shared nn.Parameters, and the write-back."""
+
+    def __init__(self, model: onnx.ModelProto, device, dtype):
+        self.model = model
+        self.analysis = Analysis(model)
+        self.twin = Twin(self.analysis, device=device, dtype=dtype)
+        storage = _storage_map(model)
+        self.params: dict[tuple, torch.nn.Parameter] = {}
+        self.names: dict[tuple, list[str]] = {}
+        self.initial: dict[tuple, torch.Tensor] = {}
+        for name in trainable_tensors(self.analysis):
+            key = storage.get(name)
+            if key is None or name not in self.twin._consts:
+                raise RuntimeError(f"finetune: cannot trace weight '{name}' back to the model")
+            buf = self.twin._consts[name]
+            value = getattr(self.twin, buf)
+            if key not in self.params:
+                self.params[key] = torch.nn.Parameter(value.detach().clone())
+            elif self.params[key].shape != value.shape:
+                raise RuntimeError(f"finetune: '{name}' shares storage with a tensor of another shape")
+            self.initial.setdefault(key, value.detach().clone())
+            del self.twin._buffers[buf]
+            self.twin.register_parameter(buf, self.params[key])
+            self.names.setdefault(key, []).append(name)
+
+    def write_back(self) -> onnx.ModelProto:
+        """A copy of the model with the trained values; tensors whose parameter did not change keep
+        their stored bytes (so lr=0 is exactly the identity, whatever the model's float type)."""
+        out = onnx.ModelProto()
+        out.CopyFrom(self.model)
+        for key, p in self.params.items():
+            if not torch.equal(p.detach(), self.initial[key]):
+                _write(out, key, p.detach().cpu().numpy())
+        return out
+
+
+def _as_inputs(x, input_names: list[str]) -> dict[str, np.ndarray]:
+    if isinstance(x, dict):
+        missing = [n for n in input_names if n not in x]
+        if missing:
+            raise UserError(f"finetune: missing input(s) {missing}")
+        return {n: np.asarray(x[n]) for n in input_names}
+    if len(input_names) != 1:
+        raise UserError(f"finetune: the model has {len(input_names)} inputs; pass a dict of arrays")
+    return {input_names[0]: np.asarray(x)}
+
+
+def finetune(model: onnx.ModelProto, x, y, epochs: int = 1, lr: float = 0.01, batch_size: int = 64,
+             seed: int = 0, *, optimizer: str = "sgd", momentum: float = 0.9, weight_decay: float = 0.0,
+             schedule: str = "cosine", device: str | torch.device | None = None,
+             dtype: torch.dtype = torch.float32, output: int = 0, augment: Callable | None = None,
+             label_smoothing: float = 0.0, losses: list | None = None, return_twin: bool = False):
+    """Finetune `model`'s Conv/Gemm/MatMul weights and biases on (x, y) with cross-entropy.
+
+    x: an array (single-input models) or a dict input name -> array, batch first; y: int class
+    indices [N]. The logits are graph output `output`, reshaped to [batch, classes].
+    optimizer: "sgd" (momentum, Nesterov) or "adam"; schedule: "cosine" (to 0) or "constant".
+    device: None = CUDA when available, else CPU. `losses`: if a list, each step's training loss is
+    appended. Returns the model with the trained weights (a copy; `model` is not modified), or
+    (model, twin) with return_twin=True (the twin holds the trained parameters, in eval use).
+    """
+    if epochs < 0 or lr < 0 or batch_size < 1:
+        raise UserError("finetune: epochs and lr must be >= 0 and batch_size >= 1")
+    device = torch.device(device or default_device())
+    tr = _Trainable(model, device, dtype)
+    twin = tr.twin
+    inputs = _as_inputs(x, twin.input_names)
+    labels = torch.as_tensor(np.asarray(y), dtype=torch.long)
+    n = len(labels)
+    if any(len(v) != n for v in inputs.values()):
+        raise UserError("finetune: inputs and labels differ in length")
+    params = list(tr.params.values())
+    if optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=momentum > 0, weight_decay=weight_decay)
+    elif optimizer == "adam":
+        opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    else:
+        raise UserError(f"finetune: optimizer must be 'sgd' or 'adam', got {optimizer!r}")
+    steps_per_epoch = max(1, n // batch_size)
+    total = max(1, steps_per_epoch * epochs)
+    if schedule == "cosine":
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    elif schedule == "constant":
+        sched = None
+    else:
+        raise UserError(f"finetune: schedule must be 'cosine' or 'constant', got {schedule!r}")
+    gen = torch.Generator().manual_seed(seed)
+    xs = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in inputs.items()}
+    t0 = time.perf_counter()
+    twin.train()
+    # the global RNG is seeded (and restored afterwards) for `augment`, which may draw from it
+    cuda_ids = [device.index if device.index is not None else torch.cuda.current_device()] \
+        if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda_ids):
+        torch.manual_seed(seed)
+        _train(twin, xs, labels, opt, sched, gen, epochs, steps_per_epoch, batch_size, output, augment,
+               label_smoothing, losses, device, t0)
+    twin.eval()
+    out = tr.write_back()
+    return (out, twin) if return_twin else out
+
+
+def _train(twin, xs, labels, opt, sched, gen, epochs, steps_per_epoch, batch_size, output, augment,
+           label_smoothing, losses, device, t0):
+    n = len(labels)
+    for ep in range(epochs):
+        perm = torch.randperm(n, generator=gen)
+        tot = 0.0
+        for s in range(steps_per_epoch):
+            idx = perm[s * batch_size:(s + 1) * batch_size]
+            feed = {k: v[idx] for k, v in xs.items()}
+            if augment is not None:
+                feed = {k: augment(v) for k, v in feed.items()}
+            logits = twin(feed)[output]
+            loss = F.cross_entropy(logits.reshape(len(idx), -1).float(), labels[idx].to(device),
+                                   label_smoothing=label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if sched is not None:
+                sched.step()
+            value = float(loss.detach())
+            tot += value
+            if losses is not None:
+                losses.append(value)
+        log.info("finetune epoch %d/%d: loss %.4f (%.0fs, %s)", ep + 1, epochs, tot / steps_per_epoch,
+                 time.perf_counter() - t0, device)
