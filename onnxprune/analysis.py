@@ -102,8 +102,9 @@ class Group:
 class Analysis:
     """Channel groups of a model, plus what the rewriter and the cost model need."""
 
-    def __init__(self, model: onnx.ModelProto):
-        self.model = normalise(model)
+    def __init__(self, model: onnx.ModelProto, in_place: bool = False):
+        """`in_place`: normalise `model` itself instead of a copy (for a model nobody else uses)."""
+        self.model = normalise(model, in_place)
         self.graph: gs.Graph = import_graph(self.model)
         self.index = {id(n): i for i, n in enumerate(self.graph.nodes)}
         # initializers also listed as graph inputs can be overridden at run time: not weights we may edit

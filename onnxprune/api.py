@@ -33,9 +33,9 @@ def _as_model(model) -> tuple[onnx.ModelProto, str]:
 
 
 def analyze(model) -> Analysis:
-    """Channel groups of a model (path or ModelProto)."""
+    """Channel groups of a model (path or ModelProto; a ModelProto is not modified)."""
     proto, name = _as_model(model)
-    analysis = Analysis(proto)
+    analysis = Analysis(proto, in_place=proto is not model)  # a model loaded here is ours to change
     if not analysis.costs:
         raise UserError(f"{name}: has no Conv, Gemm or MatMul layer to prune")
     return analysis
@@ -120,8 +120,8 @@ def prune(model, calibration=None, *, method: str = "greedy-local", refit: str |
         raise UserError("--allocate loss needs calibration data (--calib)")
     if round_to < 1 or min_channels < 1:
         raise UserError("--round-to and --min-channels must be >= 1")
-    proto, name = _as_model(model)
-    analysis = analyze(proto)
+    analysis = analyze(model)
+    name = str(model) if isinstance(model, (str, os.PathLike)) else "<model>"
     if not analysis.prunable:
         raise UserError(f"{name}: every channel group is frozen; nothing to prune")
     overrides = _overrides(analysis, keep or {})

@@ -19,10 +19,12 @@ from onnx import numpy_helper
 from .skeleton import LARGE, skeleton, tensor_bytes
 
 
-def normalise(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Return a normalised copy of `model` (the input is not modified)."""
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
+def normalise(model: onnx.ModelProto, in_place: bool = False) -> onnx.ModelProto:
+    """Return a normalised copy of `model` (the input is not modified), or `model` itself normalised
+    when `in_place` (saves a copy of the weights when the caller owns it)."""
+    m = model if in_place else onnx.ModelProto()
+    if not in_place:
+        m.CopyFrom(model)
     graph = m.graph
     kept_nodes, new_inits = [], []
     inits = {t.name: t for t in graph.initializer}
