@@ -197,12 +197,21 @@ def tables(results) -> str:
     return "\n\n".join(parts)
 
 
+def torch_pruning_rows(path="bench/results/torch_pruning.json") -> list[dict]:
+    """Torch-Pruning's rows (bench/torch_pruning_baseline.py), shaped like ours, for the plots."""
+    if not os.path.exists(path):
+        return []
+    return [dict(r, row=f"{r['row']} (uniform ratio)", method=r["row"], refit="none", allocate="uniform")
+            for r in json.load(open(path))["results"] if "error" not in r]
+
+
 def plot(results, model, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    colors = dict(zip(["greedy-local", "greedy-convex", "gfs", "magnitude", "random"],
-                      ["C0", "C2", "C4", "C1", "C7"]))
+    colors = dict(zip(["greedy-local", "greedy-convex", "gfs", "magnitude", "random", "torch-pruning-l1",
+                       "torch-pruning-taylor", "greedy-taylor", "greedy-combined", "greedy-global", "taylor"],
+                      ["C0", "C2", "C4", "C1", "C7", "C3", "C5", "C6", "C8", "C9", "y"]))
     styles = {"full": "-", "gamma": "-.", "none": ":"}
     mine = [r for r in results if r["model"] == model and "error" not in r]
     orig = 100 * mine[0]["accuracy_original"] if mine else None
@@ -211,7 +220,7 @@ def plot(results, model, path):
         for row in dict.fromkeys(r["row"] for r in mine):
             pts = sorted((r["macs_ratio"], 100 * r["accuracy_pruned"]) for r in mine if r["row"] == row)
             r0 = next(r for r in mine if r["row"] == row)
-            ax.plot(*zip(*pts), styles[r0["refit"]], color=colors.get(r0["method"]), label=row, lw=1.6,
+            ax.plot(*zip(*pts), styles.get(r0["refit"], "--"), color=colors.get(r0["method"]), label=row, lw=1.6,
                     marker="o" if r0["allocate"] == "loss" else "s", ms=5)
         if orig is not None:
             ax.axhline(orig, ls="--", color="k", lw=1, label="original")
@@ -252,7 +261,7 @@ def main():
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     stem = os.path.splitext(out)[0]
     if args.replot:
-        results = json.load(open(out))["results"]
+        results = json.load(open(out))["results"] + torch_pruning_rows()
         for m in dict.fromkeys(r["model"] for r in results):
             plot(results, m, f"{stem}_{m}.png")
         return
@@ -287,7 +296,7 @@ def main():
     info["loadavg_end"] = loadavg()
     plots = {m: f"{stem}_{m}.png" for m in dict.fromkeys(r["model"] for r in results)}
     for m, p in plots.items():
-        plot(results, m, p)
+        plot(results + torch_pruning_rows(), m, p)
     with open(out, "w") as f:
         json.dump({"machine": info, "total_s": total, "notes": notes, "calibration": CALIB, "test": TEST,
                    "results": results, "cost": cost_rows, "plots": plots}, f, indent=1, default=float)

@@ -31,8 +31,8 @@ def quality_section(data, title: str) -> str:
            f"`{data.get('calibration')}`; one run (`bench/results/{data['_file']}`), "
            f"{data['total_s'] / 60:.0f} min on {data['machine'].get('cores')} shared CPU cores.", ""]
     for model in dict.fromkeys(r["model"] for r in data["results"]):
-        rows = [dict(r, row=f"{r['method']}+{r['refit']} ({r['allocate']})") for r in data["results"]
-                if r["model"] == model and "error" not in r]
+        rows = [dict(r, row=r.get("label") or f"{r['method']}+{r['refit']} ({r['allocate'] or 'uniform'})")
+                for r in data["results"] if r["model"] == model and "error" not in r]
         levels = sorted({r["flops"] for r in rows}, reverse=True)
         names = list(dict.fromkeys(r["row"] for r in rows))
         acc = {(r["row"], r["flops"]): r for r in rows}
@@ -50,6 +50,31 @@ def quality_section(data, title: str) -> str:
                 _table(["allocation", "calibration images", "wall s", "peak RSS MB"],
                        [[c.get("allocate", "-"), c["calibration_images"], f"{c['prune_wall_s']:.0f}",
                          f"{c['peak_rss_mb']:.0f}"] for c in cost]), ""]
+    return "\n".join(out)
+
+
+def finetune_section(data) -> str:
+    if not data:
+        return ""
+    rc = data["recipe"]
+    out = ["### After a short identical finetune", "",
+           f"`bench/finetune.py`: every pruned model (and the original, as a control) gets the same finetune "
+           f"through the torch twin (`onnxprune.finetune.finetune`, weights written back into the ONNX): "
+           f"{rc['epochs']} epoch over {rc['train_images']} Fashion-MNIST training images, batch {rc['batch_size']}, "
+           f"{rc['optimizer']} lr {rc['lr']} ({rc['schedule']}), label smoothing {rc['label_smoothing']}, seed "
+           f"{rc['seed']}. Test accuracy % before → after (`bench/results/finetune.json`).", ""]
+    res = data["results"]
+    models = list(dict.fromkeys(r["model"] for r in res))
+    levels = sorted({r["flops"] for r in res if r["flops"]}, reverse=True)
+    cols = [(m, f) for m in models for f in levels]
+    cell = {(r["row"], r["model"], r["flops"]): f"{100 * r['accuracy_before']:.2f} → {100 * r['accuracy_after']:.2f}"
+            for r in res if "error" not in r}
+    body = [["original (control)"] + [cell.get(("original", m, None), "") if f == levels[0] else "" for m, f in cols]]
+    body += [[row] + [cell.get((row, m, f), "-") for m, f in cols]
+             for row in dict.fromkeys(r["row"] for r in res if r["row"] != "original")]
+    out += [_table(["row"] + [f"{m} {f:.0%}" for m, f in cols], body), ""]
+    if (RESULTS / "finetune.png").exists():
+        out += ["![finetune](bench/results/finetune.png)", ""]
     return "\n".join(out)
 
 
@@ -90,12 +115,17 @@ def coverage_section(data) -> str:
 
 def main() -> None:
     parts = ["## Results", ""]
+    tp = _load("torch_pruning.json")
     for name, title in (("quality.json", "Quality: local imitation and baselines"),
                         ("quality_global.json", "Quality: global imitation")):
         data = _load(name)
         if data:
             data["_file"] = name
+            if name == "quality.json" and tp:  # Torch-Pruning 1.6.1 beside our baselines
+                data["results"] += [dict(r, label=f"{r['row']} (uniform ratio)") for r in tp["results"]
+                                    if "error" not in r]
             parts.append(quality_section(data, title))
+    parts.append(finetune_section(_load("finetune.json")))
     parts += [latency_section(_load("latency.json")), coverage_section(_load("coverage.json"))]
     section = "\n".join(p for p in parts if p).rstrip() + "\n"
     readme = (ROOT / "README.md").read_text()
