@@ -34,7 +34,7 @@ GREEDY = ("greedy-local", "greedy-convex", "gfs")
 GLOBAL = ("greedy-taylor", "greedy-global", "greedy-combined", "taylor")
 BASELINES = ("magnitude", "random")
 REFITS = ("none", "gamma", "full")
-RIDGE_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+RIDGE_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
 
 
 @dataclass
@@ -371,9 +371,10 @@ class GreedyPruner:
             fixed_bias = None if bias_index(c, self.analysis) is not None else current[:, -1]
             calib, held = st.col.stats["calib"][c.node], st.col.stats["holdout"][c.node]
             feats = new_keep[roots[c.labels]]
-            # ridge strength: chosen on the held-out split when there is one (guards small data sets)
+            # ridge towards the current weights, its strength chosen on the held-out split when there is
+            # one: with few samples per input the fit stays near the original instead of near 0
             lams = RIDGE_GRID if held is not None else (self.opts.ridge,)
-            fits = [ridge_refit(calib, feats, lam, fixed_bias) for lam in lams]
+            fits = [ridge_refit(calib, feats, lam, fixed_bias, prior=current) for lam in lams]
             wt = min(fits, key=held.loss) if held is not None else fits[0]
             out.dense[c.node] = wt
             out.replace[c.node] = to_onnx(c, self.analysis, wt)

@@ -62,32 +62,43 @@ class Consumer:
 
     def features(self, x: np.ndarray, y: np.ndarray, first: int, max_positions: int | None, seed: int):
         """Rows of features and outputs at sampled positions; sampling depends on the sample index
-        only (not on batching)."""
-        xt = torch.from_numpy(np.asarray(x, np.float64))
-        yt = torch.from_numpy(np.asarray(y, np.float64))
+        only (not on batching). Only the sampled patches are cut out (in the data's precision) and
+        widened to float64, so memory follows the rows kept, not the activation."""
+        xt, yt = torch.from_numpy(np.asarray(x)), torch.from_numpy(np.asarray(y))
+        n = xt.shape[0]
         if self.op == "Conv":
             if xt.ndim != 4:
                 raise NotSupported(f"{self.name}: only 2-D convolutions have statistics")
             c = self.conv
             pads = c["pads"]
             xt = F.pad(xt, (pads[1], pads[3], pads[0], pads[2]))
-            cols = F.unfold(xt, c["kernel"], dilation=c["dilations"], stride=c["strides"])  # N, F, L
-            rows_x = cols.transpose(1, 2)                     # N, L, F
-            rows_y = yt.reshape(yt.shape[0], yt.shape[1], -1).transpose(1, 2)  # N, L, out
+            (kh, kw), (sh, sw), (dh, dw) = c["kernel"], c["strides"], c["dilations"]
+            hout = (xt.shape[2] - dh * (kh - 1) - 1) // sh + 1
+            wout = (xt.shape[3] - dw * (kw - 1) - 1) // sw + 1
+            rows_y = yt.reshape(n, yt.shape[1], -1).transpose(1, 2)  # N, L, out
+            n_pos = hout * wout
         else:
-            rows_x = xt.reshape(xt.shape[0], -1, xt.shape[-1])
-            rows_y = yt.reshape(yt.shape[0], -1, yt.shape[-1])
-        if rows_x.shape[1] != rows_y.shape[1]:
+            rows_x = xt.reshape(n, -1, xt.shape[-1])
+            rows_y = yt.reshape(n, -1, yt.shape[-1])
+            n_pos = rows_x.shape[1]
+        if rows_y.shape[1] != n_pos:
             raise NotSupported(f"{self.name}: input patches do not match output positions")
-        n_pos = rows_x.shape[1]
+        idx = None
         if max_positions and n_pos > max_positions:
-            idx = np.stack([np.random.default_rng((seed, first + i, self.node)).choice(n_pos, max_positions,
-                                                                                    replace=False)
-                            for i in range(rows_x.shape[0])])
-            idx_t = torch.from_numpy(idx)
-            rows_x = torch.gather(rows_x, 1, idx_t[..., None].expand(-1, -1, rows_x.shape[2]))
-            rows_y = torch.gather(rows_y, 1, idx_t[..., None].expand(-1, -1, rows_y.shape[2]))
-        return rows_x.reshape(-1, rows_x.shape[-1]), rows_y.reshape(-1, rows_y.shape[-1])
+            idx = torch.from_numpy(np.stack([
+                np.random.default_rng((seed, first + i, self.node)).choice(n_pos, max_positions, replace=False)
+                for i in range(n)]))
+            rows_y = torch.gather(rows_y, 1, idx[..., None].expand(-1, -1, rows_y.shape[2]))
+        if self.op == "Conv":
+            pos = idx if idx is not None else torch.arange(n_pos).expand(n, -1)
+            ih = (pos // wout * sh)[..., None, None] + (torch.arange(kh) * dh)[:, None]   # N, P, kh, 1
+            iw = (pos % wout * sw)[..., None, None] + (torch.arange(kw) * dw)[None, :]    # N, P, 1, kw
+            patches = xt[torch.arange(n)[:, None, None, None], :, ih, iw]                # N, P, kh, kw, C
+            rows_x = patches.permute(0, 1, 4, 2, 3).reshape(n, pos.shape[1], -1)        # unfold's order
+        elif idx is not None:
+            rows_x = torch.gather(rows_x, 1, idx[..., None].expand(-1, -1, rows_x.shape[2]))
+        return (rows_x.reshape(-1, rows_x.shape[-1]).to(torch.float64),
+                rows_y.reshape(-1, rows_y.shape[-1]).to(torch.float64))
 
 
 class Stats:
@@ -149,10 +160,13 @@ def loss(G, c, rr, idx, gamma) -> float:
     return float(rr - 2 * g @ c[idx] + g @ G[np.ix_(idx, idx)] @ g)
 
 
-def ridge_refit(st: Stats, keep_features: np.ndarray, ridge: float, fixed_bias: np.ndarray | None = None):
+def ridge_refit(st: Stats, keep_features: np.ndarray, ridge: float, fixed_bias: np.ndarray | None = None,
+                prior: np.ndarray | None = None):
     """Least-squares re-fit of a consumer's whole weight on its kept features (ridge-regularised,
     λ = ridge × mean diagonal of the kept inputs' second moment) and of its bias, unless the bias is
-    fixed. Returns W̃' = [W', b'] (out × (F+1)) with zeros on removed features."""
+    fixed. The ridge pulls the weights towards `prior` (out × (F+1), e.g. the current weights: a
+    strong ridge then changes little where data is scarce) or towards 0 without one.
+    Returns W̃' = [W', b'] (out × (F+1)) with zeros on removed features."""
     A, B, _ = st.numpy()
     nf = A.shape[0] - 1
     k = np.flatnonzero(keep_features)
@@ -165,6 +179,8 @@ def ridge_refit(st: Stats, keep_features: np.ndarray, ridge: float, fixed_bias: 
     free = k < nf
     reg = ridge * float(torch.diagonal(Akk)[torch.from_numpy(free)].mean()) if free.any() else 0.0
     eye = torch.diag(torch.from_numpy(free.astype(np.float64)))
+    if prior is not None and reg:
+        target = target + reg * free[:, None] * prior[:, k].T
     sol = torch.linalg.lstsq(Akk + reg * eye, torch.from_numpy(np.ascontiguousarray(target)),
                              driver="gelsd").solution.numpy()  # |K| × out
     w = np.zeros((B.shape[1], nf + 1))

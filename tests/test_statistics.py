@@ -105,3 +105,54 @@ def test_ridge_refit_without_ridge_is_least_squares():
     np.testing.assert_allclose(w[:, np.append(np.flatnonzero(keep), 9)], ref.T, rtol=1e-8, atol=1e-10)
     assert np.all(w[:, np.flatnonzero(~keep)] == 0)
     assert st.loss(w) == pytest.approx(float(((Y - Xa @ ref) ** 2).sum()), rel=1e-8)
+
+
+def test_ridge_refit_pulls_towards_the_prior():
+    """Ridge towards a prior W0 solves (A + λE) W = B + λE W0: checked against the explicit solve; a huge
+    λ returns W0 on the kept inputs (the bias is still fitted), no prior means shrinking towards 0."""
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((40, 6))
+    Y = X @ rng.standard_normal((6, 3)) + 0.3 * rng.standard_normal((40, 3))
+    st = Stats(6, 3)
+    st.add(torch.from_numpy(X), torch.from_numpy(Y))
+    keep = np.array([1, 0, 1, 1, 0, 1], bool)
+    prior = rng.standard_normal((3, 7))
+    lam_rel = 0.5
+    w = ridge_refit(st, keep, lam_rel, prior=prior)
+    k = np.flatnonzero(keep)
+    Xa = np.concatenate([X[:, k], np.ones((40, 1))], 1)
+    A = Xa.T @ Xa
+    lam = lam_rel * np.diag(A)[:-1].mean()
+    E = np.diag(np.r_[np.ones(len(k)), 0.0])
+    W0 = np.concatenate([prior[:, k], np.zeros((3, 1))], 1).T
+    ref = np.linalg.solve(A + lam * E, Xa.T @ Y + lam * E @ W0)
+    np.testing.assert_allclose(w[:, np.append(k, 6)], ref.T, rtol=1e-7, atol=1e-9)
+    stiff = ridge_refit(st, keep, 1e9, prior=prior)
+    np.testing.assert_allclose(stiff[:, k], prior[:, k], rtol=1e-5, atol=1e-6)
+    assert np.abs(ridge_refit(st, keep, 1e9)[:, k]).max() < 1e-5
+
+
+@pytest.mark.parametrize("k,s,d,p,mp", [(1, 1, 1, 0, 7), (3, 2, 1, 1, 10), (3, 1, 2, 2, None), (5, 2, 2, 2, 4),
+                                        (3, 1, 1, 1, 10**6)])
+def test_conv_features_are_unfold_patches_at_the_sampled_positions(k, s, d, p, mp):
+    """Patches are cut at the sampled positions only: they must equal F.unfold's columns there."""
+    from onnxprune.statistics import Consumer
+    rng = np.random.default_rng(k * 100 + s * 10 + d + p)
+    x = rng.standard_normal((3, 4, 11, 11)).astype(np.float32)
+    hout = (11 + 2 * p - d * (k - 1) - 1) // s + 1
+    y = rng.standard_normal((3, 5, hout, hout)).astype(np.float32)
+    c = object.__new__(Consumer)
+    c.op, c.name, c.node = "Conv", "c", 3
+    c.conv = {"pads": [p] * 4, "kernel": [k, k], "strides": [s, s], "dilations": [d, d]}
+    fx, fy = c.features(x, y, 5, mp, 0)
+    cols = F.unfold(F.pad(torch.from_numpy(x).double(), (p,) * 4), (k, k), dilation=d, stride=s).transpose(1, 2)
+    ys = torch.from_numpy(y).double().reshape(3, 5, -1).transpose(1, 2)
+    n_pos = hout * hout
+    take = min(n_pos, mp or n_pos)
+    assert fx.shape == (3 * take, 4 * k * k) and fy.shape == (3 * take, 5) and fx.dtype == torch.float64
+    for i in range(3):
+        rows = slice(i * take, (i + 1) * take)
+        # each feature row must be the unfold column at the position whose output row it comes with
+        match = [int(np.flatnonzero((ys[i] == r).all(1))[0]) for r in fy[rows]]
+        assert len(set(match)) == take
+        torch.testing.assert_close(fx[rows], cols[i, match], rtol=0, atol=0)
