@@ -78,6 +78,43 @@ def finetune_section(data) -> str:
     return "\n".join(out)
 
 
+def imagenet_section(data) -> str:
+    if not data:
+        return ""
+    out = ["### ImageNet MobileNetV2 (torchvision weights), no finetuning", "",
+           f"`bench/imagenet.py` (`bench/results/imagenet.json`). No labels: agreement with the unpruned model. "
+           f"Calibration crops come from {len(data['data']['calibration_photos'])} photos "
+           f"({', '.join(data['data']['calibration_photos'])}); evaluation crops from other photos "
+           f"({', '.join(data['data']['evaluation_photos'])}). \"calib photos\" columns: unseen crops of the "
+           "calibration photos.", ""]
+    q = data.get("quality")
+    if q:
+        rows = [[f"{r['flops']:.0%}", f"{r['method']}+{r['refit']}", f"{r['macs_ratio']:.3f}",
+                 f"{100 * r['top1_agreement']:.1f}", f"{100 * r['top5_overlap']:.1f}", f"{r['kl']:.2f}",
+                 f"{100 * r['in_top1_agreement']:.1f}" if "in_top1_agreement" in r else "-",
+                 f"{r['prune_wall_s']:.0f}"] for r in q["results"] if "error" not in r]
+        out += [f"{q['calibration_crops']} calibration crops, {q['eval_crops']} evaluation crops:", "",
+                _table(["MACs target", "method", "MACs", "top-1 agree %", "top-5 overlap %", "KL",
+                        "top-1 agree % (calib photos)", "prune s"], rows), ""]
+        if data.get("plot"):
+            out += [f"![imagenet]({data['plot']})", ""]
+    c = data.get("cost")
+    if c:
+        rows = [[r["calibration_crops"], "partial: %d groups" % r["groups_done"] if r.get("partial") else "full",
+                 f"{r['prune_wall_s']:.0f}", f"{r.get('process_cpu_s', 0):.0f}", f"{r['peak_rss_mb']:.0f}"]
+                for r in c["results"] if "error" not in r]
+        out += ["Cost of greedy-local+full at 50% MACs (fresh process per run; a partial run stops after a "
+                "time limit and compares peak RSS over the same groups):", "",
+                _table(["calibration crops", "run", "wall s", "process CPU s", "peak RSS MB"], rows), ""]
+    s = data.get("speed")
+    if s:
+        rows = [[r["batch"], r["round_to"], f"{r['macs_ratio']:.3f}", f"{r['original']['median_ms']:.1f}",
+                 f"{r['pruned']['median_ms']:.1f}", f"{r['speedup_paired']:.2f}x"] for r in s["results"]]
+        out += ["ONNX Runtime CPU latency at 50% MACs (medians of interleaved rounds):", "",
+                _table(["batch", "round-to", "MACs", "original ms", "pruned ms", "speed-up"], rows), ""]
+    return "\n".join(out)
+
+
 def latency_section(data) -> str:
     if not data:
         return ""
@@ -126,6 +163,7 @@ def main() -> None:
                                     if "error" not in r]
             parts.append(quality_section(data, title))
     parts.append(finetune_section(_load("finetune.json")))
+    parts.append(imagenet_section(_load("imagenet.json")))
     parts += [latency_section(_load("latency.json")), coverage_section(_load("coverage.json"))]
     section = "\n".join(p for p in parts if p).rstrip() + "\n"
     readme = (ROOT / "README.md").read_text()
