@@ -57,6 +57,7 @@ ROWS = {"local": ("greedy-local", "full"), "combined": ("greedy-combined", "full
         "gamma": ("greedy-local", "gamma"), "localnone": ("greedy-local", "none"),
         "magfull": ("magnitude", "full"), "magnone": ("magnitude", "none"), "random": ("random", "none")}
 DEFAULT_ROWS = "local,gamma,magfull,magnone,random"
+ALLOCATE = "uniform"  # --allocate: quality rows' allocation across groups (calibrated rows only)
 CALIB_SEED, EVAL_SEED, IN_SEED = 0, 1, 7  # IN_SEED: unseen crops of the calibration photos
 
 
@@ -119,13 +120,15 @@ def both(model, ev) -> dict:
 
 def run_row(path, calib, method, refit, flops, ev, save=None) -> dict:
     from onnxprune import prune, save_model
-    rec = {"row": label(method, refit), "method": method, "refit": refit, "allocate": "uniform", "flops": flops}
+    rec = {"row": label(method, refit) + ("" if ALLOCATE == "uniform" else f" ({ALLOCATE})"), "method": method,
+           "refit": refit, "allocate": ALLOCATE, "flops": flops}
     data_free = refit == "none" and method in ("magnitude", "random")
     rec["calibrated"] = not data_free
     try:
         w0, c0 = time.perf_counter(), time.process_time()
         pruned, rep = prune(path, None if data_free else calib, method=method, refit=refit, flops=flops,
-                            allocate="uniform", round_to=1, batch_size=32, max_positions=64, quiet=True)
+                            allocate="uniform" if data_free else ALLOCATE, round_to=1, batch_size=32,
+                            max_positions=64, quiet=True)
         rec.update(prune_wall_s=time.perf_counter() - w0, prune_cpu_s=time.process_time() - c0)
     except Exception as e:  # a failed row is recorded, not fatal
         return {**rec, "error": f"{type(e).__name__}: {e}"}
@@ -417,12 +420,16 @@ def main():
     ap.add_argument("--round-to", default="1,8,16")
     ap.add_argument("--repeats", type=int, default=15, help="interleaved rounds at batch 32 (x4 at batch 1)")
     ap.add_argument("--skip", default="", help="rows to leave out, e.g. magnitude+full@0.7 (comma-separated)")
+    ap.add_argument("--allocate", choices=("uniform", "loss"), default="uniform",
+                    help="allocation of the calibrated quality rows (default uniform)")
     ap.add_argument("--out", default=OUT)
     ap.add_argument("--replot", action="store_true")
     ap.add_argument("--cost-limits", default="512:0,1024:0,4096:0",
                     help="size:seconds; a run stops before the first group starting after that time (0 = none)")
     ap.add_argument("--cost-child", nargs=4, metavar=("MODEL", "CALIB", "OUT", "LIMIT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    global ALLOCATE
+    ALLOCATE = args.allocate
     os.chdir(ROOT)
     _threads()
     if args.cost_child:
