@@ -122,3 +122,10 @@ def format_table(headers: list[str], rows: list[list]) -> str:
     lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def time_v(stderr: str) -> dict:
+    """Peak RSS and process CPU time of a child run under `/usr/bin/time -v` (parsed from its stderr)."""
+    tv = dict(line.strip().rsplit(": ", 1) for line in stderr.splitlines() if ": " in line)
+    return {"time_v_max_rss_mb": int(tv["Maximum resident set size (kbytes)"]) / 1024,
+            "process_cpu_s": float(tv["User time (seconds)"]) + float(tv["System time (seconds)"])}

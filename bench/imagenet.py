@@ -49,7 +49,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bench.common import (format_table, loadavg, machine_info, make_session, summarize,  # noqa: E402
-                          time_interleaved)
+                          time_interleaved, time_v)
 
 OUT = os.path.join(ROOT, "bench", "results", "imagenet.json")
 LEVELS = (0.7, 0.5, 0.3)
@@ -253,10 +253,7 @@ def cost(path, sizes, limits, tmp, ref_logits, x_eval, keep_dir=None) -> list[di
             out.append({**rec, "error": res.stderr.strip()[-2000:]})
             print(f"  cost n={n}: FAILED {out[-1]['error'][-300:]}", flush=True)
             continue
-        tv = dict(l.strip().rsplit(": ", 1) for l in res.stderr.splitlines() if ": " in l)
-        rec.update(json.loads(res.stdout.strip().splitlines()[-1]),
-                   time_v_max_rss_mb=int(tv["Maximum resident set size (kbytes)"]) / 1024,
-                   process_cpu_s=float(tv["User time (seconds)"]) + float(tv["System time (seconds)"]),
+        rec.update(json.loads(res.stdout.strip().splitlines()[-1]), **time_v(res.stderr),
                    subprocess_wall_s=time.perf_counter() - t0, loadavg_before=load0, loadavg_after=loadavg())
         if not rec["partial"]:
             rec.update(metrics(ref_logits, logits(pruned, x_eval)), pruned_model=pruned)

@@ -31,7 +31,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.common import format_table, loadavg, machine_info  # noqa: E402
+from bench.common import format_table, loadavg, machine_info, time_v  # noqa: E402
 
 MODELS = {"fmnist_resnet": "models/fmnist_resnet.onnx", "fmnist_mobilenet": "models/fmnist_mobilenet.onnx"}
 CALIB, TEST = "models/fmnist_calib.npz", "models/fmnist_test.npz"
@@ -160,10 +160,7 @@ def cost(sizes, tmp, allocations=("loss", "uniform")) -> list[dict]:
             if res.returncode:
                 out.append({**rec, "error": res.stderr.strip()[-2000:]})
                 continue
-            tv = dict(l.strip().rsplit(": ", 1) for l in res.stderr.splitlines() if ": " in l)
-            rec.update(json.loads(res.stdout.strip().splitlines()[-1]),
-                       time_v_max_rss_mb=int(tv["Maximum resident set size (kbytes)"]) / 1024,
-                       process_cpu_s=float(tv["User time (seconds)"]) + float(tv["System time (seconds)"]),
+            rec.update(json.loads(res.stdout.strip().splitlines()[-1]), **time_v(res.stderr),
                        subprocess_wall_s=time.perf_counter() - t0, loadavg_before=load0, loadavg_after=loadavg())
             rec.update({k: v for k, v in compare(MODELS["fmnist_resnet"], pruned, TEST).items()
                         if k in ("accuracy_pruned", "agreement", "kl")})
