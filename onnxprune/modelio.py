@@ -213,7 +213,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, external_data: b
         os.replace(tmp_model, path)
 
 
-def inference_session(model: onnx.ModelProto, opts, providers) -> "onnxruntime.InferenceSession":  # noqa: F821
+def inference_session(model: onnx.ModelProto, opts, providers):
     """An ONNX Runtime session for an in-memory model; one over protobuf's 2 GB limit goes through a
     temporary file with external data (ORT reads it while the session is created)."""
     import onnxruntime as ort

@@ -4,7 +4,6 @@ channels: the analysis ties the pieces to equal kept counts when the arithmetic 
 and freezes otherwise. The oracle is the masked reference (pruned == masked for random selections)."""
 import numpy as np
 import onnx
-import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from helpers import oracle_error, rel_err, run
