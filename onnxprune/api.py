@@ -23,12 +23,16 @@ METHODS = ("greedy-local", "greedy-convex", "gfs", "greedy-taylor", "greedy-glob
            "magnitude", "random")
 
 
+def _name(model) -> str:
+    return str(model) if isinstance(model, (str, os.PathLike)) else "<model>"
+
+
 def _as_model(model) -> tuple[onnx.ModelProto, str]:
     if isinstance(model, onnx.ModelProto):
         check_model(model)
-        return model, "<model>"
+        return model, _name(model)
     if isinstance(model, (str, os.PathLike)):
-        return load_model(model), str(model)
+        return load_model(model), _name(model)
     raise UserError(f"model must be a path or an onnx.ModelProto, got {type(model).__name__}")
 
 
@@ -121,7 +125,7 @@ def prune(model, calibration=None, *, method: str = "greedy-local", refit: str |
     if round_to < 1 or min_channels < 1:
         raise UserError("--round-to and --min-channels must be >= 1")
     analysis = analyze(model)
-    name = str(model) if isinstance(model, (str, os.PathLike)) else "<model>"
+    name = _name(model)
     if not analysis.prunable:
         raise UserError(f"{name}: every channel group is frozen; nothing to prune")
     overrides = _overrides(analysis, keep or {})

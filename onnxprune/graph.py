@@ -60,11 +60,10 @@ def normalise(model: onnx.ModelProto, in_place: bool = False) -> onnx.ModelProto
         seen.add(name)
     inferred = infer_shapes(m)
     # the interface is the user's: shape inference must not rename or refine input/output dims
-    for field in ("input", "output"):
-        if inferred is m:  # shapes were only added as value_info
-            break
-        del getattr(inferred.graph, field)[:]
-        getattr(inferred.graph, field).extend(getattr(m.graph, field))
+    if inferred is not m:  # else shapes were only added as value_info
+        for field in ("input", "output"):
+            del getattr(inferred.graph, field)[:]
+            getattr(inferred.graph, field).extend(getattr(m.graph, field))
     io_names = {v.name for v in m.graph.input} | {v.name for v in m.graph.output}
     kept = [v for v in inferred.graph.value_info if v.name not in io_names]
     del inferred.graph.value_info[:]

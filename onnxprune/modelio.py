@@ -128,21 +128,22 @@ def check_model(model: onnx.ModelProto, what: str = "model") -> None:
         raise UnsupportedModel(f"{what}: {exc}") from None
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise UnsupportedModel(f"{what}: opset {opset} is not supported (supported: {MIN_OPSET} to {MAX_OPSET})")
+    # on the structure: serialising the weights would cost several copies of them (and fails over
+    # 2 GB); their byte counts are checked by _check_tensor_sizes
+    structure_only = skeleton(model)
     try:
-        # on the structure: serialising the weights would cost several copies of them (and fails
-        # over 2 GB); their byte counts are checked by _check_tensor_sizes
-        onnx.checker.check_model(skeleton(model))
+        onnx.checker.check_model(structure_only)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"{what}: fails the ONNX checker: {first}") from None
-    _check_inference(model, what)
+    _check_inference(structure_only, what)
 
 
 def _check_inference(model: onnx.ModelProto, what: str) -> None:
     """Strict ONNX shape and type inference: catches what the checker lets through (attributes of the
     wrong length, shapes that cannot be, type clashes) and would otherwise be copied into the output."""
     try:
-        onnx.shape_inference.infer_shapes(skeleton(model), check_type=True, strict_mode=True)
+        onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
     except Exception as exc:
         text = str(exc).strip().replace("[ShapeInferenceError] Inference error(s): ", "")
         first = text.splitlines()[0] if text else type(exc).__name__

@@ -190,30 +190,32 @@ def _actual_size(ctx):
     return size
 
 
-def _pruned_size(ctx, vec, kept):
-    """Size of a dimension once `vec` (the sliced channel axis) keeps `kept` channels: the same for a
-    dimension holding the same channels, unchanged for one holding none, unknown (ValueError) else."""
+def _pruned_sizes(ctx, vec):
+    """`at(kept)`: the dimension sizes once `vec` (the sliced channel axis) keeps `kept` channels: the
+    same for a dimension holding the same channels, unchanged for one holding none, unknown
+    (ValueError) else. The union-find roots are read once, not per size."""
     roots = ctx.roots()
     mine = np.sort(roots[vec])
     actual = _actual_size(ctx)
 
-    def size(tensor, axis):
-        lab = ctx.layout(tensor)
-        if lab is None or axis >= lab.ndim or lab.shape[axis] == 1:
-            return actual(tensor, axis)
-        other = axis_labels(lab, axis, lab.shape[axis])
-        if other is not None and np.array_equal(np.sort(roots[other]), mine):
-            return kept
-        raise ValueError(f"{tensor.name} axis {axis} holds other channels")
-    return size
+    def at(kept):
+        def size(tensor, axis):
+            lab = ctx.layout(tensor)
+            if lab is None or axis >= lab.ndim or lab.shape[axis] == 1:
+                return actual(tensor, axis)
+            other = axis_labels(lab, axis, lab.shape[axis])
+            if other is not None and np.array_equal(np.sort(roots[other]), mine):
+                return kept
+            raise ValueError(f"{tensor.name} axis {axis} holds other channels")
+        return size
+    return at
 
 
 def _check_runtime_slice(node, ctx, cut, others):
     if cut is None and not others:
         return
-    vec = cut[0] if cut is not None else np.zeros(0, dtype=np.int64)
     try:
-        no_channels = _pruned_size(ctx, np.zeros(0, dtype=np.int64), 0)  # raises on any channel axis
+        no_channels = _pruned_sizes(ctx, np.zeros(0, dtype=np.int64))(0)  # raises on any channel axis
         for b in others:  # bounds on other axes must not depend on channel counts
             b(no_channels)
         if cut is None:
@@ -222,8 +224,9 @@ def _check_runtime_slice(node, ctx, cut, others):
         c = len(vec)
         n = c // math.gcd(c, s, e)
         piece = c // n
+        sizes = _pruned_sizes(ctx, vec)
         for kept in range(1, piece + 1):  # every piece keeps `kept` channels
-            size = _pruned_size(ctx, vec, n * kept)
+            size = sizes(n * kept)
             got = slice(int(fs(size)), int(fe(size))).indices(n * kept)[:2]
             if got != (s // piece * kept, e // piece * kept):
                 raise ValueError("does not follow")

@@ -226,8 +226,7 @@ def shape(node, ctx):
             seen.add(id(user))
             if user.op == "Reshape" and user.inputs[1] is t:
                 continue
-            if user.op == "Slice" and any(i in (1, 2) for i, x in enumerate(user.inputs) if x is t) and \
-                    not any(i not in (1, 2) for i, x in enumerate(user.inputs) if x is t):
+            if user.op == "Slice" and {i for i, x in enumerate(user.inputs) if x is t} <= {1, 2}:
                 # bounds: checked by the Slice handler, which needs the data to carry channels
                 ctx.deferred.insert(0, lambda user=user: ctx.layout(user.inputs[0]) is not None or ctx.freeze(
                     lab, node, f"the channel count sets the bounds of Slice node '{user.name}' on an untracked tensor"))
