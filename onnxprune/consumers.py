@@ -26,7 +26,7 @@ def consumers_of(analysis: Analysis, group: Group) -> list[Consumer]:
                 raise NotSupported(f"Conv '{node.name}' uses auto_pad {node.attrs['auto_pad']}")
             conv = dict(kernel=tuple(w.shape[2:]), pads=list(node.attrs.get("pads", [0, 0, 0, 0])),
                         strides=tuple(node.attrs.get("strides", [1, 1])),
-                        dilations=tuple(node.attrs.get("dilations", [1, 1])))
+                        dilations=tuple(node.attrs.get("dilations", [1, 1])), group=int(node.attrs.get("group", 1)))
             labels = np.repeat(e.labels, int(np.prod(w.shape[2:])))
         elif node.op not in ("Gemm", "MatMul"):
             raise NotSupported(f"{node.op} '{node.name}' has no statistics")

@@ -374,7 +374,8 @@ class GreedyPruner:
             # ridge towards the current weights, its strength chosen on the held-out split when there is
             # one: with few samples per input the fit stays near the original instead of near 0
             lams = RIDGE_GRID if held is not None else (self.opts.ridge,)
-            fits = [ridge_refit(calib, feats, lam, fixed_bias, prior=current) for lam in lams]
+            blocks = c.blocks(current.shape[0])
+            fits = [ridge_refit(calib, feats, lam, fixed_bias, prior=current, blocks=blocks) for lam in lams]
             wt = min(fits, key=held.loss) if held is not None else fits[0]
             out.dense[c.node] = wt
             out.replace[c.node] = to_onnx(c, self.analysis, wt)

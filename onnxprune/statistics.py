@@ -60,6 +60,16 @@ class Consumer:
                 bvec = bvec * float(attrs.get("beta", 1.0))
         return np.asarray(dense, np.float64), np.asarray(bvec, np.float64)
 
+    def blocks(self, n_out: int) -> list[tuple[np.ndarray, np.ndarray]] | None:
+        """For a grouped Conv: (output rows, features they read) per group; None for a dense op."""
+        group = int(self.conv.get("group", 1))
+        if group == 1:
+            return None
+        n_feat = len(self.labels)
+        reads = np.arange(n_feat) * group // n_feat          # features are channel-major, groups contiguous
+        per = n_out // group
+        return [(np.arange(q * per, (q + 1) * per), reads == q) for q in range(group)]
+
     def features(self, x: np.ndarray, y: np.ndarray, first: int, max_positions: int | None, seed: int):
         """Rows of features and outputs at sampled positions; sampling depends on the sample index
         only (not on batching). Only the sampled patches are cut out (in the data's precision) and
@@ -161,13 +171,25 @@ def loss(G, c, rr, idx, gamma) -> float:
 
 
 def ridge_refit(st: Stats, keep_features: np.ndarray, ridge: float, fixed_bias: np.ndarray | None = None,
-                prior: np.ndarray | None = None):
+                prior: np.ndarray | None = None, blocks: list[tuple[np.ndarray, np.ndarray]] | None = None):
     """Least-squares re-fit of a consumer's whole weight on its kept features (ridge-regularised,
     λ = ridge × mean diagonal of the kept inputs' second moment) and of its bias, unless the bias is
     fixed. The ridge pulls the weights towards `prior` (out × (F+1), e.g. the current weights: a
     strong ridge then changes little where data is scarce) or towards 0 without one.
+    `blocks` (grouped convolutions): (output rows, features they may read) pairs; each block is
+    fitted on its own features only, so the weight keeps the op's block structure.
     Returns W̃' = [W', b'] (out × (F+1)) with zeros on removed features."""
     A, B, _ = st.numpy()
+    w = np.zeros((B.shape[1], A.shape[0]))
+    for rows, feats in blocks or [(np.arange(B.shape[1]), np.ones(A.shape[0] - 1, dtype=bool))]:
+        w[rows] = _ridge_block(A, B[:, rows], np.asarray(keep_features, bool) & feats, ridge,
+                               None if fixed_bias is None else fixed_bias[rows],
+                               None if prior is None else prior[rows])
+    return w
+
+
+def _ridge_block(A, B, keep_features, ridge, fixed_bias, prior) -> np.ndarray:
+    """`ridge_refit` of the outputs whose cross terms are the columns of B."""
     nf = A.shape[0] - 1
     k = np.flatnonzero(keep_features)
     if fixed_bias is None:

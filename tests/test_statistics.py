@@ -156,3 +156,32 @@ def test_conv_features_are_unfold_patches_at_the_sampled_positions(k, s, d, p, m
         match = [int(np.flatnonzero((ys[i] == r).all(1))[0]) for r in fy[rows]]
         assert len(set(match)) == take
         torch.testing.assert_close(fx[rows], cols[i, match], rtol=0, atol=0)
+
+
+def test_ridge_refit_of_a_grouped_conv_keeps_its_blocks():
+    """A grouped Conv reads only its own group's inputs: the re-fit must be the least-squares fit of each
+    output block on that block's kept features (a dense fit would mix groups, and those weights cannot
+    be written back into the op)."""
+    from onnxprune.statistics import Consumer
+    rng = np.random.default_rng(3)
+    group, cin_g, per, k = 3, 4, 2, 9                     # 12 input channels, 3x3 kernel, 6 outputs
+    n_feat = group * cin_g * k
+    c = Consumer(0, "g", "Conv", "x", "y", 1, np.repeat(np.arange(group * cin_g), k),
+                 dict(kernel=(3, 3), pads=[1, 1, 1, 1], strides=(1, 1), dilations=(1, 1), group=group))
+    # features correlated across groups, outputs reading other groups too: a dense fit uses them
+    X = rng.standard_normal((500, n_feat)) @ (np.eye(n_feat) + 0.3 * rng.standard_normal((n_feat, n_feat)))
+    Y = X @ rng.standard_normal((n_feat, group * per)) + 0.1 * rng.standard_normal((500, group * per))
+    st = Stats(n_feat, group * per)
+    st.add(torch.from_numpy(X), torch.from_numpy(Y))
+    keep = np.repeat(rng.random(group * cin_g) < 0.6, k)
+    w = ridge_refit(st, keep, 0.0, blocks=c.blocks(group * per))
+    for q in range(group):
+        rows = slice(q * per, (q + 1) * per)
+        own = np.zeros(n_feat, bool)
+        own[q * cin_g * k:(q + 1) * cin_g * k] = True
+        assert np.all(w[rows, :-1][:, ~(own & keep)] == 0)
+        Xa = np.concatenate([X[:, own & keep], np.ones((500, 1))], 1)
+        ref = np.linalg.lstsq(Xa, Y[:, rows], rcond=None)[0]
+        np.testing.assert_allclose(w[rows][:, np.append(np.flatnonzero(own & keep), n_feat)], ref.T,
+                                   rtol=1e-7, atol=1e-9)
+    assert c.blocks(6) is not None and Consumer(0, "d", "Conv", "x", "y", 1, c.labels, dict(group=1)).blocks(6) is None
