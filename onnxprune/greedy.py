@@ -69,6 +69,17 @@ def greedy_local(G: np.ndarray, c: np.ndarray, rr: float, n: int, blocks=None, q
     return Path(order, np.array(losses))
 
 
+def prefix_losses(G: np.ndarray, c: np.ndarray, rr: float, order) -> np.ndarray:
+    """Loss with least-squares γ on the first n channels of `order`, for n = 0..len(order): with
+    G_oo = L Lᵀ (in that order), the loss on a prefix is rr − ‖(L⁻¹c_o)_{<n}‖²."""
+    o = np.asarray(order, dtype=np.int64)
+    Go = G[np.ix_(o, o)]
+    jitter = 1e-10 * float(np.abs(np.diag(Go)).mean() + 1e-300)
+    L = torch.linalg.cholesky(torch.from_numpy(Go + jitter * np.eye(len(o))))
+    z = torch.linalg.solve_triangular(L, torch.from_numpy(np.ascontiguousarray(c[o]))[:, None], upper=False)
+    return np.maximum(rr - np.concatenate([[0.0], np.cumsum(z[:, 0].numpy() ** 2)]), 0.0)
+
+
 def ls_gamma(G: np.ndarray, c: np.ndarray, idx) -> np.ndarray:
     """Least-squares γ on a kept set (torch.linalg; minimum-norm if G_SS is singular)."""
     idx = np.asarray(idx, dtype=np.int64)

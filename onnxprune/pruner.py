@@ -26,7 +26,7 @@ from .errors import UserError
 from .global_imitation import OutputLoss, exact_select, taylor_importance, taylor_select
 from .rewrite import Rewriter
 from .selection import Selection, _ensure_segments, _scores_magnitude, _top_k, counts_for_ratio
-from .statistics import NotSupported, Stats, group_terms, loss, ridge_refit
+from .statistics import NotSupported, Stats, group_terms, loss, refit_curve, ridge_refit
 from .taps import Tap
 
 log = logging.getLogger("onnxprune")
@@ -181,8 +181,10 @@ class GreedyPruner:
 
     # ----- allocation -------------------------------------------------------------------------
     def profile_curves(self) -> dict[int, np.ndarray]:
-        """Relative greedy-local loss at every kept count, for every group, on the original network
-        (one pass over the calibration data)."""
+        """Relative imitation loss at every kept count, for every group, on the original network (one
+        pass over the calibration data). Channels are added in the method's own order (the greedy-local
+        path for greedy and global methods); the loss is the one the chosen re-fit reaches: the
+        consumers' full re-fit (`refit_curve`) or least-squares γ."""
         groups, consumers = {}, {}
         for g in self.analysis.prunable:
             try:
@@ -204,9 +206,23 @@ class GreedyPruner:
             G, c, rr = self._terms(g, cs, col.stats["calib"], np.ones(len(self.analysis.class_of), bool),
                                    np.ones(len(self.analysis.class_of)))
             path = greedy.greedy_local(G, c, rr, g.channels)
-            curve = path.losses / max(rr, 1e-300)
+            order = self._profile_order(g, path.order)
+            if self.opts.refit == "full":
+                curve = sum(refit_curve(col.stats["calib"][x.node], self._member(g, x), order) for x in cs)
+            else:
+                curve = path.losses if order is path.order else greedy.prefix_losses(G, c, rr, order)
+            curve = np.asarray(curve) / max(rr, 1e-300)
             curves[gid] = np.concatenate([curve, np.full(g.channels + 1 - len(curve), curve[-1])])
         return curves
+
+    def _profile_order(self, group: Group, greedy_order: list[int]) -> list[int]:
+        """The order in which the method adds channels, for the allocation's loss curves."""
+        if self.opts.method not in BASELINES:
+            return greedy_order
+        scores = np.random.default_rng((self.opts.seed, group.id)).random(group.channels) \
+            if self.opts.method == "random" \
+            else np.array([self.magnitude.get(c, 0.0) for c in group.classes.tolist()])
+        return np.argsort(-scores, kind="stable").tolist()
 
     def counts(self, keep_ratio, fraction, what, allocate, round_to, min_channels, overrides) -> dict[int, int]:
         a = self.analysis

@@ -210,3 +210,21 @@ def _ridge_block(A, B, keep_features, ridge, fixed_bias, prior) -> np.ndarray:
     if fixed_bias is not None:
         w[:, nf] = fixed_bias
     return w
+
+
+def refit_curve(st: Stats, member: np.ndarray, order: list[int], ridge: float = 1e-6) -> np.ndarray:
+    """Loss of a full re-fit of the consumer (bias and inputs outside the group always kept) when it
+    keeps the group's channels `order[:n]`, for n = 0..len(order): one Cholesky factor of A in that
+    order, since the residual of a least-squares fit on the first m features is yy − Σ_{i<m} ‖(L⁻¹B)_i‖².
+    `member` is the group channel index of every feature or -1."""
+    A, B, yy = st.numpy()
+    mem = np.append(member, -1)
+    pieces = [np.flatnonzero(mem < 0)] + [np.flatnonzero(mem == ch) for ch in order]
+    perm = np.concatenate(pieces)
+    Ap = A[np.ix_(perm, perm)]
+    reg = ridge * float(np.diag(Ap).mean())
+    L = torch.linalg.cholesky(torch.from_numpy(Ap + reg * np.eye(len(perm))))
+    Z = torch.linalg.solve_triangular(L, torch.from_numpy(np.ascontiguousarray(B[perm])), upper=False)
+    explained = np.concatenate([[0.0], np.cumsum((Z * Z).sum(1).numpy())])
+    ends = np.cumsum([len(p) for p in pieces])
+    return np.maximum(yy - explained[ends], 0.0)

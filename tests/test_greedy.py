@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from onnxprune.greedy import gfs, greedy_convex, greedy_local, ls_gamma
+from onnxprune.greedy import gfs, greedy_convex, greedy_local, ls_gamma, prefix_losses
 from onnxprune.statistics import loss
 
 
@@ -65,3 +65,16 @@ def test_gfs_and_convex_keep_the_requested_count_and_quotas():
         path = fn(G, c, rr, 8, blocks, np.full(4, 2))
         assert len(path.order) == 8
         assert np.all(np.bincount(blocks[path.order], minlength=4) == 2)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_prefix_losses_are_least_squares_losses_of_every_prefix(seed):
+    """The allocation's curve for a fixed channel order (e.g. magnitude's): the loss with least-squares γ
+    on the first n channels, from one Cholesky factor."""
+    Z, Y, G, c, rr = problem(seed, noise=0.5)
+    order = list(np.random.default_rng(seed).permutation(len(c)))
+    got = prefix_losses(G, c, rr, order)
+    for n in range(len(order) + 1):
+        idx = order[:n]
+        gam = np.linalg.lstsq(Z[idx].T, Y, rcond=None)[0] if n else np.zeros(0)
+        assert got[n] == pytest.approx(float(((Y - gam @ Z[idx]) ** 2).sum()), rel=1e-7, abs=1e-9 * rr)

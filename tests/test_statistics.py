@@ -185,3 +185,23 @@ def test_ridge_refit_of_a_grouped_conv_keeps_its_blocks():
         np.testing.assert_allclose(w[rows][:, np.append(np.flatnonzero(own & keep), n_feat)], ref.T,
                                    rtol=1e-7, atol=1e-9)
     assert c.blocks(6) is not None and Consumer(0, "d", "Conv", "x", "y", 1, c.labels, dict(group=1)).blocks(6) is None
+
+
+def test_refit_curve_is_the_full_refit_loss_of_every_prefix():
+    """The allocation's curve under --refit full: keeping the group's first n channels (in a given order)
+    plus every feature outside the group, the loss of the least-squares re-fit of the whole consumer."""
+    from onnxprune.statistics import refit_curve
+    rng = np.random.default_rng(4)
+    k, channels, outside = 4, 6, 3                       # 6 group channels of 4 features, 3 other features
+    member = np.r_[np.repeat(np.arange(channels), k), -np.ones(outside, int)]
+    n_feat = len(member)
+    X = rng.standard_normal((400, n_feat)) @ (np.eye(n_feat) + 0.2 * rng.standard_normal((n_feat, n_feat)))
+    Y = X @ rng.standard_normal((n_feat, 5)) + 1.0 + 0.2 * rng.standard_normal((400, 5))
+    st = Stats(n_feat, 5)
+    st.add(torch.from_numpy(X), torch.from_numpy(Y))
+    order = [3, 0, 5, 1, 4, 2]
+    curve = refit_curve(st, member, order, ridge=0.0)
+    for n in range(channels + 1):
+        keep = (member < 0) | np.isin(member, order[:n])
+        assert curve[n] == pytest.approx(st.loss(ridge_refit(st, keep, 0.0)), rel=1e-7, abs=1e-9 * st.yy)
+    assert np.all(np.diff(curve) <= 1e-9 * st.yy)
