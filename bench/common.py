@@ -1,7 +1,6 @@
 """Reusable benchmark helpers: machine info, ONNX Runtime CPU sessions, interleaved timing."""
 from __future__ import annotations
 
-import copy
 import datetime
 import os
 import platform
@@ -40,29 +39,6 @@ def machine_info(note: str = "") -> dict:
             "onnxruntime": ort.__version__, "onnx": onnx.__version__, "numpy": np.__version__,
             "python": platform.python_version(), "cpu_model": cpu_model(), "cores": cores(),
             "loadavg_start": loadavg(), "note": note}
-
-
-def inline_identity_initializers(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
-    """Copy of `model` with every `Identity(initializer)` node replaced by an initializer.
-
-    torch.onnx.export deduplicates equal initializers (e.g. the all-zero folded BN biases of
-    a random-weight network) and re-exposes them through Identity nodes; onnxprune then sees
-    those weights as "computed at run time" and freezes the group.  Semantics are unchanged.
-    """
-    model = copy.deepcopy(model)
-    inits = {t.name: t for t in model.graph.initializer}
-    keep, n = [], 0
-    for node in model.graph.node:
-        if node.op_type == "Identity" and node.input[0] in inits:
-            t = copy.deepcopy(inits[node.input[0]])
-            t.name = node.output[0]
-            model.graph.initializer.append(t)
-            n += 1
-        else:
-            keep.append(node)
-    del model.graph.node[:]
-    model.graph.node.extend(keep)
-    return model, n
 
 
 def make_session(model, threads: int | None = None) -> ort.InferenceSession:

@@ -7,8 +7,6 @@ models/build_mobilenetv2_224.py into a temp dir.  Each is pruned (magnitude) to 
 0.5, 0.7, 0.3 (--quick: 0.5) with round_to 1 and 8; original and all pruned variants are timed
 interleaved at batch 1 and 32 (median, p10, p90 after warm-up).  speed-up = median(orig) /
 median(pruned); "paired" = median over rounds of orig/pruned from the same round.
-Identity(initializer) nodes (torch's deduplicated initializers) are inlined first, else
-onnxprune freezes the groups they feed.
 """
 from __future__ import annotations
 
@@ -25,7 +23,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.common import (cores, format_table, inline_identity_initializers, loadavg,  # noqa: E402
+from bench.common import (cores, format_table, loadavg,  # noqa: E402
                           machine_info, make_session, random_feed, summarize, time_interleaved)
 from onnxprune import UserError, load_model, prune  # noqa: E402
 
@@ -53,9 +51,7 @@ def variants(model, levels, round_tos):
 
 
 def bench_model(name: str, path: str, levels, round_tos, repeats: int, warmup: int) -> list[dict]:
-    orig, inlined = inline_identity_initializers(load_model(path))
-    if inlined:
-        print(f"  {name}: inlined {inlined} Identity(initializer) nodes before pruning", flush=True)
+    orig = load_model(path)
     vs = variants(orig, levels, round_tos)
     sessions = {"orig": make_session(orig)}
     for f, rt, pruned, _ in vs:
@@ -73,8 +69,7 @@ def bench_model(name: str, path: str, levels, round_tos, repeats: int, warmup: i
         stats = {k: summarize(t) for k, t in times.items()}
         o = stats["orig"]
         for f, rt, pruned, rep in vs:
-            row = {"model": name, "flops_target": f, "round_to": rt, "batch": batch,
-                   "identity_initializers_inlined": inlined}
+            row = {"model": name, "flops_target": f, "round_to": rt, "batch": batch}
             if pruned is None:
                 rows.append({**row, "skipped": rep})
                 continue

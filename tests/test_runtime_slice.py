@@ -140,3 +140,62 @@ def test_spatial_slice_bounds_from_the_channel_count_freeze():
     a = Analysis(model)
     g = _group(a, "conv1")
     assert g.frozen and any("Slice" in r and "follow" in r for r in g.reasons), g.reasons
+
+
+
+def reshape_model(source="r1", extra=None, hw=36, c=8):
+    """x -> conv1 (c) -> relu r1 -> Reshape(r1, [N, D, hw]) -> Reshape back to [N, c, 6, 6] (constant) ->
+    conv3; x -> conv0 (c) -> conv4 added to conv3. D is computed at run time: Shape(`source`)[1], then
+    `extra` = (op, constant) applied to it."""
+    rng = np.random.default_rng(1)
+    scalar = lambda name, v: numpy_helper.from_array(np.array(v, dtype=np.int64), name)  # noqa: E731
+    nodes, inits = [], [scalar("gidx0", 0), scalar("gidx1", 1), _int("hw", hw), _int("back", 0, c, 6, 6),
+                        _int("ax0", 0)]
+    for name, x, cout, cin, k in (("conv1", "x", c, 3, 3), ("conv0", "x", c, 3, 3), ("conv4", "conv0", 5, c, 1)):
+        n, w = _conv(name, x, cout, cin, rng, k)
+        nodes.append(n)
+        inits += w
+    nodes += [helper.make_node("Relu", ["conv1"], ["r1"], name="relu1"),
+              helper.make_node("Shape", ["r1"], ["shp_r1"], name="shape_r1"),
+              helper.make_node("Shape", [source], ["shp_src"], name="shape_src"),
+              helper.make_node("Gather", ["shp_r1", "gidx0"], ["n"], name="gather_n", axis=0),
+              helper.make_node("Gather", ["shp_src", "gidx1"], ["d0"], name="gather_d", axis=0)]
+    d = "d0"
+    if extra is not None:
+        inits.append(scalar("k", extra[1]))
+        nodes.append(helper.make_node(extra[0], ["d0", "k"], ["d1"], name="arith"))
+        d = "d1"
+    nodes += [helper.make_node("Unsqueeze", ["n", "ax0"], ["n1"], name="unsq_n"),
+              helper.make_node("Unsqueeze", [d, "ax0"], ["d_1"], name="unsq_d"),
+              helper.make_node("Concat", ["n1", "d_1", "hw"], ["target"], name="target", axis=0),
+              helper.make_node("Reshape", ["r1", "target"], ["flat"], name="reshape_rt"),
+              helper.make_node("Reshape", ["flat", "back"], ["r1b"], name="reshape_back")]
+    n, w = _conv("conv3", "r1b", 5, c, rng)
+    nodes.append(n)
+    inits += w
+    nodes.append(helper.make_node("Add", ["conv3", "conv4"], ["y"], name="out_add"))
+    graph = helper.make_graph(nodes, "rt_reshape", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3, 6, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 5, 6, 6])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def test_runtime_reshape_target_that_follows_the_channels_prunes():
+    """Shape(r1)[1], also through arithmetic that keeps it (+0, *1), is the kept count in the pruned graph;
+    2*Shape(r1)[1] with half the positions splits every channel's positions in two rows, also followed."""
+    for extra, hw in ((None, 36), (("Add", 0), 36), (("Mul", 1), 36), (("Mul", 2), 18)):
+        a = Analysis(reshape_model(extra=extra, hw=hw))
+        g = _group(a, "conv1")
+        assert not g.frozen, (extra, g.reasons)
+        assert oracle_error(a, _feeds) <= 1e-4
+
+
+def test_runtime_reshape_target_that_does_not_follow_freezes():
+    """Another tensor's channel count (conv0 has as many channels, pruned on their own), or arithmetic
+    that only gives the count for the original width (max(C, 8)), would break the pruned Reshape: the
+    group is frozen and the reason names the Reshape."""
+    for source, extra in (("conv0", None), ("r1", ("Max", 8))):
+        a = Analysis(reshape_model(source=source, extra=extra))
+        g = _group(a, "conv1")
+        assert g.frozen and any("reshape_rt" in r for r in g.reasons), (source, extra, g.reasons)

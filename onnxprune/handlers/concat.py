@@ -168,7 +168,7 @@ def _runtime_slice(node, ctx, lab, axes, steps):
     out, cut = lab, None
     for i, a, vec in found:
         try:
-            s, e, _ = slice(*(int(b(_actual_size(ctx))) for b in bounds[i])).indices(len(vec))
+            s, e, _ = slice(*(int(b(shape_expr.actual_size(ctx))) for b in bounds[i])).indices(len(vec))
         except (TypeError, ValueError, ZeroDivisionError, OverflowError):
             ctx.freeze(lab, node, "slice bounds computed at run time cannot be evaluated")
             return
@@ -180,42 +180,11 @@ def _runtime_slice(node, ctx, lab, axes, steps):
     ctx.deferred.append(lambda: _check_runtime_slice(node, ctx, cut, others))
 
 
-def _actual_size(ctx):
-    def size(tensor, axis):
-        shape = ctx.shape(tensor)
-        d = shape[axis] if shape is not None and axis < len(shape) else None
-        if not isinstance(d, int):
-            raise ValueError(f"size of {tensor.name} axis {axis} unknown")
-        return d
-    return size
-
-
-def _pruned_sizes(ctx, vec):
-    """`at(kept)`: the dimension sizes once `vec` (the sliced channel axis) keeps `kept` channels: the
-    same for a dimension holding the same channels, unchanged for one holding none, unknown
-    (ValueError) else. The union-find roots are read once, not per size."""
-    roots = ctx.roots()
-    mine = np.sort(roots[vec])
-    actual = _actual_size(ctx)
-
-    def at(kept):
-        def size(tensor, axis):
-            lab = ctx.layout(tensor)
-            if lab is None or axis >= lab.ndim or lab.shape[axis] == 1:
-                return actual(tensor, axis)
-            other = axis_labels(lab, axis, lab.shape[axis])
-            if other is not None and np.array_equal(np.sort(roots[other]), mine):
-                return kept
-            raise ValueError(f"{tensor.name} axis {axis} holds other channels")
-        return size
-    return at
-
-
 def _check_runtime_slice(node, ctx, cut, others):
     if cut is None and not others:
         return
     try:
-        no_channels = _pruned_sizes(ctx, np.zeros(0, dtype=np.int64))(0)  # raises on any channel axis
+        no_channels = shape_expr.pruned_sizes(ctx, np.zeros(0, dtype=np.int64))(0)  # raises on any channel axis
         for b in others:  # bounds on other axes must not depend on channel counts
             b(no_channels)
         if cut is None:
@@ -224,7 +193,7 @@ def _check_runtime_slice(node, ctx, cut, others):
         c = len(vec)
         n = c // math.gcd(c, s, e)
         piece = c // n
-        sizes = _pruned_sizes(ctx, vec)
+        sizes = shape_expr.pruned_sizes(ctx, vec)
         for kept in range(1, piece + 1):  # every piece keeps `kept` channels
             size = sizes(n * kept)
             got = slice(int(fs(size)), int(fe(size))).indices(n * kept)[:2]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import handles
+from . import handles, shape_expr
 from .base import attr, input_or_attr, labeled_axes
 
 SHAPE_ARITH = {"Gather", "Slice", "Concat", "Unsqueeze", "Squeeze", "Cast", "Mul", "Div", "Add", "Sub",
@@ -81,43 +81,6 @@ def flatten(node, ctx):
         ctx.set_layout(node.outputs[0], out.reshape(1, -1))
 
 
-def _shape_element(ctx, tensor, idx: int):
-    """What element `idx` of a shape tensor is: ('const', v), ('dim', tensor, axis) or None."""
-    val = ctx.const(tensor)
-    if val is not None:
-        flat = val.reshape(-1)
-        return ("const", int(flat[idx])) if idx < len(flat) else None
-    if not tensor.inputs:
-        return None
-    node = tensor.inputs[0]
-    if node.op == "Concat":
-        for t in node.inputs:
-            n = (ctx.const(t).size if ctx.const(t) is not None else (ctx.shape(t) or (None,))[0])
-            if n is None:
-                return None
-            if idx < n:
-                return _shape_element(ctx, t, idx)
-            idx -= n
-        return None
-    if node.op in ("Unsqueeze", "Cast", "Squeeze", "Identity") and idx == 0:
-        return _shape_element(ctx, node.inputs[0], 0)
-    if node.op == "Div" and idx == 0 and ctx.const(node.inputs[1]) is not None:
-        inner = _shape_element(ctx, node.inputs[0], 0)
-        q = int(ctx.const(node.inputs[1]).reshape(-1)[0])
-        return ("div", inner, q) if inner is not None and inner[0] == "dim" and q > 0 else None
-    if node.op == "Gather" and node.inputs[0].inputs and node.inputs[0].inputs[0].op == "Shape":
-        ind = ctx.const(node.inputs[1])
-        if ind is None:
-            return None
-        return _shape_element(ctx, node.inputs[0], int(ind.reshape(-1)[idx]))
-    if node.op == "Shape":
-        src = node.inputs[0]
-        start = attr(node, "start", 0)
-        rank = len(ctx.shape(src) or ())
-        return ("dim", src, (start % rank if rank else start) + idx)
-    return None
-
-
 @handles("Reshape")
 def reshape(node, ctx):
     lab = ctx.layout(node.inputs[0])
@@ -144,23 +107,15 @@ def reshape(node, ctx):
                 rw.set_const(n, 1, new)
             ctx.edit("call", node, fn=fix)
         return
-    elem = _shape_element(ctx, shape_t, b)
+    elem = shape_expr.element(ctx, shape_t, b)
 
     def check(elem=elem, vout=vout):
-        """A run-time target dim follows the pruning when, for any selection, it computes the kept count:
-        the source axis holds the same channels as many times (divided by q for a Div)."""
-        if elem is not None and elem[0] == "const" and elem[1] == -1:
+        """A run-time target dim follows the pruning when, for any selection, it computes the kept count
+        (or is -1): evaluated at every count the pruned axis can have."""
+        if elem is not None and not elem.dims and elem(None) == -1:
             return
-        q = 1
-        if elem is not None and elem[0] == "div":
-            elem, q = elem[1], elem[2]
-        if elem is not None and elem[0] == "dim":
-            src = ctx.layout(elem[1])
-            if src is not None and src.ndim > elem[2] and labeled_axes(src) == [elem[2]]:
-                roots = ctx.roots()
-                if np.array_equal(np.sort(roots[src.reshape(-1)]), np.sort(np.repeat(roots[vout], q))):
-                    return
-        ctx.freeze(vout, node, "target shape computed at run time does not follow the channel count")
+        if not shape_expr.follows(ctx, elem, vout):
+            ctx.freeze(vout, node, "target shape computed at run time does not follow the channel count")
     ctx.deferred.append(check)
 
 

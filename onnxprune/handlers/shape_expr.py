@@ -12,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-from .base import attr
+from .base import attr, axis_labels
 
 MAX_DEPTH = 48
 _INT_TYPES = (np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64)
@@ -139,3 +139,61 @@ def element(ctx, tensor, idx: int, depth: int = 0) -> Expr | None:
             return None
         return _combine(_BINARY[op](tensor), *parts)
     return None
+
+
+def actual_size(ctx) -> Callable:
+    """`size(tensor, axis)` of the unpruned graph (ValueError where shape inference does not know it)."""
+    def size(tensor, axis):
+        shape = ctx.shape(tensor)
+        d = shape[axis] if shape is not None and axis < len(shape) else None
+        if not isinstance(d, int):
+            raise ValueError(f"size of {tensor.name} axis {axis} unknown")
+        return d
+    return size
+
+
+def _multiplicity(roots: np.ndarray) -> tuple[np.ndarray, int] | None:
+    """The distinct channel classes of an axis and how often each occurs, if all occur equally often."""
+    classes, counts = np.unique(roots, return_counts=True)
+    if len(classes) and np.all(counts == counts[0]):
+        return classes, int(counts[0])
+    return (classes, 1) if not len(classes) else None
+
+
+def pruned_sizes(ctx, vec: np.ndarray) -> Callable:
+    """`at(kept)`: the dimension sizes once the axis `vec` keeps `kept` channels. A dimension holding the
+    same channel classes, each r times where `vec` holds each m times (C channels reshaped to (g, C/g)
+    with tied blocks: r = g, m = 1), has r·kept/m; one holding no channels keeps its size; for any other
+    the size is not a function of `kept` (ValueError). The union-find roots are read once, not per size."""
+    roots = ctx.roots()
+    mine = _multiplicity(roots[vec])
+    actual = actual_size(ctx)
+
+    def at(kept):
+        def size(tensor, axis):
+            lab = ctx.layout(tensor)
+            if lab is None or axis >= lab.ndim or lab.shape[axis] == 1:
+                return actual(tensor, axis)
+            other = axis_labels(lab, axis, lab.shape[axis])
+            theirs = None if other is None else _multiplicity(roots[other])
+            if mine is not None and theirs is not None and np.array_equal(theirs[0], mine[0]) \
+                    and theirs[1] * kept % mine[1] == 0:
+                return theirs[1] * kept // mine[1]
+            raise ValueError(f"{tensor.name} axis {axis} holds other channels")
+        return size
+    return at
+
+
+def follows(ctx, expr: Expr | None, vec: np.ndarray) -> bool:
+    """Whether `expr` computes the size of an axis holding the channels `vec`, whatever is kept."""
+    if expr is None:
+        return False
+    found = _multiplicity(ctx.roots()[vec])
+    if found is None:
+        return False
+    classes, times = found
+    sizes = pruned_sizes(ctx, vec)
+    try:
+        return all(expr(sizes(times * k)) == times * k for k in range(1, len(classes) + 1))
+    except (TypeError, ValueError, ZeroDivisionError, OverflowError):
+        return False
