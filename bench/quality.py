@@ -44,6 +44,8 @@ ROWS = [("greedy-local", "full", "loss"), ("greedy-local", "gamma", "loss"), ("g
         ("random", "none", "uniform"), ("random", "full", "uniform"),
         ("greedy-local", "full", "uniform"), ("magnitude", "full", "loss")]
 QUICK_ROWS = [ROWS[0], ROWS[6], ROWS[8], ROWS[9]]
+# selection by the full re-fit's residual (group OMP), added after the local rows were measured
+OMP_ROWS = [("greedy-omp", "full", "loss"), ("greedy-omp", "full", "uniform")]
 # global imitation (issue 5) beside the local default, same models, levels and data
 # greedy-global is exact on groups of at most 32 channels (Options.exact_limit) and Taylor above
 GLOBAL_ROWS = [("greedy-local", "full", None), ("greedy-taylor", "full", None), ("greedy-combined", "full", None),
@@ -242,8 +244,9 @@ def main():
     ap.add_argument("--wait-mobilenet", type=float, default=25 * 60, help="seconds to wait for the MobileNet")
     ap.add_argument("--replot", action="store_true", help="only redraw the plots from --out")
     ap.add_argument("--levels", default=None, help="comma-separated MACs fractions (default 0.7,0.5,0.3)")
-    ap.add_argument("--rows", choices=("local", "global"), default="local",
-                    help="local: issue-4 rows (default); global: global-imitation rows beside greedy-local")
+    ap.add_argument("--rows", choices=("local", "global", "omp"), default="local",
+                    help="local: issue-4 rows (default); global: global-imitation rows beside greedy-local; "
+                         "omp: greedy-omp rows (shown with the local rows in the README)")
     ap.add_argument("--cost-child", nargs=4, metavar=("MODEL", "CALIB", "OUT", "ALLOCATE"), help=argparse.SUPPRESS)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = ap.parse_args()
@@ -253,7 +256,7 @@ def main():
         torch.set_num_threads(args.threads)
     if args.cost_child:
         return cost_child(*args.cost_child)
-    suffix = ("_quick" if args.quick else "") + ("_global" if args.rows == "global" else "")
+    suffix = ("_quick" if args.quick else "") + ("" if args.rows == "local" else f"_{args.rows}")
     out = args.out or f"bench/results/quality{suffix}.json"
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     stem = os.path.splitext(out)[0]
@@ -262,7 +265,8 @@ def main():
         for m in dict.fromkeys(r["model"] for r in results):
             plot(results, m, f"{stem}_{m}.png")
         return
-    levels, rows = ((0.5,), QUICK_ROWS) if args.quick else (LEVELS, ROWS if args.rows == "local" else GLOBAL_ROWS)
+    levels, rows = ((0.5,), QUICK_ROWS) if args.quick else \
+        (LEVELS, {"local": ROWS, "global": GLOBAL_ROWS, "omp": OMP_ROWS}[args.rows])
     if args.levels:
         levels = tuple(float(v) for v in args.levels.split(","))
     models = ["fmnist_resnet"] if args.quick else list(MODELS)

@@ -29,7 +29,9 @@ def quality_section(data, title: str) -> str:
     out = [f"### {title}", "",
            f"Test accuracy without finetuning, Fashion-MNIST (`{data.get('test')}`), calibrated on "
            f"`{data.get('calibration')}`; one run (`bench/results/{data['_file']}`), "
-           f"{data['total_s'] / 60:.0f} min on {data['machine'].get('cores')} shared CPU cores.", ""]
+           f"{data['total_s'] / 60:.0f} min on {data['machine'].get('cores')} shared CPU cores"
+           + (f"; the greedy-omp rows in a second run (`bench/results/quality_omp.json`, "
+              f"{data['omp_total_s'] / 60:.0f} min)" if data.get("omp_total_s") else "") + ".", ""]
     for model in dict.fromkeys(r["model"] for r in data["results"]):
         rows = [dict(r, row=r.get("label") or f"{r['method']}+{r['refit']} ({r['allocate'] or 'uniform'})")
                 for r in data["results"] if r["model"] == model and "error" not in r]
@@ -89,12 +91,14 @@ def imagenet_section(data) -> str:
            "calibration photos.", ""]
     q = data.get("quality")
     if q:
-        rows = [[f"{r['flops']:.0%}", f"{r['method']}+{r['refit']}", f"{r['macs_ratio']:.3f}",
+        q["results"] = sorted(q["results"], key=lambda r: -r["flops"])
+        rows = [[f"{r['flops']:.0%}", f"{r['method']}+{r['refit']} ({r.get('allocate') or 'uniform'})",
+                 f"{r['macs_ratio']:.3f}",
                  f"{100 * r['top1_agreement']:.1f}", f"{100 * r['top5_overlap']:.1f}", f"{r['kl']:.2f}",
                  f"{100 * r['in_top1_agreement']:.1f}" if "in_top1_agreement" in r else "-",
                  f"{r['prune_wall_s']:.0f}"] for r in q["results"] if "error" not in r]
         out += [f"{q['calibration_crops']} calibration crops, {q['eval_crops']} evaluation crops:", "",
-                _table(["MACs target", "method", "MACs", "top-1 agree %", "top-5 overlap %", "KL",
+                _table(["MACs target", "method+refit (allocation)", "MACs", "top-1 agree %", "top-5 overlap %", "KL",
                         "top-1 agree % (calib photos)", "prune s"], rows), ""]
         if data.get("plot"):
             out += [f"![imagenet]({data['plot']})", ""]
@@ -158,6 +162,10 @@ def main() -> None:
         data = _load(name)
         if data:
             data["_file"] = name
+            omp = _load("quality_omp.json") if name == "quality.json" else None
+            if omp:  # greedy-omp rows, measured in their own run on the same models and data
+                data["results"] += omp["results"]
+                data["omp_total_s"] = omp["total_s"]
             if name == "quality.json" and tp:  # Torch-Pruning 1.6.1 beside our baselines
                 data["results"] += [dict(r, label=f"{r['row']} (uniform ratio)") for r in tp["results"]
                                     if "error" not in r]

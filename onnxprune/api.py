@@ -19,7 +19,7 @@ from .rewrite import Rewriter
 from .selection import Selection, counts_for_ratio, counts_for_target, fit_to_target, select
 
 log = logging.getLogger("onnxprune")
-METHODS = ("greedy-local", "greedy-convex", "gfs", "greedy-taylor", "greedy-global", "greedy-combined", "taylor",
+METHODS = ("greedy-local", "greedy-convex", "gfs", "greedy-omp", "greedy-taylor", "greedy-global", "greedy-combined", "taylor",
            "magnitude", "random")
 
 
@@ -141,7 +141,7 @@ def prune(model, calibration=None, *, method: str = "greedy-local", refit: str |
             counts = counts_for_target(analysis, fraction, what, round_to, min_channels, overrides)
         selection = select(analysis, counts, method, norm=norm, seed=seed)
         if what == "flops" and keep_ratio is None:
-            fit_to_target(analysis, selection, selection.scores, fraction, min_channels)
+            fit_to_target(analysis, selection, selection.scores, fraction, min_channels, round_to=round_to)
         n_cal = 0
     else:
         cal = load_calibration(calibration, analysis.model, holdout, preprocess, image_size)

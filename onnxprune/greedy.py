@@ -23,6 +23,7 @@ class Path:
     gamma: np.ndarray | None = None   # γ for all of `order` (convex/gfs), None: least squares
     steps: list[float] | None = None  # step sizes η of every pick (convex/gfs)
     picks: list[int] | None = None    # every pick, repeats included (convex/gfs)
+    name: str = ""                    # the selector that made it, where it may differ from the one asked
 
 
 def _allowed(blocks: np.ndarray | None, quota: int | None, taken: np.ndarray, size: int) -> np.ndarray:
@@ -152,3 +153,71 @@ def gfs(G, c, rr, n, blocks=None, quota=None) -> Path:
 
 
 SELECTORS = {"greedy-local": greedy_local, "greedy-convex": greedy_convex, "gfs": gfs}
+
+
+class _OmpConsumer:
+    """Group OMP state of one consumer: Q = L⁻¹A'_{S,·}, Z = L⁻¹B'_S over the chosen features S, the
+    residual cross term R = B' − QᵀZ and the Schur blocks M_j = A'_jj − Q_jᵀQ_j of every channel."""
+
+    def __init__(self, A, B, chan, n_channels):
+        self.A, self.B = torch.from_numpy(A), torch.from_numpy(B)
+        self.cols = [np.flatnonzero(chan == j) for j in range(n_channels)]
+        width = max((len(c) for c in self.cols), default=0)
+        if any(len(c) not in (0, width) for c in self.cols):
+            raise ValueError("channels with different numbers of features")
+        self.present = np.array([len(c) > 0 for c in self.cols])
+        self.idx = torch.from_numpy(np.array([c if len(c) else np.zeros(width, np.int64) for c in self.cols]))
+        self.Q = torch.zeros(0, A.shape[0], dtype=torch.float64)
+        self.R = self.B.clone()
+        self.M = self.A[self.idx[:, :, None], self.idx[:, None, :]].clone()   # C × k × k
+        self.scale = float(torch.diagonal(self.A).mean()) if A.size else 1.0
+
+    def gains(self) -> np.ndarray:
+        """Residual reduction of adding each channel: tr(R_jᵀ M_j⁻¹ R_j)."""
+        k = self.M.shape[1]
+        if k == 0:
+            return np.zeros(len(self.cols))
+        Rj = self.R[self.idx]                                                   # C × k × out
+        jitter = 1e-10 * self.scale * torch.eye(k, dtype=torch.float64)
+        sol = torch.linalg.solve(self.M + jitter, Rj)
+        g = (Rj * sol).sum((1, 2)).numpy()
+        return np.where(self.present, np.maximum(g, 0.0), 0.0)
+
+    def add(self, j: int) -> None:
+        cols = self.cols[j]
+        if not len(cols):
+            return
+        k = len(cols)
+        Mj = self.M[j] + 1e-10 * self.scale * torch.eye(k, dtype=torch.float64)
+        Lj = torch.linalg.cholesky(Mj + 1e-12 * float(torch.trace(Mj).abs() + 1e-300) * torch.eye(k, dtype=torch.float64))
+        t = torch.from_numpy(cols)
+        Qn = torch.linalg.solve_triangular(Lj, self.A[t] - self.Q[:, t].T @ self.Q, upper=False)   # k × F
+        Zn = torch.linalg.solve_triangular(Lj, self.R[t], upper=False)                             # k × out
+        self.Q = torch.cat([self.Q, Qn])
+        self.R -= Qn.T @ Zn
+        Qi = Qn[:, self.idx]                                                    # k × C × k
+        self.M -= torch.einsum("sca,scb->cab", Qi, Qi)
+
+
+def group_omp(consumers, n_channels: int, n: int, blocks=None, quota=None) -> Path:
+    """Greedy selection by the residual after a full re-fit (group orthogonal matching pursuit): each step
+    adds the channel whose features (its block of inputs in every consumer) lower the least-squares
+    residual of all consumers most. `consumers`: (A', B', yy', channel of each feature) per consumer,
+    conditioned on the inputs that stay (`statistics.conditioned`)."""
+    states = [_OmpConsumer(A, B, chan, n_channels) for A, B, _, chan in consumers]
+    loss = float(sum(c[2] for c in consumers))
+    taken = np.zeros(n_channels, dtype=bool)
+    order, losses = [], [loss]
+    for _ in range(min(n, n_channels)):
+        ok = ~taken & _allowed(blocks, quota, np.flatnonzero(taken), n_channels)
+        if not ok.any():
+            break
+        gain = sum(s.gains() for s in states)
+        j = int(np.flatnonzero(ok)[np.argmax(gain[ok])])
+        for s in states:
+            s.add(j)
+        taken[j] = True
+        order.append(j)
+        loss = max(loss - float(gain[j]), 0.0)
+        losses.append(loss)
+    return Path(order, np.array(losses))

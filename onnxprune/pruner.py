@@ -26,11 +26,11 @@ from .errors import UserError
 from .global_imitation import OutputLoss, exact_select, taylor_importance, taylor_select
 from .rewrite import Rewriter
 from .selection import Selection, _ensure_segments, _scores_magnitude, _top_k, counts_for_ratio
-from .statistics import NotSupported, Stats, group_terms, loss, refit_curve, ridge_refit
+from .statistics import NotSupported, Stats, conditioned, group_terms, loss, refit_curve, ridge_refit
 from .taps import Tap
 
 log = logging.getLogger("onnxprune")
-GREEDY = ("greedy-local", "greedy-convex", "gfs")
+GREEDY = ("greedy-local", "greedy-convex", "gfs", "greedy-omp")
 GLOBAL = ("greedy-taylor", "greedy-global", "greedy-combined", "taylor")
 BASELINES = ("magnitude", "random")
 REFITS = ("none", "gamma", "full")
@@ -207,6 +207,9 @@ class GreedyPruner:
                                    np.ones(len(self.analysis.class_of)))
             path = greedy.greedy_local(G, c, rr, g.channels)
             order = self._profile_order(g, path.order)
+            if order is None:  # greedy-omp: its own path on the original network
+                order = self._omp_path(g, cs, col.stats["calib"], np.ones(len(self.analysis.class_of), bool),
+                                       g.channels)[0].order
             if self.opts.refit == "full":
                 curve = sum(refit_curve(col.stats["calib"][x.node], self._member(g, x), order) for x in cs)
             else:
@@ -217,6 +220,8 @@ class GreedyPruner:
 
     def _profile_order(self, group: Group, greedy_order: list[int]) -> list[int]:
         """The order in which the method adds channels, for the allocation's loss curves."""
+        if self.opts.method == "greedy-omp":
+            return None
         if self.opts.method not in BASELINES:
             return greedy_order
         scores = np.random.default_rng((self.opts.seed, group.id)).random(group.channels) \
@@ -228,6 +233,19 @@ class GreedyPruner:
         a = self.analysis
         if keep_ratio is not None:
             return counts_for_ratio(a, keep_ratio, round_to, min_channels, overrides)
+        counts = self._allocate(fraction, what, allocate, round_to, min_channels, overrides)
+        if what != "flops":
+            return counts
+        # the cost model spreads a group's count evenly; measure it on a stand-in selection (the same
+        # per-piece quotas as the real one) and move single steps of free groups until within 2%
+        from .selection import fit_to_target, select
+        sel = select(a, counts, "magnitude", self.opts.norm)
+        fit_to_target(a, sel, {g: v for g, v in sel.scores.items() if g not in overrides}, fraction, min_channels,
+                      round_to=round_to)
+        return {g: len(v) for g, v in sel.kept.items()}
+
+    def _allocate(self, fraction, what, allocate, round_to, min_channels, overrides) -> dict[int, int]:
+        a = self.analysis
         from .selection import counts_for_target
         if allocate == "uniform":
             return counts_for_target(a, fraction, what, round_to, min_channels, overrides)
@@ -322,7 +340,11 @@ class GreedyPruner:
         full = greedy.greedy_local(G, c, rr, group.channels)  # the whole loss curve, for the report
         curve = (full.losses / max(rr, 1e-300)).tolist()
         out = []
-        if opts.method in GREEDY or opts.method == "greedy-combined":
+        if opts.method == "greedy-omp":
+            path, note = self._omp_path(group, st.consumers, st.col.stats["calib"], st.keep, k, blocks, quota)
+            idx = np.array(sorted(path.order[:k]), dtype=np.int64)
+            out.append((path.name, idx, greedy.ls_gamma(G, c, idx), curve, note))
+        elif opts.method in GREEDY or opts.method == "greedy-combined":
             method = "greedy-local" if opts.method == "greedy-combined" else opts.method
             # an unconstrained greedy-local path to k is the first k steps of the whole curve's path
             path = full if method == "greedy-local" and quota is None \
@@ -359,6 +381,21 @@ class GreedyPruner:
                 gam = greedy.ls_gamma(G, c, idx)
             fixed_out.append((name, idx, gam, cv, note))
         return fixed_out
+
+    def _omp_path(self, group, consumers, stats, keep, n, blocks=None, quota=None):
+        """Group OMP over the consumers' statistics (inputs outside the group that are still kept stay in
+        every fit); greedy-local on (G, c) where a consumer's channels have unequal feature counts."""
+        roots = self.analysis.class_of
+        terms = [conditioned(stats[c.node], self._member(group, c), keep[roots[c.labels]]) for c in consumers]
+        try:
+            path = greedy.group_omp(terms, group.channels, n, blocks, quota)
+            path.name = "greedy-omp"
+            return path, ""
+        except ValueError as exc:
+            G, c, rr = self._terms(group, consumers, stats, keep, np.ones(len(roots)))
+            path = greedy.greedy_local(G, c, rr, n, blocks, quota)
+            path.name = "greedy-local"
+            return path, f"greedy-local instead of greedy-omp: {exc}"
 
     def _outcome(self, group, k, idx, gam, st) -> "_Outcome":
         """The group's decision with its re-fit applied, and its imitation errors (not yet committed)."""

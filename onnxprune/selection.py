@@ -141,9 +141,10 @@ def _ensure_segments(analysis: Analysis, group: Group, idx: np.ndarray, scores: 
 
 
 def fit_to_target(analysis: Analysis, sel: Selection, scores: dict[int, np.ndarray], fraction: float,
-                  min_channels: int = 1, tolerance: float = 0.02) -> None:
+                  min_channels: int = 1, tolerance: float = 0.02, round_to: int = 1) -> None:
     """Counts were set from a cost model that assumes a group's channels weigh the same; tied
-    channels (channel shuffle) can weigh more. Move single channels of free groups (best score in,
+    channels (channel shuffle) and Split pieces that keep different shares can weigh more or less.
+    Move one step (`round_to` channels, a multiple of the group's) of a free group (best scores in,
     worst out) while the measured MACs are off the target by more than `tolerance`."""
     from .cost import macs
     total = macs(analysis)
@@ -154,15 +155,16 @@ def fit_to_target(analysis: Analysis, sel: Selection, scores: dict[int, np.ndarr
             return
         best = None
         for g in analysis.prunable:
-            if g.id not in sel.kept or g.n_blocks > 1:
+            if g.id not in sel.kept or g.id not in scores or g.n_blocks > 1:
                 continue
             kept = sel.kept[g.id]
             sc = scores[g.id]
-            if err > 0 and len(kept) > max(min_channels, 1):
-                trial = np.delete(kept, np.argmin(sc[kept]))
-            elif err < 0 and len(kept) < g.channels:
+            step = int(np.lcm(max(1, round_to), g.multiple))
+            if err > 0 and len(kept) - step >= max(min_channels, 1):
+                trial = np.delete(kept, np.argsort(sc[kept], kind="stable")[:step])
+            elif err < 0 and len(kept) + step <= g.channels:
                 out = np.setdiff1d(np.arange(g.channels), kept)
-                trial = np.sort(np.append(kept, out[np.argmax(sc[out])]))
+                trial = np.sort(np.append(kept, out[np.argsort(-sc[out], kind="stable")[:step]]))
             else:
                 continue
             old = sel.kept[g.id], sel.gamma[g.id]

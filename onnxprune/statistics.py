@@ -228,3 +228,22 @@ def refit_curve(st: Stats, member: np.ndarray, order: list[int], ridge: float = 
     explained = np.concatenate([[0.0], np.cumsum((Z * Z).sum(1).numpy())])
     ends = np.cumsum([len(p) for p in pieces])
     return np.maximum(yy - explained[ends], 0.0)
+
+
+def conditioned(st: Stats, member: np.ndarray, alive: np.ndarray, ridge: float = 1e-9):
+    """A consumer's statistics restricted to the group's features after fitting everything else it keeps
+    (its other live features and the bias) by least squares: A' = A_gg − A_gb A_bb⁻¹ A_bg, B' likewise,
+    and yy' the residual with the group removed. Returns (A', B', yy', channel of every group feature)."""
+    A, B, yy = st.numpy()
+    mem = np.append(member, -1)
+    live = np.append(alive, True)
+    g = np.flatnonzero(mem >= 0)
+    b = np.flatnonzero((mem < 0) & live)
+    Abb = A[np.ix_(b, b)]
+    Abb = Abb + ridge * float(np.diag(Abb).mean()) * np.eye(len(b))
+    L = torch.linalg.cholesky(torch.from_numpy(Abb))
+    Pg = torch.linalg.solve_triangular(L, torch.from_numpy(np.ascontiguousarray(A[np.ix_(b, g)])), upper=False)
+    Pb = torch.linalg.solve_triangular(L, torch.from_numpy(np.ascontiguousarray(B[b])), upper=False)
+    Ag = A[np.ix_(g, g)] - (Pg.T @ Pg).numpy()
+    Bg = B[g] - (Pg.T @ Pb).numpy()
+    return Ag, Bg, max(yy - float((Pb * Pb).sum()), 0.0), mem[g]

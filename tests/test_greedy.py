@@ -78,3 +78,58 @@ def test_prefix_losses_are_least_squares_losses_of_every_prefix(seed):
         idx = order[:n]
         gam = np.linalg.lstsq(Z[idx].T, Y, rcond=None)[0] if n else np.zeros(0)
         assert got[n] == pytest.approx(float(((Y - gam @ Z[idx]) ** 2).sum()), rel=1e-7, abs=1e-9 * rr)
+
+
+def _omp_problem(seed, C=7, k=4, N=300, outside=3, out=5):
+    """A consumer over C channels of k features each plus `outside` features that always stay."""
+    rng = np.random.default_rng(seed)
+    member = np.r_[np.repeat(np.arange(C), k), -np.ones(outside, int)]
+    F = len(member)
+    X = rng.standard_normal((N, F)) @ (np.eye(F) + 0.3 * rng.standard_normal((F, F)))
+    Y = X @ rng.standard_normal((F, out)) + 0.5 + 0.3 * rng.standard_normal((N, out))
+    return X, Y, member
+
+
+def _residual(X, Y, cols):
+    Xa = np.concatenate([X[:, cols], np.ones((len(X), 1))], 1)
+    return float(((Y - Xa @ np.linalg.lstsq(Xa, Y, rcond=None)[0]) ** 2).sum())
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_group_omp_picks_the_channel_that_lowers_the_refit_residual_most(seed):
+    """Every step of group OMP is the exhaustive best: among the channels not yet taken, the one whose block
+    of features gives the lowest least-squares residual (with the outside features and the bias always in
+    the fit); the path's losses are those residuals. Two consumers sum."""
+    import torch
+    from onnxprune.greedy import group_omp
+    from onnxprune.statistics import Stats, conditioned
+    problems = [_omp_problem(seed), _omp_problem(seed + 10)]
+    terms = []
+    for X, Y, member in problems:
+        st = Stats(X.shape[1], Y.shape[1])
+        st.add(torch.from_numpy(X), torch.from_numpy(Y))
+        terms.append(conditioned(st, member[:X.shape[1]], np.ones(X.shape[1], bool), ridge=0.0))
+    C = 7
+    path = group_omp(terms, C, C)
+    chosen = []
+    for step in range(C):
+        def total(chs):
+            return sum(_residual(X, Y, np.flatnonzero((m < 0) | np.isin(m, chs))) for X, Y, m in problems)
+        best = min((j for j in range(C) if j not in chosen), key=lambda j: total(chosen + [j]))
+        assert path.order[step] == best, step
+        chosen.append(best)
+        assert path.losses[step + 1] == pytest.approx(total(chosen), rel=1e-6)
+    assert path.losses[0] == pytest.approx(sum(_residual(X, Y, np.flatnonzero(m < 0)) for X, Y, m in problems),
+                                           rel=1e-8)
+
+
+def test_group_omp_respects_block_quotas():
+    import torch
+    from onnxprune.greedy import group_omp
+    from onnxprune.statistics import Stats, conditioned
+    X, Y, member = _omp_problem(5, C=8)
+    st = Stats(X.shape[1], Y.shape[1])
+    st.add(torch.from_numpy(X), torch.from_numpy(Y))
+    blocks = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    path = group_omp([conditioned(st, member, np.ones(X.shape[1], bool))], 8, 4, blocks, [2, 2])
+    assert sorted(np.bincount(blocks[path.order], minlength=2)) == [2, 2]

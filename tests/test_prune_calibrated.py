@@ -13,7 +13,7 @@ from onnxprune.cost import macs
 from onnxprune.selection import counts_for_target, fit_to_target, select
 
 CONFIGS = [("greedy-local", "gamma", "loss"), ("greedy-convex", "full", "uniform"), ("gfs", "none", "uniform"),
-           ("magnitude", "full", "loss")]
+           ("magnitude", "full", "loss"), ("greedy-omp", "full", "loss")]
 NAMES = [n for n, _ in zoo.zoo_models()]
 
 
