@@ -55,7 +55,7 @@ from bench.common import (format_table, loadavg, machine_info, make_session, sum
 
 OUT = os.path.join(ROOT, "bench", "results", "imagenet.json")
 LEVELS = (0.7, 0.5, 0.3)
-ROWS = {"local": ("greedy-local", "full"), "combined": ("greedy-combined", "full"),
+ROWS = {"local": ("greedy-local", "full"), "combined": ("greedy-combined", "full"), "omp": ("greedy-omp", "full"),
         "gamma": ("greedy-local", "gamma"), "localnone": ("greedy-local", "none"),
         "magfull": ("magnitude", "full"), "magnone": ("magnitude", "none"), "random": ("random", "none")}
 DEFAULT_ROWS = "local,gamma,magfull,magnone,random"
