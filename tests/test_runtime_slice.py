@@ -23,6 +23,19 @@ def _int(name, *values):
     return numpy_helper.from_array(np.array(values, dtype=np.int64), name)
 
 
+def _finish(nodes, inits, x, cin, rng, name):
+    """conv3 (`cin` -> 5) on `x`, added to conv4: the checked model with input x [N,3,6,6], output y."""
+    n, w = _conv("conv3", x, 5, cin, rng)
+    nodes.append(n)
+    inits += w
+    nodes.append(helper.make_node("Add", ["conv3", "conv4"], ["y"], name="out_add"))
+    graph = helper.make_graph(nodes, name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3, 6, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 5, 6, 6])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
 def chunk_model(c=8, add=1, div=2, mul_end=2, shape_of="r1", c0=6):
     """x -> conv1 (c) -> relu r1 -> two run-time Slices of r1's channels -> conv2 on piece 2 -> concat ->
     conv3, plus x -> conv0 (c0) -> conv4, added to conv3. The bounds: e1 = (C + add) / div, e2 = e1 *
@@ -51,15 +64,7 @@ def chunk_model(c=8, add=1, div=2, mul_end=2, shape_of="r1", c0=6):
     inits += w
     nodes += [helper.make_node("Relu", ["conv2"], ["r2"], name="relu2"),
               helper.make_node("Concat", ["p1", "r2"], ["cat"], name="cat", axis=1)]
-    n, w = _conv("conv3", "cat", 5, e2, rng)
-    nodes.append(n)
-    inits += w
-    nodes.append(helper.make_node("Add", ["conv3", "conv4"], ["y"], name="out_add"))
-    graph = helper.make_graph(nodes, "chunk", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3, 6, 6])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 5, 6, 6])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    onnx.checker.check_model(model, full_check=True)
-    return model
+    return _finish(nodes, inits, "cat", e2, rng, "chunk")
 
 
 def _feeds(batch, seed):
@@ -170,15 +175,7 @@ def reshape_model(source="r1", extra=None, hw=36, c=8):
               helper.make_node("Concat", ["n1", "d_1", "hw"], ["target"], name="target", axis=0),
               helper.make_node("Reshape", ["r1", "target"], ["flat"], name="reshape_rt"),
               helper.make_node("Reshape", ["flat", "back"], ["r1b"], name="reshape_back")]
-    n, w = _conv("conv3", "r1b", 5, c, rng)
-    nodes.append(n)
-    inits += w
-    nodes.append(helper.make_node("Add", ["conv3", "conv4"], ["y"], name="out_add"))
-    graph = helper.make_graph(nodes, "rt_reshape", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3, 6, 6])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 5, 6, 6])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    onnx.checker.check_model(model, full_check=True)
-    return model
+    return _finish(nodes, inits, "r1b", c, rng, "rt_reshape")
 
 
 def test_runtime_reshape_target_that_follows_the_channels_prunes():
