@@ -209,8 +209,9 @@ def plot(results, model, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     colors = dict(zip(["greedy-local", "greedy-convex", "gfs", "magnitude", "random", "torch-pruning-l1",
-                       "torch-pruning-taylor", "greedy-taylor", "greedy-combined", "greedy-global", "taylor"],
-                      ["C0", "C2", "C4", "C1", "C7", "C3", "C5", "C6", "C8", "C9", "y"]))
+                       "torch-pruning-taylor", "greedy-taylor", "greedy-combined", "greedy-global", "taylor",
+                       "greedy-omp"],
+                      ["C0", "C2", "C4", "C1", "C7", "C3", "C5", "C6", "C8", "C9", "y", "m"]))
     styles = {"full": "-", "gamma": "-.", "none": ":"}
     mine = [r for r in results if r["model"] == model and "error" not in r]
     orig = 100 * mine[0]["accuracy_original"] if mine else None
@@ -242,7 +243,8 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=None, help="JSON path (default bench/results/quality[_quick].json)")
     ap.add_argument("--wait-mobilenet", type=float, default=25 * 60, help="seconds to wait for the MobileNet")
-    ap.add_argument("--replot", action="store_true", help="only redraw the plots from --out")
+    ap.add_argument("--replot", action="store_true",
+                    help="only redraw the plots from --out (the local plots also show the --rows omp results)")
     ap.add_argument("--levels", default=None, help="comma-separated MACs fractions (default 0.7,0.5,0.3)")
     ap.add_argument("--rows", choices=("local", "global", "omp"), default="local",
                     help="local: issue-4 rows (default); global: global-imitation rows beside greedy-local; "
@@ -262,6 +264,8 @@ def main():
     stem = os.path.splitext(out)[0]
     if args.replot:
         results = json.load(open(out))["results"] + torch_pruning_rows()
+        if args.rows == "local" and os.path.exists(f"{stem}_omp.json"):  # greedy-omp rows, measured apart
+            results += json.load(open(f"{stem}_omp.json"))["results"]
         for m in dict.fromkeys(r["model"] for r in results):
             plot(results, m, f"{stem}_{m}.png")
         return

@@ -23,7 +23,6 @@ class Path:
     gamma: np.ndarray | None = None   # γ for all of `order` (convex/gfs), None: least squares
     steps: list[float] | None = None  # step sizes η of every pick (convex/gfs)
     picks: list[int] | None = None    # every pick, repeats included (convex/gfs)
-    name: str = ""                    # the selector that made it, where it may differ from the one asked
 
 
 def _allowed(blocks: np.ndarray | None, quota: int | None, taken: np.ndarray, size: int) -> np.ndarray:

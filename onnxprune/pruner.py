@@ -208,8 +208,9 @@ class GreedyPruner:
             path = greedy.greedy_local(G, c, rr, g.channels)
             order = self._profile_order(g, path.order)
             if order is None:  # greedy-omp: its own path on the original network
-                order = self._omp_path(g, cs, col.stats["calib"], np.ones(len(self.analysis.class_of), bool),
-                                       g.channels)[0].order
+                omp = self._omp_path(g, cs, col.stats["calib"], np.ones(len(self.analysis.class_of), bool),
+                                     g.channels)
+                order = path.order if omp is None else omp.order
             if self.opts.refit == "full":
                 curve = sum(refit_curve(col.stats["calib"][x.node], self._member(g, x), order) for x in cs)
             else:
@@ -218,8 +219,8 @@ class GreedyPruner:
             curves[gid] = np.concatenate([curve, np.full(g.channels + 1 - len(curve), curve[-1])])
         return curves
 
-    def _profile_order(self, group: Group, greedy_order: list[int]) -> list[int]:
-        """The order in which the method adds channels, for the allocation's loss curves."""
+    def _profile_order(self, group: Group, greedy_order: list[int]) -> list[int] | None:
+        """The order in which the method adds channels, for the allocation's loss curves (None: greedy-omp's)."""
         if self.opts.method == "greedy-omp":
             return None
         if self.opts.method not in BASELINES:
@@ -341,9 +342,13 @@ class GreedyPruner:
         curve = (full.losses / max(rr, 1e-300)).tolist()
         out = []
         if opts.method == "greedy-omp":
-            path, note = self._omp_path(group, st.consumers, st.col.stats["calib"], st.keep, k, blocks, quota)
+            path = self._omp_path(group, st.consumers, st.col.stats["calib"], st.keep, k, blocks, quota)
+            name, note = "greedy-omp", ""
+            if path is None:
+                path = full if quota is None else greedy.greedy_local(G, c, rr, k, blocks, quota)
+                name, note = "greedy-local", "greedy-local: channels read unequal numbers of consumer inputs"
             idx = np.array(sorted(path.order[:k]), dtype=np.int64)
-            out.append((path.name, idx, greedy.ls_gamma(G, c, idx), curve, note))
+            out.append((name, idx, greedy.ls_gamma(G, c, idx), curve, note))
         elif opts.method in GREEDY or opts.method == "greedy-combined":
             method = "greedy-local" if opts.method == "greedy-combined" else opts.method
             # an unconstrained greedy-local path to k is the first k steps of the whole curve's path
@@ -384,18 +389,13 @@ class GreedyPruner:
 
     def _omp_path(self, group, consumers, stats, keep, n, blocks=None, quota=None):
         """Group OMP over the consumers' statistics (inputs outside the group that are still kept stay in
-        every fit); greedy-local on (G, c) where a consumer's channels have unequal feature counts."""
+        every fit), or None where a consumer's channels read unequal numbers of inputs."""
         roots = self.analysis.class_of
         terms = [conditioned(stats[c.node], self._member(group, c), keep[roots[c.labels]]) for c in consumers]
         try:
-            path = greedy.group_omp(terms, group.channels, n, blocks, quota)
-            path.name = "greedy-omp"
-            return path, ""
-        except ValueError as exc:
-            G, c, rr = self._terms(group, consumers, stats, keep, np.ones(len(roots)))
-            path = greedy.greedy_local(G, c, rr, n, blocks, quota)
-            path.name = "greedy-local"
-            return path, f"greedy-local instead of greedy-omp: {exc}"
+            return greedy.group_omp(terms, group.channels, n, blocks, quota)
+        except ValueError:
+            return None
 
     def _outcome(self, group, k, idx, gam, st) -> "_Outcome":
         """The group's decision with its re-fit applied, and its imitation errors (not yet committed)."""
