@@ -176,8 +176,10 @@ def _file_part(path: Path, input_names: list[str]) -> _Part:
     return _Part(streams, sizes.pop() if sizes else 0)
 
 
-def _image_part(files: list[Path], input_name: str, shape: tuple, preprocess: str, mean=None, std=None,
-                size=None) -> _Part:
+def _image_items(files: list[Path], input_name: str, shape: tuple, preprocess: str, mean=None, std=None,
+                 size=None) -> Iterator[dict[str, np.ndarray]]:
+    """The images decoded one at a time as input dicts of batch 1 (`_spill` writes them to disk, so an
+    image folder is never held in memory whole)."""
     from PIL import Image
     if preprocess not in PRESETS:
         raise UserError(f"--preprocess {preprocess}: choose from {', '.join(PRESETS)}")
@@ -193,8 +195,7 @@ def _image_part(files: list[Path], input_name: str, shape: tuple, preprocess: st
     resize = round(size * p["resize"] / p["size"]) if p["resize"] else size  # imagenet: 256 -> 224 crop ratio
     mean = np.asarray(mean or p["mean"], np.float32)[:channels]
     std = np.asarray(std or p["std"], np.float32)[:channels]
-    out = np.empty((len(files), channels, size, size) if nchw else (len(files), size, size, channels), np.float32)
-    for i, f in enumerate(files):
+    for f in files:
         try:
             img = Image.open(f).convert("RGB" if channels == 3 else "L")
         except Exception as exc:
@@ -206,8 +207,7 @@ def _image_part(files: list[Path], input_name: str, shape: tuple, preprocess: st
         arr = np.asarray(img.crop((left, top, left + size, top + size)), np.float32) / 255.0
         arr = arr.reshape(size, size, channels)
         arr = (arr - mean) / std
-        out[i] = arr.transpose(2, 0, 1) if nchw else arr
-    return _Part({input_name: out}, len(files))
+        yield {input_name: (arr.transpose(2, 0, 1) if nchw else arr)[None]}
 
 
 def _spill(items, input_names: list[str], what: str) -> tuple[list[_Part], tempfile.TemporaryDirectory]:
@@ -271,7 +271,8 @@ def load_calibration(source, model: onnx.ModelProto, holdout: float = 0.1, prepr
             elif images:
                 if len(names) != 1:
                     raise UserError(f"{path}: image folders feed single-input models only")
-                parts = [_image_part(images, names[0], inputs[names[0]][1], preprocess, mean, std, image_size)]
+                parts, tmp = _spill(_image_items(images, names[0], inputs[names[0]][1], preprocess, mean, std,
+                                                 image_size), names, str(path))
             else:
                 raise UserError(f"{path}: folder holds no .npz, .npy or image files")
         else:
