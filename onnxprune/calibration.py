@@ -52,12 +52,17 @@ class _NpyStream:
     def __len__(self) -> int:
         return self.shape[0]
 
-    def blocks(self, rows: int) -> Iterator[np.ndarray]:
+    def blocks(self, rows: int, first: int = 0, last: int | None = None) -> Iterator[np.ndarray]:
+        """Blocks of `rows` rows from row `first` to `last` (the end); rows before `first` are skipped
+        by seeking, not read."""
+        last = len(self) if last is None else last
         row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
         with self.opener() as fh:
             self._header(fh)  # skip it
-            for start in range(0, len(self), rows):
-                n = min(rows, len(self) - start)
+            if first:
+                fh.seek(first * row_bytes, os.SEEK_CUR)
+            for start in range(first, last, rows):
+                n = min(rows, last - start)
                 buf = fh.read(n * row_bytes)
                 if len(buf) != n * row_bytes:
                     raise UserError(f"{self.what}: file is truncated")
@@ -90,6 +95,9 @@ class _Closing:
     def read(self, n=-1):
         return self.fh.read(n)
 
+    def seek(self, offset, whence=os.SEEK_SET):
+        return self.fh.seek(offset, whence)
+
     def __enter__(self):
         return self
 
@@ -121,19 +129,13 @@ class Calibration:
         lo, hi = {"all": (0, self.size), "calib": (0, self.n_calib), "holdout": (self.n_calib, self.size)}[split]
         start = 0
         for part in self.parts:
-            if start + part.size <= lo or start >= hi:
-                start += part.size
-                continue
-            iters = {k: (v.blocks(batch_size) if isinstance(v, _NpyStream) else
-                         (v[i:i + batch_size] for i in range(0, part.size, batch_size)))
-                     for k, v in part.arrays.items()}
-            for offset in range(0, part.size, batch_size):
-                batch = {k: next(it) for k, it in iters.items()}
-                first = start + offset
-                n = len(next(iter(batch.values())))
-                a, b = max(lo, first), min(hi, first + n)
-                if a < b:
-                    yield a, {k: np.ascontiguousarray(v[a - first:b - first]) for k, v in batch.items()}
+            a, b = max(lo - start, 0), min(hi - start, part.size)  # rows of this part in the split
+            if a < b:
+                iters = {k: (v.blocks(batch_size, a, b) if isinstance(v, _NpyStream) else
+                             (v[i:min(i + batch_size, b)] for i in range(a, b, batch_size)))
+                         for k, v in part.arrays.items()}
+                for offset in range(a, b, batch_size):
+                    yield start + offset, {k: np.ascontiguousarray(next(it)) for k, it in iters.items()}
             start += part.size
 
     def check(self, model: onnx.ModelProto) -> None:
