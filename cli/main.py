@@ -116,8 +116,7 @@ def _parse_keep(values):
 @click.option("--flops", type=float, help="Keep this fraction of the original MACs (within 2%).")
 @click.option("--params", type=float, help="Keep this fraction of the original parameters (within 2%).")
 @click.option("--allocate", type=click.Choice(["uniform", "loss"]),
-              help="Spread a --flops/--params target uniformly or by imitation loss per MAC  "
-                   "[default: loss with --calib, uniform without]")
+              help="Spread a --flops/--params target uniformly or by imitation loss per MAC  [default: uniform]")
 @click.option("--round-to", default=1, show_default=True, help="Kept counts are multiples of K (8 suits TensorRT).")
 @click.option("--min-channels", default=1, show_default=True, help="Never keep fewer channels in a group.")
 @click.option("--keep", "keep", multiple=True, metavar="GROUP=N", help="Per-group kept count (repeatable).")
