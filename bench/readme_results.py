@@ -23,12 +23,18 @@ def _load(name: str):
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def _when(data) -> str:
+    """", started 2026-11-25 16:41 UTC" from a bench JSON's machine record, if it has one."""
+    date = (data.get("machine") or {}).get("date")
+    return f", started {date[:16].replace('T', ' ')} UTC" if date else ""
+
+
 def quality_section(data, title: str) -> str:
     if not data:
         return ""
     out = [f"### {title}", "",
            f"Test accuracy without finetuning, Fashion-MNIST (`{data.get('test')}`), calibrated on "
-           f"`{data.get('calibration')}`; one run (`bench/results/{data['_file']}`), "
+           f"`{data.get('calibration')}`; one run (`bench/results/{data['_file']}`{_when(data)}), "
            f"{data['total_s'] / 60:.0f} min on {data['machine'].get('cores')} shared CPU cores"
            + (f"; the greedy-omp rows in a second run (`bench/results/quality_omp.json`, "
               f"{data['omp_total_s'] / 60:.0f} min)" if data.get("omp_total_s") else "") + ".", ""]
@@ -64,7 +70,7 @@ def finetune_section(data) -> str:
            f"through the torch twin (`onnxprune.finetune.finetune`, weights written back into the ONNX): "
            f"{rc['epochs']} epoch over {rc['train_images']} Fashion-MNIST training images, batch {rc['batch_size']}, "
            f"{rc['optimizer']} lr {rc['lr']} ({rc['schedule']}), label smoothing {rc['label_smoothing']}, seed "
-           f"{rc['seed']}. Test accuracy % before → after (`bench/results/finetune.json`).", ""]
+           f"{rc['seed']}. Test accuracy % before → after (`bench/results/finetune.json`{_when(data)}).", ""]
     res = data["results"]
     models = list(dict.fromkeys(r["model"] for r in res))
     levels = sorted({r["flops"] for r in res if r["flops"]}, reverse=True)
