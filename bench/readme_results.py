@@ -103,7 +103,9 @@ def imagenet_section(data) -> str:
                  f"{100 * r['top1_agreement']:.1f}", f"{100 * r['top5_overlap']:.1f}", f"{r['kl']:.2f}",
                  f"{100 * r['in_top1_agreement']:.1f}" if "in_top1_agreement" in r else "-",
                  f"{r['prune_wall_s']:.0f}"] for r in q["results"] if "error" not in r]
-        out += [f"{q['calibration_crops']} calibration crops, {q['eval_crops']} evaluation crops:", "",
+        out += [f"{q['calibration_crops']} calibration crops, {q['eval_crops']} evaluation crops. \"prune s\" is wall "
+                "time on 2 CPU cores shared with other jobs (the greedy-combined row ran beside two other "
+                "benchmarks), so it is noisy:", "",
                 _table(["MACs target", "method+refit (allocation)", "MACs", "top-1 agree %", "top-5 overlap %", "KL",
                         "top-1 agree % (calib photos)", "prune s"], rows), ""]
         if data.get("plot"):
