@@ -378,7 +378,7 @@ def plot(results, path, n_calib, n_eval):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    colors = {"greedy-local": "C0", "greedy-combined": "C2", "magnitude": "C1", "random": "C7"}
+    colors = {"greedy-local": "C0", "greedy-combined": "C2", "greedy-omp": "m", "magnitude": "C1", "random": "C7"}
     styles = {"full": "-", "gamma": "-.", "none": ":"}
     ok = [r for r in results if "error" not in r]
     fig, axes = plt.subplots(1, 2, figsize=(12, 5))
@@ -386,8 +386,8 @@ def plot(results, path, n_calib, n_eval):
         mine = [r for r in ok if r["row"] == row]
         for ax, key in zip(axes, ("top1_agreement", "in_top1_agreement")):
             pts = sorted((r["macs_ratio"], 100 * r.get(key, float("nan"))) for r in mine)
-            ax.plot(*zip(*pts), styles[mine[0]["refit"]], color=colors.get(mine[0]["method"]), marker="o",
-                    label=row, lw=1.8)
+            ax.plot(*zip(*pts), styles[mine[0]["refit"]], color=colors.get(mine[0]["method"]),
+                    marker="s" if mine[0].get("allocate") == "loss" else "o", label=row, lw=1.8)
     for ax, name in zip(axes, ("evaluation photos (never calibrated on)",
                                "calibration photos, unseen crops (in-distribution)")):
         ax.axhline(70, ls="--", color="k", lw=0.8)
@@ -395,7 +395,7 @@ def plot(results, path, n_calib, n_eval):
                ylim=(-2, 102), title=name)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"ImageNet MobileNetV2 (torchvision weights), pruned without finetuning; allocate uniform, round_to 1;"
+    fig.suptitle(f"ImageNet MobileNetV2 (torchvision weights), pruned without finetuning; round_to 1; marker: allocation (o uniform, s loss);"
                  f"\n{n_calib} calibration crops, {n_eval} evaluation crops of disjoint photo sets; dashed: 70% target",
                  fontsize=9)
     fig.tight_layout()
