@@ -164,21 +164,33 @@ def pruned_sizes(ctx, vec: np.ndarray) -> Callable:
     """`at(kept)`: the dimension sizes once the axis `vec` keeps `kept` channels. A dimension holding the
     same channel classes, each r times where `vec` holds each m times (C channels reshaped to (g, C/g)
     with tied blocks: r = g, m = 1), has r·kept/m; one holding no channels keeps its size; for any other
-    the size is not a function of `kept` (ValueError). The union-find roots are read once, not per size."""
+    the size is not a function of `kept` (ValueError). What each dimension holds is worked out once, not
+    per size."""
     roots = ctx.roots()
     mine = _multiplicity(roots[vec])
     actual = actual_size(ctx)
+    held: dict = {}   # (tensor name, axis) -> ("fixed", size) | ("times", r) | ("other", None)
+
+    def holds(tensor, axis):
+        lab = ctx.layout(tensor)
+        if lab is None or axis >= lab.ndim or lab.shape[axis] == 1:
+            return "fixed", actual(tensor, axis)
+        other = axis_labels(lab, axis, lab.shape[axis])
+        theirs = None if other is None else _multiplicity(roots[other])
+        if mine is not None and theirs is not None and np.array_equal(theirs[0], mine[0]):
+            return "times", theirs[1]
+        return "other", None
 
     def at(kept):
         def size(tensor, axis):
-            lab = ctx.layout(tensor)
-            if lab is None or axis >= lab.ndim or lab.shape[axis] == 1:
-                return actual(tensor, axis)
-            other = axis_labels(lab, axis, lab.shape[axis])
-            theirs = None if other is None else _multiplicity(roots[other])
-            if mine is not None and theirs is not None and np.array_equal(theirs[0], mine[0]) \
-                    and theirs[1] * kept % mine[1] == 0:
-                return theirs[1] * kept // mine[1]
+            key = (tensor.name, axis)
+            if key not in held:
+                held[key] = holds(tensor, axis)
+            kind, value = held[key]
+            if kind == "fixed":
+                return value
+            if kind == "times" and value * kept % mine[1] == 0:
+                return value * kept // mine[1]
             raise ValueError(f"{tensor.name} axis {axis} holds other channels")
         return size
     return at
