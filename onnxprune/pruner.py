@@ -201,34 +201,34 @@ class GreedyPruner:
         tap = Tap(self.analysis.model, names)
         col.run(self.cal, tap, tap, "profiling")
         curves = {}
+        alive = np.ones(len(self.analysis.class_of), bool)
         for gid, cs in groups.items():
             g = self.analysis.groups[gid]
-            G, c, rr = self._terms(g, cs, col.stats["calib"], np.ones(len(self.analysis.class_of), bool),
-                                   np.ones(len(self.analysis.class_of)))
-            path = greedy.greedy_local(G, c, rr, g.channels)
-            order = self._profile_order(g, path.order)
-            if order is None:  # greedy-omp: its own path on the original network
-                omp = self._omp_path(g, cs, col.stats["calib"], np.ones(len(self.analysis.class_of), bool),
-                                     g.channels)
-                order = path.order if omp is None else omp.order
+            G, c, rr = self._terms(g, cs, col.stats["calib"], alive, np.ones(len(alive)))
+            order, losses = self._profile_order(g, cs, col.stats["calib"], G, c, rr)
             if self.opts.refit == "full":
                 curve = sum(refit_curve(col.stats["calib"][x.node], self._member(g, x), order) for x in cs)
             else:
-                curve = path.losses if order is path.order else greedy.prefix_losses(G, c, rr, order)
+                curve = losses if losses is not None else greedy.prefix_losses(G, c, rr, order)
             curve = np.asarray(curve) / max(rr, 1e-300)
             curves[gid] = np.concatenate([curve, np.full(g.channels + 1 - len(curve), curve[-1])])
         return curves
 
-    def _profile_order(self, group: Group, greedy_order: list[int]) -> list[int] | None:
-        """The order in which the method adds channels, for the allocation's loss curves (None: greedy-omp's)."""
-        if self.opts.method == "greedy-omp":
-            return None
-        if self.opts.method not in BASELINES:
-            return greedy_order
-        scores = np.random.default_rng((self.opts.seed, group.id)).random(group.channels) \
-            if self.opts.method == "random" \
-            else np.array([self.magnitude.get(c, 0.0) for c in group.classes.tolist()])
-        return np.argsort(-scores, kind="stable").tolist()
+    def _profile_order(self, group: Group, consumers, stats, G, c, rr) -> tuple[list[int], np.ndarray | None]:
+        """The order in which the method adds channels, for the allocation's loss curves, and the
+        least-squares-γ losses along it where the greedy-local path gives them for free."""
+        if self.opts.method in BASELINES:
+            scores = np.random.default_rng((self.opts.seed, group.id)).random(group.channels) \
+                if self.opts.method == "random" \
+                else np.array([self.magnitude.get(ch, 0.0) for ch in group.classes.tolist()])
+            return np.argsort(-scores, kind="stable").tolist(), None
+        if self.opts.method == "greedy-omp":  # its own path on the original network
+            omp = self._omp_path(group, consumers, stats, np.ones(len(self.analysis.class_of), bool),
+                                 group.channels)
+            if omp is not None:
+                return omp.order, None
+        path = greedy.greedy_local(G, c, rr, group.channels)
+        return path.order, path.losses
 
     def counts(self, keep_ratio, fraction, what, allocate, round_to, min_channels, overrides) -> dict[int, int]:
         a = self.analysis
