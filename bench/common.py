@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 import time
@@ -105,3 +106,11 @@ def time_v(stderr: str) -> dict:
     tv = dict(line.strip().rsplit(": ", 1) for line in stderr.splitlines() if ": " in line)
     return {"time_v_max_rss_mb": int(tv["Maximum resident set size (kbytes)"]) / 1024,
             "process_cpu_s": float(tv["User time (seconds)"]) + float(tv["System time (seconds)"])}
+
+
+def torch_pruning_rows(path: str = "bench/results/torch_pruning.json") -> list[dict]:
+    """Torch-Pruning's rows (bench/torch_pruning_*.py), shaped like ours, for plots and tables."""
+    if not os.path.exists(path):
+        return []
+    return [dict(r, row=f"{r['row']} (uniform ratio)", method=r["row"], refit="none", allocate="uniform")
+            for r in json.load(open(path))["results"] if "error" not in r]

@@ -1,9 +1,9 @@
 """Evidence on a real trained model: torchvision's ImageNet MobileNetV2, pruned with no finetuning.
 
-    python bench/imagenet.py [--quality] [--cost] [--speed] [--calib N] [--eval N]
+    python bench/imagenet.py [--quality] [--cost] [--speed] [--folds] [--calib N] [--eval N]
                              [--levels 0.7,0.5,0.3] [--rows local,combined,...] [--cost-sizes 512,1024,4096]
 
-No flag = all three sections.  Results are merged into bench/results/imagenet.json (a section
+No flag = all four sections.  Results are merged into bench/results/imagenet.json (a section
 run alone replaces only its own part; with --merge, a quality run replaces only the cells it redoes),
 the plot goes to bench/results/imagenet_mobilenetv2.png.
 
@@ -16,9 +16,9 @@ KL(original || pruned)).
 
 a. --quality: MACs 0.7, 0.5, 0.3 x rows (round_to 1; calibrated rows allocate by --allocate, uniform
    by default, data-free rows uniform): greedy-local+full,
-   greedy-local+gamma, greedy-combined+full (only with --rows ...,combined; not affordable on 2
-   shared cores), magnitude+full, magnitude+none, random+none (--skip METHOD+REFIT@LEVEL drops
-   cells); calibrated on --calib crops (seed 0), evaluated on --eval crops of the evaluation photos
+   greedy-local+gamma, magnitude+full, magnitude+none, random+none by default; --rows adds greedy-convex, gfs,
+   greedy-taylor, greedy-combined, greedy-omp (+full; the global ones take 10-20x longer)
+   (--skip METHOD+REFIT@LEVEL drops cells); calibrated on --calib crops (seed 0), evaluated on --eval crops of the evaluation photos
    (seed 1) and on --eval-in unseen crops of the calibration photos (seed 7, columns in_*), which
    separates "pruning hurts" from "the fit does not transfer to other photos".  With --cost (same
    invocation) or --reuse-model, the cost section's full 512-crop run is the greedy-local+full 0.5
@@ -29,10 +29,14 @@ b. --cost: greedy-local+full at 0.5 with each of --cost-sizes calibration crops,
    would start after S seconds; its trace is compared with the smallest full run's over the same
    groups (time ratio -> extrapolated full time; peak RSS so far).
 c. --speed: ORT CPU latency (bench.common helpers: interleaved rounds, median) of the original vs
-   models pruned to 0.5 MACs with round_to 1, 8, 16, at batch 1 and 32.  Latency depends only on
-   the kept counts, which allocate=uniform fixes independently of the selection method, so the
+   models pruned to each of --speed-levels (0.7, 0.5, 0.3) MACs with round_to 1, 8, 16, at batch 1
+   and 32.  Latency depends only on the kept counts, which allocate=uniform fixes independently of the selection method, so the
    pruned models are greedy-local-shaped models whose channels are chosen by magnitude on a few
    calibration crops (same counts as greedy-local; checked against the quality run's model).
+d. --folds: the photo split is one choice among many.  All 20 photos go into 4 seeded random folds
+   (models/photo_crops.folds); each fold in turn is evaluated and the other 15 photos calibrate
+   (--fold-rows, at --fold-level MACs).  Measures how much the agreement depends on which photos
+   calibrate.
 """
 from __future__ import annotations
 
@@ -50,13 +54,15 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.common import (format_table, loadavg, machine_info, make_session, summarize,  # noqa: E402
+from bench.common import (format_table, loadavg, machine_info, make_session, summarize, torch_pruning_rows,  # noqa: E402
                           time_interleaved, time_v)
 
 OUT = os.path.join(ROOT, "bench", "results", "imagenet.json")
+TP = os.path.join(ROOT, "bench", "results", "torch_pruning_imagenet.json")  # bench/torch_pruning_imagenet.py
 LEVELS = (0.7, 0.5, 0.3)
 ROWS = {"local": ("greedy-local", "full"), "combined": ("greedy-combined", "full"), "omp": ("greedy-omp", "full"),
         "gamma": ("greedy-local", "gamma"), "localnone": ("greedy-local", "none"),
+        "convex": ("greedy-convex", "full"), "gfs": ("gfs", "full"), "taylor": ("greedy-taylor", "full"),
         "magfull": ("magnitude", "full"), "magnone": ("magnitude", "none"), "random": ("random", "none")}
 DEFAULT_ROWS = "local,gamma,magfull,magnone,random"
 ALLOCATE = "uniform"  # --allocate: quality rows' allocation across groups (calibrated rows only)
@@ -290,23 +296,24 @@ def _compare_traces(rows):
 
 # ---------------------------------------------------------------- c. speed
 
-def speed(path, tmp, round_tos, repeats, warmup, reference_rt1=None) -> list[dict]:
+def speed(path, tmp, levels, round_tos, repeats, warmup, reference_rt1=None) -> list[dict]:
     from onnxprune import load_model, prune
     from models.photo_crops import crops
     orig = load_model(path)
     few = {"input": crops("calibration", 8, CALIB_SEED)}
     sessions, info = {"orig": make_session(orig)}, {}
-    for rt in round_tos:
-        # allocate=uniform: kept counts do not depend on the selection method (see the docstring)
-        pruned, rep = prune(orig, few, method="magnitude", refit="none", flops=0.5, allocate="uniform",
-                            round_to=rt, quiet=True)
-        kept = {g.id: g.kept_count for g in rep.groups if not g.frozen}
-        info[rt] = {"macs_ratio": rep.macs_ratio, "params_ratio": rep.params_after / rep.params_before,
-                    "kept": kept}
-        if rt == 1 and reference_rt1 is not None:
-            info[rt]["same_counts_as_greedy_local"] = {str(k): v for k, v in kept.items()} == \
-                {str(k): v for k, v in reference_rt1.items()}
-        sessions[f"rt{rt}"] = make_session(pruned)
+    for flops in levels:
+        for rt in round_tos:
+            # allocate=uniform: kept counts do not depend on the selection method (see the docstring)
+            pruned, rep = prune(orig, few, method="magnitude", refit="none", flops=flops, allocate="uniform",
+                                round_to=rt, quiet=True)
+            kept = {g.id: g.kept_count for g in rep.groups if not g.frozen}
+            info[flops, rt] = {"flops": flops, "macs_ratio": rep.macs_ratio,
+                               "params_ratio": rep.params_after / rep.params_before, "kept": kept}
+            if (flops, rt) == (0.5, 1) and reference_rt1 is not None:
+                info[flops, rt]["same_counts_as_greedy_local"] = {str(k): v for k, v in kept.items()} == \
+                    {str(k): v for k, v in reference_rt1.items()}
+            sessions[flops, rt] = make_session(pruned)
     rows = []
     for batch in (1, 32):
         x = np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32)
@@ -315,16 +322,41 @@ def speed(path, tmp, round_tos, repeats, warmup, reference_rt1=None) -> list[dic
         print(f"  timing batch {batch}: {len(runs)} sessions x {reps} rounds", flush=True)
         times = time_interleaved(runs, reps, warmup)
         o = summarize(times["orig"])
-        for rt in round_tos:
-            p = summarize(times[f"rt{rt}"])
-            rows.append({"batch": batch, "round_to": rt, **{k: v for k, v in info[rt].items() if k != "kept"},
+        for key in info:
+            p = summarize(times[key])
+            rows.append({"batch": batch, "round_to": key[1], **{k: v for k, v in info[key].items() if k != "kept"},
                          "original": o, "pruned": p, "speedup": o["median_ms"] / p["median_ms"],
-                         "speedup_paired": float(np.median(times["orig"] / times[f"rt{rt}"])),
+                         "speedup_paired": float(np.median(times["orig"] / times[key])),
                          "throughput_original": batch * 1e3 / o["median_ms"],
                          "throughput_pruned": batch * 1e3 / p["median_ms"]})
-            print(f"    round_to {rt}: orig {o['median_ms']:.1f} ms, pruned {p['median_ms']:.1f} ms, "
+            print(f"    MACs {key[0]} round_to {key[1]}: orig {o['median_ms']:.1f} ms, pruned {p['median_ms']:.1f} ms, "
                   f"{rows[-1]['speedup']:.2f}x (paired {rows[-1]['speedup_paired']:.2f}x)", flush=True)
     return rows
+
+
+# ---------------------------------------------------------------- d. photo folds
+
+def photo_folds(path, tmp, n_calib, n_eval, n_in, flops, rows) -> list[dict]:
+    """Each of photo_crops.folds() in turn is evaluated; the other photos calibrate (same crop
+    counts and seeds as --quality)."""
+    from models.photo_crops import crops, folds, write_npy
+    out = []
+    all_folds = folds()
+    for j, ev_names in enumerate(all_folds):
+        cal_names = tuple(n for f in all_folds if f != ev_names for n in f)
+        calib = write_npy(os.path.join(tmp, f"fold{j}.npy"), cal_names, n_calib, CALIB_SEED)
+        x, x_in = crops(ev_names, n_eval, EVAL_SEED), crops(cal_names, n_in, IN_SEED)
+        ev = ((logits(path, x), x), (logits(path, x_in), x_in))
+        for method, refit in rows:
+            rec = {"fold": j, "evaluation_photos": list(ev_names),
+                   **run_row(path, calib, method, refit, flops, ev)}
+            out.append(rec)
+            print(f"  fold {j} ({', '.join(ev_names)}) {rec['row']}: "
+                  + (f"FAILED {rec['error']}" if "error" in rec else
+                     f"top1 {rec['top1_agreement']:.3f} | calib photos top1 {rec['in_top1_agreement']:.3f} "
+                     f"{rec['prune_wall_s']:.0f}s"), flush=True)
+        os.remove(calib)
+    return out
 
 
 # ---------------------------------------------------------------- output
@@ -367,9 +399,9 @@ def cost_table(rows) -> str:
 def speed_table(rows) -> str:
     def ms(s):
         return f"{s['median_ms']:.1f} [{s['p10_ms']:.1f}-{s['p90_ms']:.1f}]"
-    return format_table(["batch", "round_to", "MACs", "params", "orig ms [p10-p90]", "pruned ms [p10-p90]",
+    return format_table(["batch", "MACs tgt", "round_to", "MACs", "params", "orig ms [p10-p90]", "pruned ms [p10-p90]",
                          "speed-up", "paired"],
-                        [[r["batch"], r["round_to"], f"{r['macs_ratio']:.3f}", f"{r['params_ratio']:.3f}",
+                        [[r["batch"], r.get("flops", 0.5), r["round_to"], f"{r['macs_ratio']:.3f}", f"{r['params_ratio']:.3f}",
                           ms(r["original"]), ms(r["pruned"]), f"{r['speedup']:.2f}x", f"{r['speedup_paired']:.2f}x"]
                          for r in rows])
 
@@ -378,7 +410,9 @@ def plot(results, path, n_calib, n_eval):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    colors = {"greedy-local": "C0", "greedy-combined": "C2", "greedy-omp": "m", "magnitude": "C1", "random": "C7"}
+    colors = {"greedy-local": "C0", "greedy-combined": "C2", "greedy-omp": "m", "greedy-convex": "C4", "gfs": "C5",
+              "greedy-taylor": "C8", "magnitude": "C1", "random": "C7", "torch-pruning-l1": "C3",
+              "torch-pruning-taylor": "C9"}
     styles = {"full": "-", "gamma": "-.", "none": ":"}
     ok = [r for r in results if "error" not in r]
     fig, axes = plt.subplots(1, 2, figsize=(12, 5))
@@ -408,6 +442,10 @@ def main():
     ap.add_argument("--quality", action="store_true")
     ap.add_argument("--cost", action="store_true")
     ap.add_argument("--speed", action="store_true")
+    ap.add_argument("--folds", action="store_true",
+                    help="d. the other protocol: 4 random photo folds, each evaluated once (--fold-rows at --fold-level)")
+    ap.add_argument("--fold-rows", default="local,magfull")
+    ap.add_argument("--fold-level", type=float, default=0.7)
     ap.add_argument("--calib", type=int, default=1024, help="calibration crops for --quality (default 1024)")
     ap.add_argument("--eval", type=int, default=500, help="evaluation crops (default 500)")
     ap.add_argument("--eval-in", type=int, default=300,
@@ -418,6 +456,7 @@ def main():
     ap.add_argument("--rows", default=DEFAULT_ROWS, help=f"comma-separated keys of {list(ROWS)} ({DEFAULT_ROWS})")
     ap.add_argument("--cost-sizes", default="512,1024,4096")
     ap.add_argument("--round-to", default="1,8,16")
+    ap.add_argument("--speed-levels", default=",".join(map(str, LEVELS)), help="MACs targets timed by --speed")
     ap.add_argument("--repeats", type=int, default=15, help="interleaved rounds at batch 32 (x4 at batch 1)")
     ap.add_argument("--skip", default="", help="rows to leave out, e.g. magnitude+full@0.7 (comma-separated)")
     ap.add_argument("--allocate", choices=("uniform", "loss"), default="uniform",
@@ -440,10 +479,10 @@ def main():
     PLOT = os.path.splitext(args.out)[0] + "_mobilenetv2.png"
     if args.replot:
         q = doc["quality"]
-        return plot(q["results"], PLOT, q["calibration_crops"], q["eval_crops"])
+        return plot(q["results"] + torch_pruning_rows(TP), PLOT, q["calibration_crops"], q["eval_crops"])
     args.skip = set(filter(None, args.skip.split(",")))
-    if not (args.quality or args.cost or args.speed):
-        args.quality = args.cost = args.speed = True
+    if not (args.quality or args.cost or args.speed or args.folds):
+        args.quality = args.cost = args.speed = args.folds = True
     from models.imagenet_weights import sanity_check
     from models.photo_crops import CALIBRATION, EVALUATION, crops, write_npy
     path = model_path()
@@ -501,8 +540,19 @@ def main():
             doc["quality"] = {"machine": info, "calibration_crops": args.calib, "eval_crops": args.eval,
                               "total_s": time.perf_counter() - t0, "results": res}
             print("\n" + quality_table(res), flush=True)
-            plot(res, PLOT, args.calib, args.eval)
+            plot(res + torch_pruning_rows(TP), PLOT, args.calib, args.eval)
             doc["plot"] = os.path.relpath(PLOT, ROOT)
+            save()
+        if args.folds:
+            info = machine_info("prune + eval on CPU, 2 cores shared with other jobs; wall times are noisy")
+            print(f"folds: {args.fold_rows} at {args.fold_level} MACs, {args.calib} calibration crops", flush=True)
+            t0 = time.perf_counter()
+            rows = photo_folds(path, tmp, args.calib, args.eval, args.eval_in, args.fold_level,
+                               [ROWS[k] for k in args.fold_rows.split(",")])
+            info["loadavg_end"] = loadavg()
+            doc["folds"] = {"machine": info, "calibration_crops": args.calib, "eval_crops": args.eval,
+                            "in_distribution_crops": args.eval_in, "flops": args.fold_level,
+                            "total_s": time.perf_counter() - t0, "results": rows}
             save()
         if args.speed:
             rts = [int(v) for v in args.round_to.split(",")]
@@ -511,9 +561,10 @@ def main():
                 if r.get("row") == "greedy-local+full" and r.get("flops") == 0.5 and "kept" in r:
                     ref_rt1 = r["kept"]
             info = machine_info("ORT CPU, intra_op threads = cores, ORT_ENABLE_ALL; shared machine")
-            print("speed: original vs 0.5 MACs", flush=True)
+            speed_levels = [float(v) for v in args.speed_levels.split(",")]
+            print(f"speed: original vs {speed_levels} MACs", flush=True)
             t0 = time.perf_counter()
-            rows = speed(path, tmp, rts, args.repeats, 3, ref_rt1)
+            rows = speed(path, tmp, speed_levels, rts, args.repeats, 3, ref_rt1)
             info["loadavg_end"] = loadavg()
             doc["speed"] = {"machine": info, "total_s": time.perf_counter() - t0, "repeats_batch32": args.repeats,
                             "repeats_batch1": 4 * args.repeats, "results": rows}

@@ -31,7 +31,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.common import format_table, loadavg, machine_info, time_v  # noqa: E402
+from bench.common import format_table, loadavg, machine_info, time_v, torch_pruning_rows  # noqa: E402
 
 MODELS = {"fmnist_resnet": "models/fmnist_resnet.onnx", "fmnist_mobilenet": "models/fmnist_mobilenet.onnx"}
 CALIB, TEST = "models/fmnist_calib.npz", "models/fmnist_test.npz"
@@ -194,14 +194,6 @@ def tables(results) -> str:
         parts.append(f"{model}: test accuracy % (original {100 * orig:.2f}) by MACs target\n"
                      + format_table(["row"] + [str(f) for f in levels], rows))
     return "\n\n".join(parts)
-
-
-def torch_pruning_rows(path="bench/results/torch_pruning.json") -> list[dict]:
-    """Torch-Pruning's rows (bench/torch_pruning_baseline.py), shaped like ours, for the plots."""
-    if not os.path.exists(path):
-        return []
-    return [dict(r, row=f"{r['row']} (uniform ratio)", method=r["row"], refit="none", allocate="uniform")
-            for r in json.load(open(path))["results"] if "error" not in r]
 
 
 def plot(results, model, path):

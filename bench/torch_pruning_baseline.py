@@ -120,10 +120,10 @@ def check_against_ort(model: nn.Module, onnx_path, x: np.ndarray, tol: float = 1
     return err
 
 
-def export_proto(model: nn.Module) -> onnx.ModelProto:
+def export_proto(model: nn.Module, example: torch.Tensor | None = None) -> onnx.ModelProto:
     """TorchScript export (as models/train_common.export_onnx): opset 17, input/logits, dynamic batch."""
     buf = io.BytesIO()
-    torch.onnx.export(model.eval(), torch.zeros(1, 1, 28, 28), buf, dynamo=False, opset_version=17,
+    torch.onnx.export(model.eval(), _example(example), buf, dynamo=False, opset_version=17,
                       input_names=["input"], output_names=["logits"],
                       dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
     return onnx.load_from_string(buf.getvalue())
@@ -131,41 +131,61 @@ def export_proto(model: nn.Module) -> onnx.ModelProto:
 
 # ------------------------------------------------------------------------------------------ Torch-Pruning
 
-def _prune_once(base: nn.Module, importance: str, ratio: float, calib) -> nn.Module:
+def _example(example: torch.Tensor | None) -> torch.Tensor:
+    return torch.zeros(1, 1, 28, 28) if example is None else example  # Fashion-MNIST by default
+
+
+def taylor_grads(base: nn.Module, calib, batch_size: int | None = None) -> list[torch.Tensor]:
+    """Gradients of the mean cross-entropy on calib = (x, y) for base's parameters, in eval mode (base untouched).
+
+    Accumulated over batches of batch_size (default: one batch), each batch's mean loss weighted by its
+    share of the samples, so the result is the gradient of the mean over all samples."""
+    model = copy.deepcopy(base).eval()  # eval: BN uses its running statistics, Dropout is off
+    x, y = calib
+    bs = batch_size or len(x)
+    for i in range(0, len(x), bs):
+        xb, yb = torch.from_numpy(x[i:i + bs]), torch.from_numpy(y[i:i + bs])
+        (F.cross_entropy(model(xb), yb) * (len(xb) / len(x))).backward()
+    return [p.grad for p in model.parameters()]
+
+
+def _prune_once(base: nn.Module, importance: str, ratio: float, grads=None, example=None) -> nn.Module:
+    """One Torch-Pruning run on a copy of base; grads (taylor_grads of base) feed TaylorImportance."""
     import torch_pruning as tp
     model = copy.deepcopy(base)
-    example = torch.zeros(1, 1, 28, 28)
     imp = tp.importance.MagnitudeImportance(p=1) if importance == "l1" else tp.importance.TaylorImportance()
     last = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
-    pruner = tp.pruner.BasePruner(model, example, importance=imp, pruning_ratio=ratio, ignored_layers=[last],
-                                  global_pruning=False)
+    pruner = tp.pruner.BasePruner(model, _example(example), importance=imp, pruning_ratio=ratio,
+                                  ignored_layers=[last], global_pruning=False)
     if importance == "taylor":
-        x, y = calib
-        model.eval()  # no BN or active dropout in the fused model; eval keeps Dropout off
-        model.zero_grad()
-        F.cross_entropy(model(torch.from_numpy(x)), torch.from_numpy(y)).backward()
+        for p, g in zip(model.parameters(), grads):
+            p.grad = g.clone()
     pruner.step()
     model.zero_grad(set_to_none=True)
     return model.eval()
 
 
-def _macs(model: nn.Module) -> float:
+def _macs(model: nn.Module, example: torch.Tensor | None = None) -> float:
     import torch_pruning as tp
-    macs, _ = tp.utils.count_ops_and_params(model, torch.zeros(1, 1, 28, 28))
+    macs, _ = tp.utils.count_ops_and_params(model, _example(example))
     return float(macs)
 
 
-def prune_tp(base: nn.Module, importance: str, target: float, calib, tol: float = 0.004, iters: int = 30):
+def prune_tp(base: nn.Module, importance: str, target: float, calib, tol: float = 0.004, iters: int = 30,
+             example: torch.Tensor | None = None, grads=None):
     """Bisection on one uniform pruning ratio so that TP's MACs ratio reaches `target`.
 
     Returns (pruned module, ratio, tp MACs ratio). Counts are discrete: the ratio whose MACs are
-    closest to the target among those tried is kept."""
-    m0 = _macs(base)
+    closest to the target among those tried is kept. "taylor" uses `grads` (taylor_grads of base)
+    or, when None, computes them from calib = (x, y) in one batch; `example` defaults to 1x1x28x28."""
+    if importance == "taylor" and grads is None:
+        grads = taylor_grads(base, calib)
+    m0 = _macs(base, example)
     lo, hi, best = 0.0, 0.99, None
     for _ in range(iters):
         mid = 0.5 * (lo + hi)
-        pruned = _prune_once(base, importance, mid, calib)
-        r = _macs(pruned) / m0
+        pruned = _prune_once(base, importance, mid, grads, example)
+        r = _macs(pruned, example) / m0
         if best is None or abs(r - target) < abs(best[2] - target):
             best = (pruned, mid, r)
         if abs(r - target) <= tol:

@@ -76,10 +76,11 @@ def _crop_box(rng: np.random.Generator, h: int, w: int) -> tuple[int, int, int, 
     return (h - ch) // 2, (w - cw) // 2, ch, cw
 
 
-def _one(split: str, seed: int, i: int) -> np.ndarray:
+def _one(split: str | tuple, seed: int, i: int) -> np.ndarray:
     from PIL import Image
-    names = SPLITS[split]
-    rng = np.random.default_rng([seed, zlib.crc32(split.encode()), i])
+    names = SPLITS[split] if isinstance(split, str) else split
+    key = split if isinstance(split, str) else ",".join(split)
+    rng = np.random.default_rng([seed, zlib.crc32(key.encode()), i])
     img = photo(names[int(rng.integers(len(names)))])
     t, l, ch, cw = _crop_box(rng, *img.shape[:2])
     pil = Image.fromarray(img).resize((SIZE, SIZE), Image.BILINEAR, box=(l, t, l + cw, t + ch))
@@ -89,18 +90,28 @@ def _one(split: str, seed: int, i: int) -> np.ndarray:
     return ((x - MEAN) / STD).transpose(2, 0, 1)
 
 
-def crops(split: str, n: int, seed: int = 0, start: int = 0) -> np.ndarray:
-    """Crops start .. start+n-1 of `split` ("calibration" or "evaluation") for `seed`:
-    float32 [n, 3, 224, 224], ImageNet-normalised."""
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {sorted(SPLITS)}, not {split!r}")
+def crops(split: str | tuple, n: int, seed: int = 0, start: int = 0) -> np.ndarray:
+    """Crops start .. start+n-1 of `split` ("calibration" or "evaluation", or a tuple of photo names)
+    for `seed`: float32 [n, 3, 224, 224], ImageNet-normalised."""
+    if isinstance(split, str) and split not in SPLITS:
+        raise ValueError(f"split must be one of {sorted(SPLITS)} or a tuple of photos, not {split!r}")
+    if not isinstance(split, str) and not set(split) <= set(CALIBRATION + EVALUATION):
+        raise ValueError(f"unknown photos in {split!r}")
     out = np.empty((n, 3, SIZE, SIZE), np.float32)
     for k in range(n):
         out[k] = _one(split, seed, start + k)
     return out
 
 
-def write_npy(path: str, split: str, n: int, seed: int = 0, block: int = 256) -> str:
+def folds(k: int = 4, seed: int = 0) -> list[tuple[str, ...]]:
+    """All photos (both splits) in `k` disjoint folds of a seeded random order: a second protocol,
+    where each fold in turn is evaluated and the other photos calibrate."""
+    names = sorted(CALIBRATION + EVALUATION)
+    order = np.random.default_rng(seed).permutation(len(names))
+    return [tuple(names[i] for i in order[j::k]) for j in range(k)]
+
+
+def write_npy(path: str, split: str | tuple, n: int, seed: int = 0, block: int = 256) -> str:
     """crops(split, n, seed) written block by block to a .npy file (never all in memory)."""
     mm = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, 3, SIZE, SIZE))
     for s in range(0, n, block):

@@ -81,3 +81,21 @@ def test_write_npy_matches_crops(tmp_path):
 def test_unknown_split():
     with pytest.raises(ValueError):
         pc.crops("train", 1)
+
+
+def test_folds_partition_all_photos():
+    folds = pc.folds()
+    names = [n for f in folds for n in f]
+    assert len(folds) == 4 and all(folds)
+    assert sorted(names) == sorted(pc.CALIBRATION + pc.EVALUATION)  # each photo in exactly one fold
+    assert pc.folds() == folds and pc.folds(seed=1) != folds  # seeded
+
+
+def test_crops_of_a_photo_tuple_use_only_those_photos():
+    """A one-photo tuple gives crops of that photo alone: their colours stay within its pixel range."""
+    x = pc.crops(("coins",), 6, seed=0)  # a gray photo: every crop has R == G == B before normalisation
+    rgb = x.transpose(0, 2, 3, 1) * pc.STD + pc.MEAN
+    np.testing.assert_allclose(rgb[..., 0], rgb[..., 1], atol=1e-5)
+    np.testing.assert_array_equal(x, pc.crops(("coins",), 6, seed=0))
+    with pytest.raises(ValueError):
+        pc.crops(("coins", "no_such_photo"), 1)
