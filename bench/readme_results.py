@@ -102,14 +102,20 @@ def imagenet_section(data) -> str:
         tp = _load("torch_pruning_imagenet.json")  # Torch-Pruning 1.6.1 on the same crops
         q["results"] = sorted(q["results"] + [r for r in (tp or {}).get("results", []) if "error" not in r],
                               key=lambda r: -r["flops"])
-        rows = [[f"{r['flops']:.0%}", f"{r['method']}+{r['refit']} ({r.get('allocate') or 'uniform'})",
+        def name(r):
+            if r["method"].startswith("torch-pruning"):
+                return f"{r['method']} (uniform ratio)"
+            return f"{r['method']}+{r['refit']} ({r.get('allocate') or 'uniform'})"
+        rows = [[f"{r['flops']:.0%}", name(r),
                  f"{r['macs_ratio']:.3f}",
                  f"{100 * r['top1_agreement']:.1f}", f"{100 * r['top5_overlap']:.1f}", f"{r['kl']:.2f}",
                  f"{100 * r['in_top1_agreement']:.1f}" if "in_top1_agreement" in r else "-",
                  f"{r['prune_wall_s']:.0f}"] for r in q["results"] if "error" not in r]
         out += [f"{q['calibration_crops']} calibration crops, {q['eval_crops']} evaluation crops. \"prune s\" is wall "
                 "time on 2 CPU cores shared with other jobs (the greedy-combined row ran beside two other "
-                "benchmarks), so it is noisy:", "",
+                "benchmarks), so it is noisy. Torch-Pruning 1.6.1 rows: `bench/torch_pruning_imagenet.py` on the "
+                "same crops (one uniform ratio bisected to the MACs, final Linear kept; Taylor importance from "
+                "the cross-entropy against the original's top-1 on the calibration crops):", "",
                 _table(["MACs target", "method+refit (allocation)", "MACs", "top-1 agree %", "top-5 overlap %", "KL",
                         "top-1 agree % (calib photos)", "prune s"], rows), ""]
         if data.get("plot"):

@@ -49,12 +49,16 @@ def greedy_local(G: np.ndarray, c: np.ndarray, rr: float, n: int, blocks=None, q
             ok = ~taken & _allowed(blocks, quota, np.flatnonzero(taken), C)
             if not ok.any():
                 break
-            k = int(np.flatnonzero(ok)[np.argmax(diag[ok])])  # degenerate: add without gain
-            gain = 0.0
-        else:
-            score = np.where(ok, r * r / np.maximum(d, eps), -np.inf)
-            k = int(np.argmax(score))
-            gain = float(score[k])
+            # degenerate: the channel lies in the span of those taken (or the block quotas leave only such
+            # channels); it is added without gain and without updating the factor, whose pivot would be ~0
+            k = int(np.flatnonzero(ok)[np.argmax(diag[ok])])
+            taken[k], d[k] = True, 0.0
+            order.append(k)
+            losses.append(loss)
+            continue
+        score = np.where(ok, r * r / np.maximum(d, eps), -np.inf)
+        k = int(np.argmax(score))
+        gain = float(score[k])
         lkk = np.sqrt(max(d[k], eps))
         e = (G[k] - V[:step, k] @ V[:step]) / lkk  # new row of L⁻¹ G_{S,·}
         z = r[k] / lkk

@@ -133,3 +133,24 @@ def test_group_omp_respects_block_quotas():
     blocks = np.array([0, 0, 0, 0, 1, 1, 1, 1])
     path = group_omp([conditioned(st, member, np.ones(X.shape[1], bool))], 8, 4, blocks, [2, 2])
     assert sorted(np.bincount(blocks[path.order], minlength=2)) == [2, 2]
+
+
+@pytest.mark.parametrize("seed,quota", [(0, None), (2, None), (2, (15, 15))])
+def test_rank_deficient_statistics_no_overflow_and_losses_stay_least_squares(seed, quota):
+    """Fewer calibration rows than channels (G of rank 20 for 200 channels): once the rank is used
+    up, channels are added without gain and the factor is left as it was. Before, the ~0 pivots
+    blew the factor up (overflow, NaN), which could also spoil picks still to come in other blocks."""
+    rng = np.random.default_rng(seed)
+    Z = (rng.standard_normal((20, 200)) * rng.uniform(0, 3, 200)).T  # 200 channels x 20 rows
+    Y = rng.standard_normal(20)
+    G, c, rr = Z @ Z.T, Z @ Y, float(Y @ Y)
+    blocks = None if quota is None else np.repeat([0, 1], 100)
+    n = 200 if quota is None else sum(quota)
+    with np.errstate(all="raise"):
+        path = greedy_local(G, c, rr, n, blocks, None if quota is None else np.array(quota))
+    assert len(path.order) == n == len(set(path.order)) and np.isfinite(path.losses).all()
+    assert np.all(np.diff(path.losses) <= 1e-9 * rr)
+    for m in range(1, n + 1, 3):
+        idx = path.order[:m]
+        ref = np.linalg.lstsq(Z[idx].T, Y, rcond=None)[0]
+        assert path.losses[m] == pytest.approx(float(((Y - ref @ Z[idx]) ** 2).sum()), rel=1e-6, abs=1e-8 * rr)
