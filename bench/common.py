@@ -114,3 +114,11 @@ def torch_pruning_rows(path: str = "bench/results/torch_pruning.json") -> list[d
         return []
     return [dict(r, row=f"{r['row']} (uniform ratio)", method=r["row"], refit="none", allocate="uniform")
             for r in json.load(open(path))["results"] if "error" not in r]
+
+
+def write_json(path: str, doc: dict, total_s: float) -> None:
+    """The benchmark's JSON (floats from numpy included), its folder made when missing."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(doc, f, indent=1, default=float)
+    print(f"wrote {path} ({total_s:.0f}s)")

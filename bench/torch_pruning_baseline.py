@@ -41,7 +41,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "models"))
 
-from bench.common import format_table, loadavg, machine_info  # noqa: E402
+from bench.common import format_table, loadavg, machine_info, write_json  # noqa: E402
 
 MODELS = {"fmnist_resnet": "models/fmnist_resnet.onnx", "fmnist_mobilenet": "models/fmnist_mobilenet.onnx"}
 CALIB, TEST = "models/fmnist_calib.npz", "models/fmnist_test.npz"
@@ -257,14 +257,11 @@ def main():
           f"{100 * (r['accuracy_pruned'] - r['accuracy_original']):+.2f}", f"{r['agreement']:.4f}",
           f"{r['kl']:.4f}", f"{r['prune_wall_s']:.1f}"] for r in results]))
     info["loadavg_end"] = loadavg()
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump({"machine": info, "total_s": total, "calibration": CALIB, "test": TEST,
-                   "notes": ["Torch-Pruning BasePruner, local (uniform) pruning ratio by bisection on TP's MACs, "
-                             "final Linear ignored, no finetune; macs_ratio counted by onnxprune on the exported "
-                             "ONNX, tp_macs_ratio by tp.utils.count_ops_and_params"],
-                   "results": results}, f, indent=1, default=float)
-    print(f"wrote {args.out} ({total:.0f}s)")
+    write_json(args.out, {"machine": info, "total_s": total, "calibration": CALIB, "test": TEST,
+               "notes": ["Torch-Pruning BasePruner, local (uniform) pruning ratio by bisection on TP's MACs, "
+                         "final Linear ignored, no finetune; macs_ratio counted by onnxprune on the exported "
+                         "ONNX, tp_macs_ratio by tp.utils.count_ops_and_params"],
+               "results": results}, total)
 
 
 if __name__ == "__main__":

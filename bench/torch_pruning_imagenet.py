@@ -39,7 +39,7 @@ import torch.nn as nn
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.common import format_table, loadavg, machine_info  # noqa: E402
+from bench.common import format_table, loadavg, machine_info, write_json  # noqa: E402
 from bench.imagenet import (CALIB_SEED, EVAL_SEED, IN_SEED, both, logits, model_path,  # noqa: E402
                             photo_checks)
 from bench.torch_pruning_baseline import export_proto, prune_tp, taylor_grads  # noqa: E402
@@ -144,20 +144,17 @@ def main():
           f"{r.get('in_top1_agreement', float('nan')):.3f}", f"{r.get('in_kl', float('nan')):.3f}",
           f"{r['prune_wall_s']:.0f}"] for r in results]))
     info["loadavg_end"] = loadavg()
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump({"machine": info, "total_s": total, "model": os.path.relpath(path, ROOT),
-                   "data": {"calibration_photos": list(CALIBRATION), "evaluation_photos": list(EVALUATION),
-                            "calib_seed": CALIB_SEED, "calibration_crops": args.calib, "grad_batch": GRAD_BATCH,
-                            "eval_seed": EVAL_SEED, "eval_crops": args.eval,
-                            "in_distribution_seed": IN_SEED, "in_distribution_crops": args.eval_in},
-                   "notes": ["Torch-Pruning BasePruner, local (uniform) pruning ratio by bisection on TP's MACs "
-                             "(tol 0.004), final Linear ignored, BN kept, no finetune; prune_wall_s covers the "
-                             "whole bisection (and, for Taylor, the one gradient pass); macs_ratio counted by "
-                             "onnxprune on the exported ONNX, tp_macs_ratio by tp.utils.count_ops_and_params; "
-                             "Taylor pseudo-labels: the original model's top-1 on the calibration crops"],
-                   "results": results}, f, indent=1, default=float)
-    print(f"wrote {args.out} ({total:.0f}s)")
+    write_json(args.out, {"machine": info, "total_s": total, "model": os.path.relpath(path, ROOT),
+               "data": {"calibration_photos": list(CALIBRATION), "evaluation_photos": list(EVALUATION),
+                        "calib_seed": CALIB_SEED, "calibration_crops": args.calib, "grad_batch": GRAD_BATCH,
+                        "eval_seed": EVAL_SEED, "eval_crops": args.eval,
+                        "in_distribution_seed": IN_SEED, "in_distribution_crops": args.eval_in},
+               "notes": ["Torch-Pruning BasePruner, local (uniform) pruning ratio by bisection on TP's MACs "
+                         "(tol 0.004), final Linear ignored, BN kept, no finetune; prune_wall_s covers the "
+                         "whole bisection (and, for Taylor, the one gradient pass); macs_ratio counted by "
+                         "onnxprune on the exported ONNX, tp_macs_ratio by tp.utils.count_ops_and_params; "
+                         "Taylor pseudo-labels: the original model's top-1 on the calibration crops"],
+               "results": results}, total)
 
 
 if __name__ == "__main__":
