@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import copy
 import io
-import json
 import os
 import sys
 import time

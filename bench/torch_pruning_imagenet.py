@@ -26,7 +26,6 @@ Rows in the schema of bench/results/imagenet.json's quality results go to --out.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
