@@ -81,13 +81,13 @@ def cuda_path(model_path: str, n_calib: int, n_eval: int, providers) -> dict:
     x_eval = crops("evaluation", n_eval, 1)
     ref = logits(model_path, x_eval)
     out = {}
-    for name, provs in (("cuda", [p[0] if isinstance(p, tuple) else p for p in providers]),
-                        ("cpu", ["CPUExecutionProvider"])):
-        taps._PROVIDERS = provs  # the taps' execution providers for this run
+    for name, provs in (("cuda", None), ("cpu", ["CPUExecutionProvider"])):
+        taps._PROVIDERS = provs  # the taps' execution providers for this run (None: onnxprune's own choice)
+        provs = taps.providers()
         t0 = time.perf_counter()
         pruned, rep = prune(model_path, calib, method="greedy-local", refit="full", flops=0.5, round_to=1)
         wall = time.perf_counter() - t0
-        out[name] = {"providers": provs, "prune_wall_s": wall, "macs_ratio": rep.macs_ratio,
+        out[name] = {"providers": [str(p) for p in provs], "prune_wall_s": wall, "macs_ratio": rep.macs_ratio,
                      "kept": {g.id: [int(i) for i in rep.selection.kept[g.id]] for g in rep.groups if not g.frozen},
                      **metrics(ref, logits(pruned, x_eval))}
         print(f"  greedy-local+full 0.5, taps on {provs[0]}: {wall:.1f}s, top1 agreement "

@@ -156,6 +156,26 @@ def imagenet_section(data) -> str:
     return "\n".join(out)
 
 
+def gpu_section(data) -> str:
+    if not data:
+        return ""
+    m = data["machine"]
+    rows = [[r["precision"], r["batch"], f"{r['flops']:.0%}", r["round_to"], f"{r['original']['median_ms']:.3f}",
+             f"{r['pruned']['median_ms']:.3f}", f"{r['speedup_paired']:.2f}x"] for r in data["latency"]]
+    out = ["### GPU (ONNX Runtime CUDA execution provider)", "",
+           f"`bench/gpu.py` on one {m.get('gpu')} (ONNX Runtime {m['onnxruntime']}, `bench/results/gpu.json`, "
+           f"{m['date'][:10]}): the ImageNet MobileNetV2 and its magnitude-pruned copies, input and output bound on "
+           "the GPU, medians of interleaved rounds, fp16 converted with `onnxruntime.transformers.float16` "
+           "(inputs and outputs kept fp32). TensorRT: " + ("`trtexec` found." if data.get("trtexec") else
+                                                          "no `trtexec` on that machine, not measured."), "",
+           _table(["precision", "batch", "MACs target", "round-to", "original ms", "pruned ms", "speed-up"], rows), ""]
+    part = data.get("cuda_path_partial")
+    if part:
+        out += ["Pruning with the activation taps on the GPU (greedy-local+full, 50% MACs, 512 crops; "
+                f"{part['note']}):", "", "```"] + [ln.strip() for ln in part["log"] if "taps on" in ln] + ["```", ""]
+    return "\n".join(out)
+
+
 def latency_section(data) -> str:
     if not data:
         return ""
@@ -209,7 +229,8 @@ def main() -> None:
             parts.append(quality_section(data, title))
     parts.append(finetune_section(_load("finetune.json")))
     parts.append(imagenet_section(_load("imagenet.json")))
-    parts += [latency_section(_load("latency.json")), coverage_section(_load("coverage.json"))]
+    parts += [gpu_section(_load("gpu.json")), latency_section(_load("latency.json")),
+              coverage_section(_load("coverage.json"))]
     section = "\n".join(p for p in parts if p).rstrip() + "\n"
     readme = (ROOT / "README.md").read_text()
     if BEGIN in readme:

@@ -205,3 +205,17 @@ def test_refit_curve_is_the_full_refit_loss_of_every_prefix():
         keep = (member < 0) | np.isin(member, order[:n])
         assert curve[n] == pytest.approx(st.loss(ridge_refit(st, keep, 0.0)), rel=1e-7, abs=1e-9 * st.yy)
     assert np.all(np.diff(curve) <= 1e-9 * st.yy)
+
+
+def test_taps_use_cuda_with_heuristic_cudnn_search_when_present(monkeypatch):
+    """With onnxruntime-gpu the taps run on the CUDA EP, without the default exhaustive cuDNN search
+    (each tap session runs a few batches: the search cost twice the CPU EP's time on an H100)."""
+    import onnxruntime as ort
+    from onnxprune import taps
+    monkeypatch.setattr(taps, "_PROVIDERS", None)
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert taps.providers() == [("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC"}),
+                                "CPUExecutionProvider"]
+    monkeypatch.setattr(taps, "_PROVIDERS", None)
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    assert taps.providers() == ["CPUExecutionProvider"]
