@@ -17,10 +17,10 @@ from .modelio import inference_session
 from .rewrite import finish
 
 log = logging.getLogger("onnxprune")
-_PROVIDERS: list[str] | None = None
+_PROVIDERS: list | None = None  # names, or (name, options) pairs
 
 
-def providers() -> list[str]:
+def providers() -> list:
     global _PROVIDERS
     if _PROVIDERS is None:
         avail = ort.get_available_providers()
