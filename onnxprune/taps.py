@@ -25,7 +25,8 @@ def providers() -> list:
     if _PROVIDERS is None:
         avail = ort.get_available_providers()
         # HEURISTIC: each tap session runs a handful of batches, too few to repay the CUDA EP's default
-        # exhaustive cuDNN algorithm search (on an H100, taps with it took 257 s against 121 s on the CPU EP)
+        # exhaustive cuDNN algorithm search, paid per session and input shape (with it, ImageNet MobileNetV2
+        # taps took 257 s on an H100 against 121 s on its 16-core CPU EP; HEURISTIC is not yet measured there)
         _PROVIDERS = ([("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC"}), "CPUExecutionProvider"]
                       if "CUDAExecutionProvider" in avail else ["CPUExecutionProvider"])
         log.info("activation taps run on ONNX Runtime %s", "CUDA" if len(_PROVIDERS) == 2 else "CPU")
