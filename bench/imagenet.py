@@ -15,14 +15,14 @@ are no labels: quality is measured against the unpruned model (top-1 agreement, 
 KL(original || pruned)).
 
 a. --quality: MACs 0.7, 0.5, 0.3 x rows (round_to 1; calibrated rows allocate by --allocate, uniform
-   by default, data-free rows uniform): greedy-local+full,
-   greedy-local+gamma, magnitude+full, magnitude+none, random+none by default; --rows adds greedy-convex, gfs,
-   greedy-taylor, greedy-combined, greedy-omp (+full; the global ones take 10-20x longer)
-   (--skip METHOD+REFIT@LEVEL drops cells); calibrated on --calib crops (seed 0), evaluated on --eval crops of the evaluation photos
-   (seed 1) and on --eval-in unseen crops of the calibration photos (seed 7, columns in_*), which
-   separates "pruning hurts" from "the fit does not transfer to other photos".  With --cost (same
-   invocation) or --reuse-model, the cost section's full 512-crop run is the greedy-local+full 0.5
-   row (identical crops, seed and options), so it is not pruned twice.
+   by default, data-free rows uniform): greedy-local+full, greedy-local+gamma, magnitude+full,
+   magnitude+none, random+none by default; --rows adds greedy-convex, gfs, greedy-taylor,
+   greedy-combined, greedy-omp (+full; the global ones take 10-20x longer); --skip
+   METHOD+REFIT@LEVEL drops cells.  Calibrated on --calib crops (seed 0), evaluated on --eval crops
+   of the evaluation photos (seed 1) and on --eval-in unseen crops of the calibration photos (seed 7,
+   columns in_*), which separates "pruning hurts" from "the fit does not transfer to other photos".
+   With --cost (same invocation) or --reuse-model, the cost section's full 512-crop run is the
+   greedy-local+full 0.5 row (identical crops, seed and options), so it is not pruned twice.
 b. --cost: greedy-local+full at 0.5 with each of --cost-sizes calibration crops, each in a fresh
    subprocess under /usr/bin/time -v: prune wall time, process CPU time, peak RSS, and a per-group
    trace (end time, VmHWM).  --cost-limits N:S stops the N-crop run before the first group that
@@ -30,9 +30,10 @@ b. --cost: greedy-local+full at 0.5 with each of --cost-sizes calibration crops,
    groups (time ratio -> extrapolated full time; peak RSS so far).
 c. --speed: ORT CPU latency (bench.common helpers: interleaved rounds, median) of the original vs
    models pruned to each of --speed-levels (0.7, 0.5, 0.3) MACs with round_to 1, 8, 16, at batch 1
-   and 32.  Latency depends only on the kept counts, which allocate=uniform fixes independently of the selection method, so the
-   pruned models are greedy-local-shaped models whose channels are chosen by magnitude on a few
-   calibration crops (same counts as greedy-local; checked against the quality run's model).
+   and 32.  Latency depends only on the kept counts, which allocate=uniform fixes independently of
+   the selection method, so the pruned models are greedy-local-shaped models whose channels are
+   chosen by magnitude on a few calibration crops (same counts as greedy-local; checked against
+   the quality run's model).
 d. --folds: the photo split is one choice among many.  All 20 photos go into 4 seeded random folds
    (models/photo_crops.folds); each fold in turn is evaluated and the other 15 photos calibrate
    (--fold-rows, at --fold-level MACs).  Measures how much the agreement depends on which photos
