@@ -112,7 +112,7 @@ def imagenet_section(data) -> str:
                  f"{100 * r['in_top1_agreement']:.1f}" if "in_top1_agreement" in r else "-",
                  f"{r['prune_wall_s']:.0f}"] for r in q["results"] if "error" not in r]
         out += [f"{q['calibration_crops']} calibration crops, {q['eval_crops']} evaluation crops. \"prune s\" is wall "
-                "time on 2 CPU cores shared with other jobs (the greedy-combined row ran beside two other "
+                "time on 2 CPU cores shared with other jobs (the greedy-combined row at 70% ran beside two other "
                 "benchmarks), so it is noisy. Torch-Pruning 1.6.1 rows: `bench/torch_pruning_imagenet.py` on the "
                 "same crops (one uniform ratio bisected to the MACs, final Linear kept; Taylor importance from "
                 "the cross-entropy against the original's top-1 on the calibration crops):", "",
