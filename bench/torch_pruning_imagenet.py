@@ -41,7 +41,7 @@ sys.path.insert(0, ROOT)
 from bench.common import format_table, loadavg, machine_info, write_json  # noqa: E402
 from bench.imagenet import (CALIB_SEED, EVAL_SEED, IN_SEED, both, logits, model_path,  # noqa: E402
                             photo_checks)
-from bench.torch_pruning_baseline import export_proto, prune_tp, taylor_grads  # noqa: E402
+from bench.torch_pruning_baseline import check_against_ort, export_proto, prune_tp, taylor_grads  # noqa: E402
 
 OUT = os.path.join(ROOT, "bench", "results", "torch_pruning_imagenet.json")
 LEVELS = (0.9, 0.7, 0.5, 0.3)
@@ -55,15 +55,6 @@ def build_torch() -> nn.Module:
     from models.build_mobilenetv2_224 import build
     from models.imagenet_weights import weights_path
     return build(weights_path()).eval()
-
-
-def check_against_ort(model: nn.Module, x: np.ndarray, ref: np.ndarray, tol: float = 1e-3) -> float:
-    with torch.no_grad():
-        out = model(torch.from_numpy(x)).numpy()
-    err = float(np.abs(out - ref).max())
-    if not err <= tol:
-        raise AssertionError(f"torch vs ONNX Runtime max abs err {err:.3g} > {tol}")
-    return err
 
 
 def main():
@@ -93,7 +84,7 @@ def main():
     ref = logits(path, x_eval)
     ev = ((ref, x_eval), (logits(path, x_in) if x_in is not None else None, x_in))
     base = build_torch()
-    err = check_against_ort(base, x_eval[:8], ref[:8])
+    err = check_against_ort(base, path, x_eval[:8], tol=1e-3)
     print(f"torch MobileNetV2 (torchvision weights, BN kept) vs ORT on 8 eval crops: max abs err {err:.2e}", flush=True)
     macs0 = model_macs(onnx.load(path))
     params0 = sum(p.numel() for p in base.parameters())
