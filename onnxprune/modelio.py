@@ -33,7 +33,8 @@ def _check_external_locations(model: onnx.ModelProto, base: Path) -> None:
 
 
 def _check_names(model: onnx.ModelProto, what: str) -> None:
-    """Names and external-data entries must be text (protobuf does not check UTF-8 in ONNX's proto2)."""
+    """Names, external-data entries and string attributes must be text (protobuf does not check UTF-8 in
+    ONNX's proto2)."""
     def texts():
         g = model.graph
         for v in list(g.input) + list(g.output) + list(g.value_info):
@@ -54,6 +55,14 @@ def _check_names(model: onnx.ModelProto, what: str) -> None:
             text.encode("utf-8")
         except UnicodeEncodeError:
             raise UserError(f"{what}: holds a name that is not valid UTF-8 text ({text!r:.60})") from None
+    for n in model.graph.node:  # string attributes are bytes in the proto; importers decode them as UTF-8
+        for a in n.attribute:
+            for raw in ([a.s] if a.type == onnx.AttributeProto.STRING else list(a.strings)):
+                try:
+                    raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise UserError(f"{what}: node '{n.name}' attribute '{a.name}' is not valid UTF-8 text "
+                                    f"({raw!r:.60})") from None
 
 
 _ITEMSIZE = {onnx.TensorProto.FLOAT: 4, onnx.TensorProto.FLOAT16: 2, onnx.TensorProto.BFLOAT16: 2,

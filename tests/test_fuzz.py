@@ -436,6 +436,17 @@ def test_non_utf8_names_are_a_user_error(tmp_path, where):
     _expect_user_error(["prune", path.name, "-o", "o.onnx", *PRUNE], tmp_path, path.name)
 
 
+def test_non_utf8_string_attribute_is_a_user_error(tmp_path):
+    """A string attribute passes the checker as bytes; the graph importer decodes it (a fuzz case was a
+    traceback, exit 1)."""
+    path = _tiny_model(tmp_path / "m.onnx", 17)
+    m = onnx.load(str(path))
+    conv = next(n for n in m.graph.node if n.op_type == "Conv")
+    conv.attribute.append(onnx.helper.make_attribute("auto_pad", "NOTSET"))
+    path.write_bytes(m.SerializeToString().replace(b"NOTSET", b"\xfaOTSET"))
+    _expect_user_error(["prune", path.name, "-o", "o.onnx", *PRUNE], tmp_path, "auto_pad")
+
+
 @pytest.mark.parametrize("external", [False, True])
 def test_tensor_data_not_matching_its_shape_is_a_user_error(tmp_path, external):
     path = _tiny_external(tmp_path) if external else _tiny_model(tmp_path / "m.onnx", 17)
