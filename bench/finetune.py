@@ -76,7 +76,8 @@ def prune_row(name, row, flops, cache_dir) -> tuple[onnx.ModelProto, dict]:
     t0 = time.perf_counter()
     if method == "tp":
         from bench.torch_pruning_baseline import build_torch, export_proto, prune_tp
-        from onnxprune.cost import count_params, model_macs
+        from onnxprune.analysis.cost import model_macs
+        from onnxprune.graph.params import count_params
         with np.load(CALIB) as z:
             calib = (z["input"], z["labels"].astype(np.int64))
         pruned_t, ratio, tp_ratio = prune_tp(build_torch(name), refit, flops, calib)
@@ -101,7 +102,7 @@ def prune_row(name, row, flops, cache_dir) -> tuple[onnx.ModelProto, dict]:
 
 def run_one(name, row, flops, data, cache_dir, device) -> dict:
     from train_common import augment
-    from onnxprune.evaluate import compare
+    from onnxprune.report.evaluate import compare
     from onnxprune.finetune import finetune
     pruned, info = prune_row(name, row, flops, cache_dir)
     rec = {"model": name, "row": row, "flops": None if row == "original" else flops, **info}

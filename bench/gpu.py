@@ -76,7 +76,7 @@ def cuda_path(model_path: str, n_calib: int, n_eval: int, providers) -> dict:
     from bench.imagenet import logits, metrics
     from models.photo_crops import crops
     from onnxprune import prune
-    from onnxprune import taps
+    from onnxprune.calibration import taps
     calib = {"input": crops("calibration", n_calib, 0)}
     x_eval = crops("evaluation", n_eval, 1)
     ref = logits(model_path, x_eval)
@@ -102,7 +102,7 @@ def cuda_path(model_path: str, n_calib: int, n_eval: int, providers) -> dict:
 def global_on_gpu() -> dict:
     import torch
     from onnxprune import prune
-    from onnxprune.evaluate import compare
+    from onnxprune.report.evaluate import compare
     t0 = time.perf_counter()
     pruned, rep = prune("models/fmnist_mobilenet.onnx", "models/fmnist_calib.npz", method="greedy-taylor",
                         refit="full", flops=0.5)

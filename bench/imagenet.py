@@ -214,7 +214,7 @@ def cost_child(model, calib, out, limit_s):
     import torch
     torch.set_num_threads(1)
     from onnxprune import prune, save_model
-    from onnxprune.pruner import GreedyPruner
+    from onnxprune.pipeline import GreedyPruner
     rss_import = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     trace, limit_s = [], float(limit_s)
     inner = GreedyPruner._prune_group

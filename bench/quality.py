@@ -47,7 +47,7 @@ QUICK_ROWS = [ROWS[0], ROWS[6], ROWS[8], ROWS[9]]
 # selection by the full re-fit's residual (group OMP), added after the local rows were measured
 OMP_ROWS = [("greedy-omp", "full", "loss"), ("greedy-omp", "full", "uniform")]
 # global imitation (issue 5) beside the local default, same models, levels and data
-# greedy-global is exact on groups of at most 32 channels (Options.exact_limit) and Taylor above
+# greedy-global is exact on groups of at most 32 channels (GlobalOptions.exact_limit) and Taylor above
 GLOBAL_ROWS = [("greedy-local", "full", None), ("greedy-taylor", "full", None), ("greedy-combined", "full", None),
                ("greedy-global", "full", None), ("taylor", "none", None), ("taylor", "full", None)]
 
@@ -58,7 +58,7 @@ def label(method, refit, allocate):
 
 def run_row(path, method, refit, allocate, flops) -> dict:
     from onnxprune import prune
-    from onnxprune.evaluate import compare
+    from onnxprune.report.evaluate import compare
     rec = {"row": label(method, refit, allocate), "method": method, "refit": refit, "allocate": allocate,
            "flops": flops}
     try:
@@ -141,7 +141,7 @@ def cost_child(model, calib, out, allocate):
 def cost(sizes, tmp, allocations=("loss", "uniform")) -> list[dict]:
     sys.path.insert(0, os.path.join(ROOT, "models"))
     from fmnist_data import load_fmnist
-    from onnxprune.evaluate import compare
+    from onnxprune.report.evaluate import compare
     x, y = load_fmnist("train")  # float32 [0, 1], exactly what fmnist_calib.npz holds
     out, files = [], {}
     for n in sizes:

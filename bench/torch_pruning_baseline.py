@@ -15,7 +15,7 @@
    (0.7, 0.5, 0.3 of the original). No finetune.
 3. Each pruned module is exported to ONNX (TorchScript exporter, opset 17, input "input", output
    "logits", dynamic batch) and evaluated on models/fmnist_test.npz exactly as bench/quality.py
-   does (onnxprune.evaluate.compare against the original ONNX). macs_ratio is onnxprune's count on
+   does (onnxprune.report.evaluate.compare against the original ONNX). macs_ratio is onnxprune's count on
    the exported ONNX (the definition quality.json uses); tp_macs_ratio is Torch-Pruning's count.
 
 Rows in the schema of bench/results/quality.json's results go to --out. The pruned ONNX models can
@@ -111,7 +111,7 @@ def torch_logits(model: nn.Module, x: np.ndarray, bs: int = 500) -> np.ndarray:
 
 
 def check_against_ort(model: nn.Module, onnx_path, x: np.ndarray, tol: float = 1e-4) -> float:
-    from onnxprune.evaluate import logits, session
+    from onnxprune.report.evaluate import logits, session
     ref = logits(session(onnx_path, threads=1), {"input": x})
     err = float(np.abs(torch_logits(model, x) - ref).max())
     if not err <= tol:
@@ -194,8 +194,8 @@ def prune_tp(base: nn.Module, importance: str, target: float, calib, tol: float 
 
 
 def run(name: str, levels, importances, save_dir=None) -> list[dict]:
-    from onnxprune.cost import model_macs
-    from onnxprune.evaluate import compare
+    from onnxprune.analysis.cost import model_macs
+    from onnxprune.report.evaluate import compare
     with np.load(TEST) as z:
         xt = z["input"]
     with np.load(CALIB) as z:

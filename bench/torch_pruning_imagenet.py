@@ -72,7 +72,7 @@ def main():
     import torch_pruning  # noqa: F401  (fail early when the bench extra is missing)
     from importlib.metadata import version
     from models.photo_crops import CALIBRATION, EVALUATION, crops
-    from onnxprune.cost import model_macs
+    from onnxprune.analysis.cost import model_macs
     info = machine_info(f"Torch-Pruning on CPU, torch threads {args.threads}, shared machine: wall times are noisy")
     info.update(torch=torch.__version__, torch_pruning=version("torch-pruning"))
     levels = tuple(float(v) for v in args.levels.split(","))

@@ -1,26 +1,28 @@
 """The Python API that the command line wraps.
 
-    model, report = onnxprune.prune("model.onnx", method="magnitude", flops=0.5)
+    model, report = onnxprune.prune("model.onnx", "calib.npz", flops=0.5)
+
+Every keyword of `prune` is a field of one of the option groups in `onnxprune.options`, where its
+default, validation and meaning live.
 """
 from __future__ import annotations
 
 import logging
 import os
 
-import numpy as np
 import onnx
 
 from .analysis import Analysis
-from .cost import count_params, macs
 from .errors import UserError
-from .modelio import check_model, load_model
-from .report import GroupReport, Report
+from .graph import check_model, load_model
+from .options import (CalibrationOptions, GlobalOptions, OptionError, PruneOptions, Refit, RefitOptions,
+                      SelectionOptions, TargetOptions)
+from .report import Report, build_report
 from .rewrite import Rewriter
 from .selection import Selection, counts_for_ratio, counts_for_target, fit_to_target, select
 
 log = logging.getLogger("onnxprune")
-METHODS = ("greedy-local", "greedy-convex", "gfs", "greedy-omp", "greedy-taylor", "greedy-global", "greedy-combined", "taylor",
-           "magnitude", "random")
+_T, _S, _C, _R, _G = TargetOptions, SelectionOptions, CalibrationOptions, RefitOptions, GlobalOptions
 
 
 def _name(model) -> str:
@@ -50,12 +52,12 @@ def _overrides(analysis: Analysis, keep: dict) -> dict[int, int]:
     for gid, n in keep.items():
         gid = int(gid)
         if not 0 <= gid < len(analysis.groups):
-            raise UserError(f"--keep {gid}={n}: no group {gid}")
+            raise OptionError("keep", f"{gid}={n}", f"no group {gid}")
         g = analysis.groups[gid]
         if g.frozen:
-            raise UserError(f"--keep {gid}={n}: group {gid} is frozen ({'; '.join(g.reasons)})")
+            raise OptionError("keep", f"{gid}={n}", f"group {gid} is frozen ({'; '.join(g.reasons)})")
         if not g.fewest <= n <= g.channels or n % g.multiple:
-            raise UserError(f"--keep {gid}={n}: must be in {g.fewest}..{g.channels} and a multiple of {g.multiple}")
+            raise OptionError("keep", f"{gid}={n}", f"must be in {g.fewest}..{g.channels} and a multiple of {g.multiple}")
         out[gid] = int(n)
     return out
 
@@ -66,95 +68,79 @@ def apply_selection(analysis: Analysis, selection: Selection, masked: bool = Fal
     return Rewriter(analysis, keep, gamma, masked=masked, replace=selection.replace).run()
 
 
-def build_report(analysis: Analysis, selection: Selection, pruned: onnx.ModelProto, name: str,
-                 method: str, target: dict, results: dict | None = None) -> Report:
-    keep, _ = selection.class_arrays(analysis)
-    total = max(analysis.total_macs, 1)
-    groups = []
-    for g in analysis.groups:
-        idx = selection.kept.get(g.id, np.arange(g.channels))
-        gam = selection.gamma.get(g.id, np.ones(len(idx)))
-        r = (results or {}).get(g.id)
-        groups.append(GroupReport(g.id, g.channels, len(idx), [int(i) for i in idx],
-                                  [float(x) for x in gam], g.frozen, g.reasons, g.producers, g.consumers,
-                                  g.macs / total, None if g.frozen else (r.method if r else method),
-                                  r.err_calib if r else None, r.err_holdout if r else None,
-                                  list(r.curve) if r else [], r.note if r else ""))
-    roots = analysis.class_of
-    layers = [{"node": c.node, "op": c.op, "macs_before": c.macs,
-               "macs_after": int(round(c.macs * np.prod([keep[roots[f]].mean() for f in c.factors])))}
-              for c in analysis.costs]
-    return Report(name, method, target, analysis.total_macs, macs(analysis, keep),
-                  count_params(analysis.model), count_params(pruned), groups, layers=layers)
+def apply_selection(analysis: Analysis, selection: Selection, masked: bool = False) -> onnx.ModelProto:
+    """The pruned graph (or, with masked=True, the masked reference) for a selection."""
+    keep, gamma = selection.class_arrays(analysis)
+    return Rewriter(analysis, keep, gamma, masked=masked, replace=selection.replace).run()
 
 
-def prune(model, calibration=None, *, method: str = "greedy-local", refit: str | None = None,
-          keep_ratio: float | None = None, flops: float | None = None, params: float | None = None,
-          round_to: int = 1, min_channels: int = 1, keep: dict | None = None, allocate: str | None = None,
-          norm: str = "l1", seed: int = 0, batch_size: int = 32, max_positions: int | None = 64,
-          holdout: float = 0.1, ridge: float = 1e-3, preprocess: str = "none", image_size: int | None = None,
-          output_loss: str = "kl", global_samples: int = 256, taylor_rounds: int = 4,
-          quiet: bool = True) -> tuple[onnx.ModelProto, Report]:
+def prune(model, calibration=None, *, method: str = _S.method, refit: str | None = _R.refit,
+          keep_ratio: float | None = _T.keep_ratio, flops: float | None = _T.flops, params: float | None = _T.params,
+          round_to: int = _T.round_to, min_channels: int = _T.min_channels, keep: dict | None = None,
+          allocate: str = _T.allocate, norm: str = _S.norm, seed: int = _S.seed, batch_size: int = _C.batch_size,
+          max_positions: int | None = _C.max_positions, holdout: float = _C.holdout, ridge: float = _R.ridge,
+          preprocess: str = _C.preprocess, image_size: int | None = _C.image_size, output_loss: str = _G.output_loss,
+          global_samples: int = _G.global_samples, taylor_rounds: int = _G.taylor_rounds,
+          exact_limit: int = _G.exact_limit, quiet: bool = True) -> tuple[onnx.ModelProto, Report]:
     """Prune a model (path or ModelProto) to a target; returns the pruned model and its report.
 
     `calibration`: a path (.npz/.npy file or folder, image folder), dict of arrays, iterable of input
     dicts or ONNX Runtime CalibrationDataReader. Needed by the greedy methods and by any re-fit.
     `refit`: none | gamma | full (default: full with calibration, none without).
-    `allocate`: uniform | loss (default: uniform).
-    `output_loss`: kl | mse, the global methods' output discrepancy, measured on `global_samples`."""
+    `allocate`: uniform | loss. `output_loss`: kl | mse, the global methods' output discrepancy,
+    measured on `global_samples`. See `onnxprune.options` for every option."""
+    options = PruneOptions.from_flat(
+        method=method, refit=refit, keep_ratio=keep_ratio, flops=flops, params=params, round_to=round_to,
+        min_channels=min_channels, keep=keep or {}, allocate=allocate, norm=norm, seed=seed, batch_size=batch_size,
+        max_positions=max_positions, holdout=holdout, ridge=ridge, preprocess=preprocess, image_size=image_size,
+        output_loss=output_loss, global_samples=global_samples, taylor_rounds=taylor_rounds, exact_limit=exact_limit)
+    return prune_with_options(model, calibration, options, quiet=quiet)
+
+
+def prune_with_options(model, calibration, options: PruneOptions, quiet: bool = True
+                       ) -> tuple[onnx.ModelProto, Report]:
+    """`prune` with its options already grouped."""
     from .calibration import load_calibration
-    from .pruner import GLOBAL, GREEDY, GreedyPruner, Options
-    if method not in METHODS:
-        raise UserError(f"--method {method}: unknown (choose from {', '.join(METHODS)})")
-    if norm not in ("l1", "l2"):
-        raise UserError(f"--norm {norm}: must be l1 or l2")
-    refit = refit or ("full" if calibration is not None else "none")
-    if calibration is None and (method in GREEDY + GLOBAL or refit != "none"):
-        raise UserError(f"--method {method} --refit {refit} needs calibration data (--calib); "
-                        "--method magnitude or random with --refit none prune without data")
-    targets = [t for t in (keep_ratio, flops, params) if t is not None]
-    if len(targets) != 1:
-        raise UserError("give exactly one target: --keep-ratio, --flops or --params")
-    # uniform by default: loss allocation (re-fit-aware curves) helped the Fashion-MNIST MobileNet and the ImageNet
-    # MobileNetV2 at 90% MACs, but cost up to 6 points on ImageNet crops at 30% and a little on the ResNet
-    # (bench/quality.py, bench/imagenet.py); it stays available
-    allocate = allocate or "uniform"
-    if allocate not in ("uniform", "loss"):
-        raise UserError(f"--allocate {allocate}: choose uniform or loss")
-    if allocate == "loss" and calibration is None:
-        raise UserError("--allocate loss needs calibration data (--calib)")
-    if round_to < 1 or min_channels < 1:
-        raise UserError("--round-to and --min-channels must be >= 1")
+    from .pipeline import GreedyPruner, counts
+    from .selection.methods import get_method
+    target = options.target
+    kind, fraction = target.check_one_target()
+    method = get_method(options.selection.method)
+    refit = options.refit.resolved(calibration is not None)
+    if calibration is None and (method.needs_calibration or refit != Refit.NONE):
+        raise OptionError("calibration", None, f"method {method.name} with refit {refit} needs calibration data; "
+                          "magnitude or random with refit none prune without data")
+    if target.allocate != "uniform" and calibration is None:
+        raise OptionError("allocate", target.allocate, "needs calibration data")
     analysis = analyze(model)
     name = _name(model)
     if not analysis.prunable:
         raise UserError(f"{name}: every channel group is frozen; nothing to prune")
-    overrides = _overrides(analysis, keep or {})
-    what, fraction = ("flops", flops) if flops is not None else ("params", params)
-    target = {"keep_ratio": keep_ratio} if keep_ratio is not None else {what: fraction}
-    if keep_ratio is not None and not 0 < keep_ratio <= 1:
-        raise UserError(f"--keep-ratio {keep_ratio}: must be in (0, 1]")
+    overrides = _overrides(analysis, target.keep)
+    n_cal = 0
     results = None
     if calibration is None:
-        if keep_ratio is not None:
-            counts = counts_for_ratio(analysis, keep_ratio, round_to, min_channels, overrides)
+        if kind == "keep_ratio":
+            group_counts = counts_for_ratio(analysis, fraction, target.round_to, target.min_channels, overrides)
         else:
-            counts = counts_for_target(analysis, fraction, what, round_to, min_channels, overrides)
-        selection = select(analysis, counts, method, norm=norm, seed=seed)
-        if what == "flops" and keep_ratio is None:
-            fit_to_target(analysis, selection, selection.scores, fraction, min_channels, round_to=round_to)
-        n_cal = 0
+            group_counts = counts_for_target(analysis, fraction, kind, target.round_to, target.min_channels,
+                                             overrides)
+        selection = select(analysis, group_counts, method.name, norm=options.selection.norm,
+                           seed=options.selection.seed)
+        if kind == "flops":
+            fit_to_target(analysis, selection, selection.scores, fraction, target.min_channels,
+                          round_to=target.round_to)
     else:
-        cal = load_calibration(calibration, analysis.model, holdout, preprocess, image_size)
-        opts = Options(method, refit, batch_size, max_positions, ridge, seed, norm, quiet, output_loss,
-                       global_samples, taylor_rounds)
-        pruner = GreedyPruner(analysis, cal, opts)
-        counts = pruner.counts(keep_ratio, fraction, what, allocate, round_to, min_channels, overrides)
-        selection = pruner.run(counts)
+        c = options.calibration
+        cal = load_calibration(calibration, analysis.model, c.holdout, c.preprocess, c.image_size)
+        options = PruneOptions(target, options.selection, c, RefitOptions(refit, options.refit.ridge),
+                               options.global_imitation)
+        pruner = GreedyPruner(analysis, cal, options, quiet=quiet)
+        selection = pruner.run(counts(pruner, target, overrides))
         results, n_cal = pruner.results, cal.size
     pruned = apply_selection(analysis, selection)
-    report = build_report(analysis, selection, pruned, name, method, target, results)
-    report.refit, report.allocate, report.calibration_samples = refit, allocate, n_cal
+    report = build_report(analysis, selection, pruned, name, method.name, {kind: fraction}, results)
+    report.refit, report.allocate, report.calibration_samples = str(refit), str(target.allocate), n_cal
     report.selection = selection
     report.analysis = analysis
     return pruned, report

@@ -12,7 +12,8 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from .analysis import Analysis, Edit
-from .graph import import_graph
+from .graph.export import finish
+from .graph.normalise import import_graph
 
 
 class Rewriter:
@@ -115,22 +116,3 @@ class Rewriter:
                     t.dtype = None
         self.graph.cleanup(remove_unused_graph_inputs=False)
         return finish(self.graph, self.analysis.model)
-
-
-def finish(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
-    """Export a graph and restore the model-level fields of the original."""
-    model = gs.export_onnx(graph, do_type_check=False)
-    if [i.name for i in model.graph.input] != [i.name for i in like.graph.input]:
-        del model.graph.input[:]  # initializers that are also inputs stay inputs (they are never edited)
-        model.graph.input.extend(like.graph.input)
-    model.ir_version = like.ir_version
-    del model.opset_import[:]
-    model.opset_import.extend(like.opset_import)
-    for field in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
-        setattr(model, field, getattr(like, field))
-    del model.metadata_props[:]
-    model.metadata_props.extend(like.metadata_props)
-    del model.functions[:]
-    model.functions.extend(like.functions)
-    model.graph.name = like.graph.name
-    return model

@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper
 
-from cli.main import main
+from onnxprune.cli import main
 from helpers import rel_err, run
 
 
@@ -182,6 +182,6 @@ def test_image_folder_calibration(tmp_path):
     cal = load_calibration(folder, onnx.load(tmp_path / "m.onnx"), preprocess="imagenet")
     batch = next(b for _, b in cal.batches(12))["x"]
     assert batch.shape == (12, 3, 32, 32) and batch.dtype == np.float32 and batch.min() < 0
-    from onnxprune.calibration import _NpyStream
+    from onnxprune.calibration.npy_stream import NpyStream as _NpyStream
     assert all(isinstance(v, _NpyStream) for p in cal.parts for v in p.arrays.values()), \
         "images are decoded once to disk and streamed, not held in memory"

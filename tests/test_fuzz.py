@@ -30,7 +30,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from cli.main import main
+from onnxprune.cli import main
 from helpers import rel_err, run
 
 N_CASES = int(os.environ.get("ONNXPRUNE_FUZZ_CASES", "160"))
@@ -472,7 +472,7 @@ def test_same_inputs_give_byte_identical_outputs(zoo_models, tmp_path, name, exp
         d = tmp_path / f"run{i}"
         d.mkdir()
         env = dict(os.environ, PYTHONHASHSEED=str(i + 1))
-        res = subprocess.run([sys.executable, "-c", "from cli.main import main; main()", "prune", f"../{z.path.name}",
+        res = subprocess.run([sys.executable, "-c", "from onnxprune.cli import main; main()", "prune", f"../{z.path.name}",
                               "-o", "p.onnx", "--method", method, "--seed", "7", "--flops", "0.5",
                               "--masked-reference", "m.onnx", "--report", "r.json"],
                              cwd=d, env=env, capture_output=True, text=True, timeout=300)

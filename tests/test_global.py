@@ -10,7 +10,7 @@ import zoo
 from onnxprune import prune
 from onnxprune.analysis import Analysis
 from onnxprune.calibration import load_calibration
-from onnxprune.global_imitation import OutputLoss
+from onnxprune.selection.global_imitation import OutputLoss
 from onnxprune.twin import Twin
 
 

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from onnxprune.greedy import gfs, greedy_convex, greedy_local, ls_gamma, prefix_losses
-from onnxprune.statistics import loss
+from onnxprune.selection.greedy import gfs, greedy_convex, greedy_local, ls_gamma, prefix_losses
+from onnxprune.statistics.moments import loss
 
 
 def problem(seed, C=12, N=400, planted=None, noise=0.0):
@@ -101,8 +101,8 @@ def test_group_omp_picks_the_channel_that_lowers_the_refit_residual_most(seed):
     of features gives the lowest least-squares residual (with the outside features and the bias always in
     the fit); the path's losses are those residuals. Two consumers sum."""
     import torch
-    from onnxprune.greedy import group_omp
-    from onnxprune.statistics import Stats, conditioned
+    from onnxprune.selection.greedy import group_omp
+    from onnxprune.statistics.moments import Stats, conditioned
     problems = [_omp_problem(seed), _omp_problem(seed + 10)]
     terms = []
     for X, Y, member in problems:
@@ -125,8 +125,8 @@ def test_group_omp_picks_the_channel_that_lowers_the_refit_residual_most(seed):
 
 def test_group_omp_respects_block_quotas():
     import torch
-    from onnxprune.greedy import group_omp
-    from onnxprune.statistics import Stats, conditioned
+    from onnxprune.selection.greedy import group_omp
+    from onnxprune.statistics.moments import Stats, conditioned
     X, Y, member = _omp_problem(5, C=8)
     st = Stats(X.shape[1], Y.shape[1])
     st.add(torch.from_numpy(X), torch.from_numpy(Y))

@@ -9,7 +9,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from click.testing import CliRunner
 
-from cli.main import main
+from onnxprune.cli import main
 
 pytestmark = pytest.mark.slow
 
@@ -62,7 +62,7 @@ def test_model_over_2gb_prunes_with_external_data(tmp_path):
 def test_in_memory_model_over_2gb_gets_a_session(tmp_path):
     """Taps and evaluation build ONNX Runtime sessions from in-memory models: over 2 GB they go through
     a temporary external-data file."""
-    from onnxprune.evaluate import session
+    from onnxprune.report.evaluate import session
     src = tmp_path / "big.onnx"
     _build(src)
     x = np.random.default_rng(2).standard_normal((2, WIDTH)).astype(np.float32)

@@ -6,10 +6,10 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
-from cli.main import main
+from onnxprune.cli import main
 from helpers import rel_err, run
 from onnxprune.errors import UserError
-from onnxprune.modelio import load_model, path_uses_external_data, save_model
+from onnxprune.graph import load_model, path_uses_external_data, save_model
 
 
 def _dynamo(zoo_models):

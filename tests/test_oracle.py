@@ -8,7 +8,8 @@ import zoo
 from helpers import rel_err, run
 from onnxprune import load_model
 from onnxprune.analysis import Analysis
-from onnxprune.cost import count_params, macs, model_macs
+from onnxprune.analysis.cost import macs, model_macs
+from onnxprune.graph.params import count_params
 from onnxprune.rewrite import Rewriter
 from onnxprune.selection import Selection, counts_for_ratio, select
 

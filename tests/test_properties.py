@@ -20,7 +20,7 @@ from onnx import TensorProto, helper, numpy_helper
 from helpers import rel_err, run
 from onnxprune import api
 from onnxprune.analysis import Analysis
-from onnxprune.cost import macs
+from onnxprune.analysis.cost import macs
 from onnxprune.rewrite import Rewriter
 from onnxprune.selection import Selection, counts_for_ratio, select
 

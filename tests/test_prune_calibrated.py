@@ -9,7 +9,7 @@ from helpers import rel_err, run
 from onnxprune import load_model, masked_reference, prune
 from onnxprune.analysis import Analysis
 from onnxprune.calibration import load_calibration
-from onnxprune.cost import macs
+from onnxprune.analysis.cost import macs
 from onnxprune.selection import counts_for_target, fit_to_target, select
 
 CONFIGS = [("greedy-local", "gamma", "loss"), ("greedy-convex", "full", "uniform"), ("gfs", "none", "uniform"),

@@ -7,9 +7,9 @@ import torch.nn.functional as F
 
 import zoo
 from onnxprune.analysis import Analysis
-from onnxprune.consumers import consumers_of, original_dense
-from onnxprune.statistics import Stats, group_terms, ridge_refit
-from onnxprune.taps import Tap
+from onnxprune.statistics.consumer import consumers_of, original_dense
+from onnxprune.statistics.moments import Stats, group_terms, ridge_refit
+from onnxprune.calibration.taps import Tap
 
 
 def _setup(zoo_models, name="chain"):
@@ -190,7 +190,7 @@ def test_ridge_refit_of_a_grouped_conv_keeps_its_blocks():
 def test_refit_curve_is_the_full_refit_loss_of_every_prefix():
     """The allocation's curve under --refit full: keeping the group's first n channels (in a given order)
     plus every feature outside the group, the loss of the least-squares re-fit of the whole consumer."""
-    from onnxprune.statistics import refit_curve
+    from onnxprune.statistics.moments import refit_curve
     rng = np.random.default_rng(4)
     k, channels, outside = 4, 6, 3                       # 6 group channels of 4 features, 3 other features
     member = np.r_[np.repeat(np.arange(channels), k), -np.ones(outside, int)]
@@ -211,7 +211,7 @@ def test_taps_use_cuda_with_heuristic_cudnn_search_when_present(monkeypatch):
     """With onnxruntime-gpu the taps run on the CUDA EP, without the default exhaustive cuDNN search
     (each tap session runs a few batches: the search cost twice the CPU EP's time on an H100)."""
     import onnxruntime as ort
-    from onnxprune import taps
+    from onnxprune.calibration import taps
     monkeypatch.setattr(taps, "_PROVIDERS", None)
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     assert taps.providers() == [("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC"}),

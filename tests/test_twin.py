@@ -120,7 +120,7 @@ def test_gate_gradients_match_finite_differences(zoo_analyses, name):
 
 
 def test_every_analyzer_op_is_supported():
-    from onnxprune.handlers import supported_ops
+    from onnxprune.analysis.handlers import supported_ops
     from onnxprune.twin import supported_ops as twin_ops
     assert set(supported_ops()) <= set(twin_ops())
 

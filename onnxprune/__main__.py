@@ -1,0 +1,4 @@
+"""`python -m onnxprune`: the same command line as `onnxprune`."""
+from .cli import main
+
+main()

@@ -1,0 +1,281 @@
+"""Graph analysis: which channel axes must keep the same channel index set (channel groups).
+
+Every producer (Conv, Gemm, MatMul with a constant weight...) creates one *atom* per output channel.
+Each tensor carries a *layout*: an integer array with the tensor's rank whose entries are atom ids,
+with size-1 axes where the tensor has no channel structure (so NCHW channels are `(1, C, 1, 1)`).
+Op handlers (see `handlers/`) propagate layouts, unite atoms that must stay together (residual Add,
+SE gate Mul), and record the *edits* the rewriter needs. Atoms united are one *channel*; channels of
+producers linked by such unions form one *group*. Atom 0 stands for a channel that cannot change
+(e.g. a graph input concatenated with pruned channels).
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Callable
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from ..graph.normalise import const_value, import_graph, normalise, static_shape
+from ..graph.params import count_params
+from . import handlers
+from .records import FIXED, Cost, Edit, Group
+
+
+class Analysis:
+    """Channel groups of a model, plus what the rewriter and the cost model need."""
+
+    def __init__(self, model: onnx.ModelProto, in_place: bool = False):
+        """`in_place`: normalise `model` itself instead of a copy (for a model nobody else uses)."""
+        self.model = normalise(model, in_place)
+        self.graph: gs.Graph = import_graph(self.model)
+        self.index = {id(n): i for i, n in enumerate(self.graph.nodes)}
+        # initializers also listed as graph inputs can be overridden at run time: not weights we may edit
+        self.overridable = {i.name for i in self.model.graph.input} & {t.name for t in self.model.graph.initializer}
+        self.layouts: dict[str, np.ndarray] = {}
+        self._parent: list[int] = [FIXED]
+        self._frozen: dict[int, list[str]] = defaultdict(list)
+        self.edits: list[Edit] = []
+        self.costs: list[Cost] = []
+        self.producer_atoms: list[tuple[str, np.ndarray]] = []
+        self.consumer_labels: list[tuple[str, np.ndarray]] = []
+        self.block_constraints: list[tuple[str, np.ndarray, int]] = []
+        self.segments: list[np.ndarray] = []  # label vectors that must keep at least one channel
+        # (node, label vector, n): the vector is cut into n equal pieces that must keep equal counts
+        self.equal_pieces: list[tuple[str, np.ndarray, int]] = []
+        self.deferred: list[Callable[[], None]] = []
+        self._run()
+
+    # ----- union-find over atoms -------------------------------------------------------------
+    def new_atoms(self, n: int) -> np.ndarray:
+        start = len(self._parent)
+        self._parent.extend(range(start, start + n))
+        return np.arange(start, start + n, dtype=np.int64)
+
+    def find(self, a: int) -> int:
+        parent = self._parent
+        root = a
+        while parent[root] != root:
+            root = parent[root]
+        while parent[a] != root:
+            parent[a], a = root, parent[a]
+        return root
+
+    def roots(self) -> np.ndarray:
+        return np.array([self.find(a) for a in range(len(self._parent))], dtype=np.int64)
+
+    def unite(self, a: np.ndarray, b: np.ndarray, node, what: str = "") -> None:
+        """Positional union of two broadcast-compatible label arrays."""
+        a, b = np.broadcast_arrays(a, b)
+        for x, y in zip(a.ravel().tolist(), b.ravel().tolist()):
+            if x == y:
+                continue
+            if x == FIXED or y == FIXED:
+                self.freeze(np.array([x, y]), node, what or "combined with channels that cannot change")
+                continue
+            rx, ry = self.find(x), self.find(y)
+            if rx != ry:
+                self._parent[max(rx, ry)] = min(rx, ry)
+
+    # ----- what handlers use --------------------------------------------------------------
+    def layout(self, tensor) -> np.ndarray | None:
+        if isinstance(tensor, gs.Constant) or tensor is None:
+            return None
+        return self.layouts.get(tensor.name)
+
+    def set_layout(self, tensor, labels: np.ndarray | None) -> None:
+        if labels is not None and tensor is not None and not tensor.is_empty():
+            self.layouts[tensor.name] = labels
+
+    def freeze(self, labels, node, reason: str) -> None:
+        where = f"{node.op} node '{node.name}'" if node is not None else "graph"
+        for a in set(np.asarray(labels).ravel().tolist()) - {FIXED}:
+            self._frozen[a].append(f"{where}: {reason}")
+
+    def freeze_node(self, node, reason: str) -> None:
+        """The node is not understood: freeze everything flowing into it; its outputs carry no channels."""
+        for t in node.inputs:
+            lab = self.layout(t)
+            if lab is not None:
+                self.freeze(lab, node, reason)
+
+    def node_id(self, node) -> int:
+        return self.index[id(node)]
+
+    def edit(self, kind: str, node, **kw) -> None:
+        self.edits.append(Edit(kind, self.node_id(node), **kw))
+        if kind in ("consumer", "grouped_consumer"):
+            self.consumer_labels.append((node.name, kw["labels"]))
+            self.segments.append(kw["labels"])
+
+    def produce(self, node, n: int) -> np.ndarray:
+        atoms = self.new_atoms(n)
+        self.producer_atoms.append((node.name, atoms))
+        return atoms
+
+    def cost(self, node, macs: int, *factors) -> None:
+        self.costs.append(Cost(node.name, node.op, int(macs), [f for f in factors if f is not None]))
+
+    def const(self, tensor):
+        return None if tensor is None or tensor.name in self.overridable else const_value(tensor)
+
+    shape = staticmethod(static_shape)
+
+    # ----- the pass --------------------------------------------------------------------------
+    def _run(self) -> None:
+        for node in self.graph.nodes:
+            handler = handlers.lookup(node)
+            if handler is None:
+                if any(self.layout(t) is not None for t in node.inputs):
+                    self.freeze_node(node, f"op '{node.domain + '::' if node.domain else ''}{node.op}' "
+                                           "is not supported")
+                continue
+            handler(node, self)
+        for out in self.graph.outputs:
+            lab = self.layout(out)
+            if lab is not None:
+                self.freeze(lab, None, f"reaches graph output '{out.name}'")
+        for check in self.deferred:
+            check()
+        self.groups = self._build_groups()
+
+    def _build_groups(self) -> list[Group]:
+        roots = self.roots()
+        self.class_of = roots
+        link = {}
+
+        def find(c):
+            while link.get(c, c) != c:
+                c = link[c]
+            return c
+
+        for _, atoms in self.producer_atoms:
+            cls = roots[atoms]
+            base = find(int(cls[0]))
+            for c in cls[1:].tolist():
+                r = find(c)
+                if r != base:
+                    link[r] = base
+        members: dict[int, dict[int, None]] = {}
+        prods: dict[int, list[str]] = defaultdict(list)
+        for name, atoms in self.producer_atoms:
+            cls = roots[atoms]
+            g = find(int(cls[0]))
+            members.setdefault(g, {}).update(dict.fromkeys(cls.tolist()))
+            prods[g].append(name)
+        frozen = defaultdict(list)
+        for atom, reasons in self._frozen.items():
+            frozen[find(int(roots[atom]))].extend(reasons)
+        cons = defaultdict(list)
+        for name, labels in self.consumer_labels:
+            for g in {find(int(c)) for c in roots[np.asarray(labels).ravel()].tolist() if c != FIXED}:
+                if name not in cons[g]:
+                    cons[g].append(name)
+        groups = []
+        for gid, (g, classes) in enumerate(members.items()):
+            classes = np.array(list(classes), dtype=np.int64)
+            reasons = list(dict.fromkeys(frozen.get(g, [])))
+            if not cons.get(g) and not reasons:
+                reasons.append("no consumer reads these channels")
+            blocks, why = self._blocks_for(classes, roots)
+            if not why:
+                blocks, why = self._equal_pieces_for(classes, roots, blocks)
+            if why:
+                reasons.append(why)
+            parts = self._parts_for(classes, roots) if blocks.max(initial=0) == 0 else None
+            groups.append(Group(gid, classes, prods[g], cons.get(g, []), bool(reasons), reasons,
+                                blocks if parts is None else parts, proportional=parts is not None))
+        class_group = {}
+        for grp in groups:
+            for c in grp.classes.tolist():
+                class_group[c] = grp.id
+        self.group_of_class = class_group
+        for cost in self.costs:
+            touched = {class_group.get(int(c)) for f in cost.factors for c in np.unique(roots[f]).tolist()}
+            for gid in touched - {None}:
+                groups[gid].macs += cost.macs
+        return groups
+
+    def _parts_for(self, classes: np.ndarray, roots: np.ndarray) -> np.ndarray | None:
+        """Pieces cut from the group by Split/Slice or read by separate consumers, when they partition
+        it: each piece then keeps the same share of its channels (so MACs follow the kept count)."""
+        pos = {c: i for i, c in enumerate(classes.tolist())}
+        pieces = set()
+        for seg in self.segments:
+            members = frozenset(pos[c] for c in roots[seg].tolist() if c in pos)
+            if 0 < len(members) < len(classes):
+                pieces.add(members)
+        if len(pieces) < 2 or sum(len(p) for p in pieces) != len(classes) or \
+                len(frozenset().union(*pieces)) != len(classes):
+            return None
+        parts = np.empty(len(classes), dtype=np.int64)
+        for i, piece in enumerate(sorted(pieces, key=min)):
+            parts[list(piece)] = i
+        return parts
+
+    def _blocks_for(self, classes: np.ndarray, roots: np.ndarray) -> tuple[np.ndarray, str]:
+        blocks = np.zeros(len(classes), dtype=np.int64)
+        pos = {c: i for i, c in enumerate(classes.tolist())}
+        assigned = None
+        for name, labels, groups in self.block_constraints:
+            cls = roots[labels]
+            mine = [pos.get(int(c)) for c in cls.tolist()]
+            if all(m is None for m in mine):
+                continue
+            if any(m is None for m in mine) or len(set(mine)) != len(mine) or len(mine) != len(classes):
+                return blocks, f"grouped Conv '{name}' reads only part of this group or mixes it with others"
+            this = np.empty(len(classes), dtype=np.int64)
+            this[np.array(mine)] = np.arange(len(mine)) // (len(mine) // groups)
+            if assigned is not None and not np.array_equal(assigned, this):
+                return blocks, f"grouped Conv '{name}' splits these channels differently from another grouped Conv"
+            assigned = this
+        return (assigned if assigned is not None else blocks), ""
+
+    def _equal_pieces_for(self, classes: np.ndarray, roots: np.ndarray, blocks: np.ndarray) -> tuple[np.ndarray, str]:
+        """Refine `blocks` so that each piece of every equal-pieces constraint on this group keeps the same
+        count: possible when each class lies in one piece and all occur equally often. Classes the sliced
+        tensor does not hold are cut into n equal cells too (stricter than needed, but expressible)."""
+        pos = {c: i for i, c in enumerate(classes.tolist())}
+        for name, vec, n in self.equal_pieces:
+            cls = roots[vec]
+            mine = [pos.get(int(c)) for c in cls.tolist()]
+            if all(m is None for m in mine):
+                continue
+            why = f"Slice '{name}' (bounds computed at run time) cuts these channels into pieces that cannot keep equal counts"
+            if any(m is None for m in mine):
+                return blocks, why
+            mine = np.array(mine)
+            piece = np.arange(len(vec)) // (len(vec) // n)
+            of_class = np.full(len(classes), -1)
+            of_class[mine] = piece
+            counts = np.bincount(mine, minlength=len(classes))[np.unique(mine)]
+            if not np.array_equal(of_class[mine], piece) or counts.min() != counts.max():
+                return blocks, why
+            rest = np.flatnonzero(of_class < 0)  # classes the slice does not see: equal cells of their own
+            if len(rest):
+                if len(rest) % n:
+                    return blocks, why
+                of_class[rest] = n + np.arange(len(rest)) // (len(rest) // n)
+            _, cell = np.unique(blocks * n + of_class, return_inverse=True)
+            sizes = np.bincount(cell)
+            if sizes.min() != sizes.max():
+                return blocks, why
+            blocks = cell.astype(np.int64)
+        return blocks, ""
+
+    # ----- conveniences for callers ------------------------------------------------------
+    @property
+    def prunable(self) -> list[Group]:
+        return [g for g in self.groups if not g.frozen]
+
+    @property
+    def total_macs(self) -> int:
+        return sum(c.macs for c in self.costs)
+
+    def total_params(self) -> int:
+        return count_params(self.model)
+
+
+def analyze(model: onnx.ModelProto) -> Analysis:
+    return Analysis(model)

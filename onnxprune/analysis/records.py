@@ -1,0 +1,84 @@
+"""What the analysis produces: edits for the rewriter, MACs terms for the cost model, channel groups."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+FIXED = 0  # the atom of a channel that cannot change (e.g. a graph input concatenated with pruned channels)
+
+
+@dataclass
+class Edit:
+    """A change the rewriter makes for a selection.
+
+    kind: 'producer' or 'param' (slice `axis` of the node's constant input `input`),
+    'consumer' (slice and scale by γ; in the masked reference: zero and scale),
+    'grouped_consumer' (a grouped Conv's input slice, `groups` blocks), or
+    'call' (pruned graph only: `fn(node, rewriter)` updates attributes or shape constants).
+    """
+    kind: str
+    node: int
+    input: int = -1
+    axis: int = 0
+    labels: np.ndarray | None = None
+    groups: int = 1
+    fn: Callable | None = None
+
+
+@dataclass
+class Cost:
+    """MACs of one node for one sample; after pruning they scale with each factor's kept fraction."""
+    node: str
+    op: str
+    macs: int
+    factors: list = field(default_factory=list)
+
+
+@dataclass
+class Group:
+    id: int
+    classes: np.ndarray           # channel -> class id (root atom)
+    producers: list[str]
+    consumers: list[str]
+    frozen: bool
+    reasons: list[str]
+    blocks: np.ndarray            # channel -> block index
+    macs: int = 0
+    proportional: bool = False    # blocks are Split/Slice pieces (kept counts proportional to size);
+                                  # otherwise grouped-Conv groups (equal kept counts)
+
+    @property
+    def channels(self) -> int:
+        return len(self.classes)
+
+    @property
+    def n_blocks(self) -> int:
+        return int(self.blocks.max()) + 1 if len(self.blocks) else 1
+
+    @property
+    def multiple(self) -> int:
+        """Kept counts must be multiples of this."""
+        return 1 if self.proportional else self.n_blocks
+
+    @property
+    def fewest(self) -> int:
+        """The smallest kept count: one channel per block."""
+        return self.n_blocks
+
+    def quotas(self, k: int) -> np.ndarray:
+        """Kept channels per block for `k` kept in all."""
+        nb = self.n_blocks
+        if nb == 1:
+            return np.array([k])
+        if not self.proportional:
+            return np.full(nb, k // nb)
+        sizes = np.bincount(self.blocks, minlength=nb)
+        raw = k * sizes / sizes.sum()
+        q = np.minimum(np.maximum(np.floor(raw).astype(np.int64), 1), sizes)
+        while q.sum() < k:
+            q[np.argmax(np.where(q < sizes, raw - q, -np.inf))] += 1
+        while q.sum() > k:
+            q[np.argmax(np.where(q > 1, q - raw, -np.inf))] -= 1
+        return q

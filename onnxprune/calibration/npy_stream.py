@@ -1,0 +1,91 @@
+"""Row blocks of `.npy` arrays, read from a file or a `.npz` member on every pass, never held whole."""
+from __future__ import annotations
+
+import os
+import zipfile
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from ..errors import UserError
+
+
+class NpyStream:
+    """Row blocks of one `.npy` array, read from a file or a zip member on each pass."""
+
+    def __init__(self, opener: Callable, what: str):
+        self.opener, self.what = opener, what
+        with opener() as fh:
+            self.shape, self.dtype = self._header(fh)
+
+    def _header(self, fh):
+        try:
+            version = np.lib.format.read_magic(fh)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read(fh)
+        except ValueError as exc:
+            raise UserError(f"{self.what}: not a readable .npy array ({exc})") from None
+        if dtype.hasobject:
+            raise UserError(f"{self.what}: holds pickled objects, which are not loaded")
+        if fortran and len(shape) > 1:
+            raise UserError(f"{self.what}: Fortran-ordered arrays are not supported; save with np.ascontiguousarray")
+        if len(shape) == 0:
+            raise UserError(f"{self.what}: is a scalar, expected arrays with the batch first")
+        return shape, dtype
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def blocks(self, rows: int, first: int = 0, last: int | None = None) -> Iterator[np.ndarray]:
+        """Blocks of `rows` rows from row `first` to `last` (the end); rows before `first` are skipped
+        by seeking, not read."""
+        last = len(self) if last is None else last
+        row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+        with self.opener() as fh:
+            self._header(fh)  # skip it
+            if first:
+                fh.seek(first * row_bytes, os.SEEK_CUR)
+            for start in range(first, last, rows):
+                n = min(rows, last - start)
+                buf = fh.read(n * row_bytes)
+                if len(buf) != n * row_bytes:
+                    raise UserError(f"{self.what}: file is truncated")
+                yield np.frombuffer(buf, dtype=self.dtype).reshape((n,) + tuple(self.shape[1:]))
+
+
+def npz_streams(path: Path) -> dict[str, NpyStream]:
+    try:
+        zf = zipfile.ZipFile(path)
+        names = zf.namelist()
+        zf.close()
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise UserError(f"{path}: not a readable .npz file ({exc})") from None
+
+    def opener(member):
+        def open_member():
+            z = zipfile.ZipFile(path)
+            fh = z.open(member)
+            return _Closing(fh, z)
+        return open_member
+    return {n[:-4]: NpyStream(opener(n), f"{path}[{n[:-4]}]") for n in names if n.endswith(".npy")}
+
+
+class _Closing:
+    """A zip member whose archive closes with it."""
+
+    def __init__(self, fh, archive):
+        self.fh, self.archive = fh, archive
+
+    def read(self, n=-1):
+        return self.fh.read(n)
+
+    def seek(self, offset, whence=os.SEEK_SET):
+        return self.fh.seek(offset, whence)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.fh.close()
+        self.archive.close()

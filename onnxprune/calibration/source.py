@@ -1,0 +1,141 @@
+"""Calibration data that streams in batches, pass after pass, without holding the data set.
+
+Sources: an `.npz`/`.npy` file or a folder of them (keys = model input names, batch first; `.npy`
+only for single-input models), a folder of images with a preprocessing preset, a dict of arrays,
+an iterable of input dicts, or an ONNX Runtime `CalibrationDataReader`. Files are read row block by
+row block on every pass (compressed `.npz` members are decompressed as a stream); iterables and
+readers are spilled once to `.npy` files in a temporary folder.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import onnx
+
+from ..errors import UserError
+from ..graph.inputs import model_inputs
+from .images import IMAGE_SUFFIXES, image_items
+from .npy_stream import NpyStream, npz_streams
+from .part import Part
+from .spill import reader_items, spill
+
+
+class Calibration:
+    """Re-iterable batches of model inputs; `holdout` trailing samples are kept apart."""
+
+    def __init__(self, parts: list[Part], what: str, holdout: float = 0.1, tmpdir=None):
+        self.parts, self.what, self._tmpdir = parts, what, tmpdir
+        self.size = sum(p.size for p in parts)
+        if self.size == 0:
+            raise UserError(f"{what}: holds no samples")
+        self.n_holdout = int(round(self.size * holdout)) if self.size >= 10 else 0
+        self.n_calib = self.size - self.n_holdout
+
+    def batches(self, batch_size: int, split: str = "all") -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+        """(index of first sample, batch) for split 'calib', 'holdout' or 'all'."""
+        lo, hi = {"all": (0, self.size), "calib": (0, self.n_calib), "holdout": (self.n_calib, self.size)}[split]
+        start = 0
+        for part in self.parts:
+            a, b = max(lo - start, 0), min(hi - start, part.size)  # rows of this part in the split
+            if a < b:
+                iters = {k: (v.blocks(batch_size, a, b) if isinstance(v, NpyStream) else
+                             (v[i:min(i + batch_size, b)] for i in range(a, b, batch_size)))
+                         for k, v in part.arrays.items()}
+                for offset in range(a, b, batch_size):
+                    yield start + offset, {k: np.ascontiguousarray(next(it)) for k, it in iters.items()}
+            start += part.size
+
+    def check(self, model: onnx.ModelProto) -> None:
+        """Names, dtypes and shapes against the model; finite values (checked on every batch later too)."""
+        expected = model_inputs(model)
+        for part in self.parts:
+            names = set(part.arrays)
+            if names != set(expected):
+                raise UserError(f"{self.what}: keys {sorted(names)} do not match the model inputs {sorted(expected)}")
+            for name, (dtype, shape) in expected.items():
+                arr = part.arrays[name]
+                a_shape, a_dtype = (arr.shape, arr.dtype)
+                if dtype is not None and a_dtype != dtype:
+                    raise UserError(f"{self.what}: input '{name}' has dtype {a_dtype}, the model expects "
+                                    f"{np.dtype(dtype)}")
+                if len(a_shape) != len(shape) or any(s is not None and s != d for s, d in zip(shape[1:], a_shape[1:])):
+                    raise UserError(f"{self.what}: input '{name}' has shape {tuple(a_shape)}, the model expects "
+                                    f"{tuple('?' if s is None else s for s in shape)}")
+
+
+def _check_finite(batch: dict, what: str) -> None:
+    for k, v in batch.items():
+        if np.issubdtype(v.dtype, np.floating) and not np.isfinite(v).all():
+            raise UserError(f"{what}: input '{k}' contains NaN or Inf")
+
+
+def _file_part(path: Path, input_names: list[str]) -> Part:
+    if path.suffix == ".npz":
+        streams = npz_streams(path)
+        streams.pop("labels", None)
+    elif path.suffix == ".npy":
+        if len(input_names) != 1:
+            raise UserError(f"{path}: a .npy file feeds single-input models only; use .npz with input names")
+        streams = {input_names[0]: NpyStream(lambda: open(path, "rb"), str(path))}
+    else:
+        raise UserError(f"{path}: expected .npz or .npy")
+    sizes = {len(s) for s in streams.values()}
+    if len(sizes) > 1:
+        raise UserError(f"{path}: arrays hold different numbers of samples {sorted(sizes)}")
+    return Part(streams, sizes.pop() if sizes else 0)
+
+
+def load_calibration(source, model: onnx.ModelProto, holdout: float = 0.1, preprocess: str = "none",
+                     image_size: int | None = None, mean=None, std=None) -> Calibration:
+    """Open any supported calibration source for `model` and check it against the model's inputs."""
+    inputs = model_inputs(model)
+    names = list(inputs)
+    tmp = None
+    if isinstance(source, Calibration):
+        return source
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.exists():
+            raise UserError(f"{path}: no such calibration file or folder")
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.is_file())
+            arrays = [p for p in files if p.suffix in (".npz", ".npy")]
+            images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+            if arrays:
+                parts = [_file_part(p, names) for p in arrays]
+            elif images:
+                if len(names) != 1:
+                    raise UserError(f"{path}: image folders feed single-input models only")
+                parts, tmp = spill(image_items(images, names[0], inputs[names[0]][1], preprocess, mean, std,
+                                                 image_size), names, str(path))
+            else:
+                raise UserError(f"{path}: folder holds no .npz, .npy or image files")
+        else:
+            parts = [_file_part(path, names)]
+        what = str(path)
+    elif isinstance(source, dict):
+        arrays = {k: np.asarray(v) for k, v in source.items() if k != "labels"}
+        sizes = {len(v) for v in arrays.values()}
+        if len(sizes) != 1:
+            raise UserError("calibration dict: arrays hold different numbers of samples")
+        parts, what = [Part(arrays, sizes.pop())], "calibration dict"
+    elif hasattr(source, "get_next"):
+        parts, tmp = spill(reader_items(source), names, "CalibrationDataReader")
+        what = "CalibrationDataReader"
+    elif hasattr(source, "__iter__"):
+        parts, tmp = spill(source, names, "calibration iterable")
+        what = "calibration iterable"
+    else:
+        raise UserError(f"calibration: unsupported source of type {type(source).__name__}")
+    cal = Calibration(parts, what, holdout, tmp)
+    cal.check(model)
+    return cal
+
+
+def checked_batches(cal: Calibration, batch_size: int, split: str = "all"):
+    for start, batch in cal.batches(batch_size, split):
+        _check_finite(batch, cal.what)
+        yield start, batch

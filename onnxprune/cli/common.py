@@ -1,0 +1,63 @@
+"""What every subcommand shares: user errors as one line and exit code 2, and the outputs written all
+or none."""
+from __future__ import annotations
+
+import functools
+import os
+import sys
+
+import click
+
+from ..errors import UserError
+from ..options import OptionError
+
+# options whose command-line flag is not the API keyword spelt with dashes
+FLAGS = {"calibration": "--calib"}
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def fail(message: str) -> None:
+    click.echo(f"onnxprune: error: {one_line(message)}", err=True)
+    sys.exit(2)
+
+
+def option_message(exc: OptionError) -> str:
+    if exc.option in FLAGS:
+        shown = "" if exc.value is None else f" {exc.value}"
+        return f"{FLAGS[exc.option]}{shown}: {exc.reason}"
+    return exc.flag_message()
+
+
+def user_errors(fn):
+    """Turn UserError (and unwritable paths) into one line on stderr and exit code 2."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except OptionError as exc:
+            fail(option_message(exc))
+        except UserError as exc:
+            fail(str(exc))
+        except OSError as exc:  # unwritable, missing, too long... paths
+            fail(f"{exc.filename or ''}: {exc.strerror or str(exc)}")
+    return wrapper
+
+
+def write_all(writes) -> None:
+    """Write every output or none: outputs already written are removed if a later one fails."""
+    done = []
+    try:
+        for path, write in writes:
+            existed = os.path.exists(path)
+            write(path)
+            if not existed:
+                done.append(path)
+    except BaseException:
+        for path in done:
+            for p in (path, str(path) + ".data"):
+                if os.path.exists(p):
+                    os.unlink(p)
+        raise

@@ -1,0 +1,254 @@
+"""Every option of a pruning run, with its one default, its validation and its help text.
+
+The option groups below are used by the Python API (`onnxprune.prune`'s keyword arguments are their
+fields) and by the command line, whose `prune` options are generated from them (`onnxprune.cli.options`).
+A value that is out of range raises `OptionError`, which names the option as the caller spelt it: the
+API's keyword (`batch_size=0`) here, the command line's flag (`--batch-size 0`) there. See
+docs/DESIGN.md, "Options".
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from .errors import UserError
+
+
+class OptionError(UserError):
+    """An option value that is out of range or of the wrong kind."""
+
+    def __init__(self, option: str, value: Any, reason: str):
+        self.option, self.value, self.reason = option, value, reason
+        super().__init__(f"{option}={value!r}: {reason}")
+
+    def flag_message(self) -> str:
+        """The same error with the option spelt as a command-line flag."""
+        return f"--{self.option.replace('_', '-')} {_shown(self.value)}: {self.reason}"
+
+
+def _shown(value: Any) -> str:
+    return value.value if isinstance(value, Enum) else str(value)
+
+
+class Choice(str, Enum):
+    """An option whose value is one of a fixed set of words."""
+
+    @classmethod
+    def parse(cls, option: str, value: Any):
+        if isinstance(value, cls):
+            return value
+        try:
+            return cls(value)
+        except ValueError:
+            raise OptionError(option, value, f"choose from {', '.join(m.value for m in cls)}") from None
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Refit(Choice):
+    """What is corrected after selection: nothing, one scale per kept channel, or the consumers' weights."""
+    NONE = "none"
+    GAMMA = "gamma"
+    FULL = "full"
+
+
+class Allocation(Choice):
+    """How a MACs/params target is shared among groups."""
+    UNIFORM = "uniform"
+    LOSS = "loss"
+
+
+class OutputLossKind(Choice):
+    """The global methods' output discrepancy."""
+    KL = "kl"
+    MSE = "mse"
+
+
+class Norm(Choice):
+    """The norm of the magnitude criterion."""
+    L1 = "l1"
+    L2 = "l2"
+
+
+class Preprocess(Choice):
+    """Preprocessing presets for image folders."""
+    NONE = "none"
+    IMAGENET = "imagenet"
+
+
+def _help(text: str, **cli: Any) -> dict:
+    return {"help": text, **cli}
+
+
+def _int(option: str, value: Any, low: int, allow_none: bool = False) -> int | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise OptionError(option, value, "must be an integer")
+    value = int(value)
+    if value < low:
+        raise OptionError(option, value, f"must be an integer >= {low}")
+    return value
+
+
+def _fraction(option: str, value: Any, low_open: bool, high: float, high_open: bool,
+              allow_none: bool = False) -> float | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool):
+        raise OptionError(option, value, "must be a number")
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise OptionError(option, value, "must be a number") from None
+    lo_ok = value > 0 if low_open else value >= 0
+    hi_ok = value < high if high_open else value <= high
+    if not (math.isfinite(value) and lo_ok and hi_ok):
+        interval = f"{'(' if low_open else '['}0, {high:g}{')' if high_open else ']'}"
+        raise OptionError(option, value, f"must be in {interval}")
+    return value
+
+
+@dataclass(frozen=True)
+class TargetOptions:
+    """How much of the model to keep, and how the budget is shared among groups."""
+    keep_ratio: float | None = field(default=None, metadata=_help(
+        "Keep this fraction of the channels of every group.", target=True))
+    flops: float | None = field(default=None, metadata=_help(
+        "Keep this fraction of the original MACs (within 2%).", target=True))
+    params: float | None = field(default=None, metadata=_help(
+        "Keep this fraction of the original parameters (within 2%).", target=True))
+    allocate: Allocation = field(default=Allocation.UNIFORM, metadata=_help(
+        "Spread a --flops/--params target uniformly or by imitation loss per MAC."))
+    round_to: int = field(default=1, metadata=_help("Kept counts are multiples of K (8 suits TensorRT)."))
+    min_channels: int = field(default=1, metadata=_help("Never keep fewer channels in a group."))
+    keep: dict = field(default_factory=dict, metadata=_help(
+        "Per-group kept count, GROUP=N (repeatable).", cli=False))
+
+    def __post_init__(self):
+        given = [n for n in ("keep_ratio", "flops", "params") if getattr(self, n) is not None]
+        for name in given:
+            object.__setattr__(self, name, _fraction(name, getattr(self, name), True, 1.0, False))
+        object.__setattr__(self, "allocate", Allocation.parse("allocate", self.allocate))
+        object.__setattr__(self, "round_to", _int("round_to", self.round_to, 1))
+        object.__setattr__(self, "min_channels", _int("min_channels", self.min_channels, 1))
+        keep = {}
+        for gid, n in dict(self.keep or {}).items():
+            keep[_int("keep", gid, 0)] = _int("keep", n, 1)
+        object.__setattr__(self, "keep", keep)
+
+    def check_one_target(self) -> tuple[str, float]:
+        """(kind, fraction) of the one target given: 'keep_ratio', 'flops' or 'params'."""
+        given = [n for n in ("keep_ratio", "flops", "params") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise UserError("give exactly one target: keep_ratio, flops or params")
+        return given[0], getattr(self, given[0])
+
+
+@dataclass(frozen=True)
+class CalibrationOptions:
+    """How calibration data is read and sampled."""
+    batch_size: int = field(default=32, metadata=_help("Calibration batch size."))
+    max_positions: int | None = field(default=64, metadata=_help(
+        "Spatial positions sampled per image and layer for statistics (0: all)."))
+    holdout: float = field(default=0.1, metadata=_help("Share of calibration samples held out."))
+    preprocess: Preprocess = field(default=Preprocess.NONE, metadata=_help("Preset for image folders."))
+    image_size: int | None = field(default=None, metadata=_help(
+        "Image side for image folders (default: the model's)."))
+
+    def __post_init__(self):
+        object.__setattr__(self, "batch_size", _int("batch_size", self.batch_size, 1))
+        positions = _int("max_positions", self.max_positions, 0, allow_none=True)
+        object.__setattr__(self, "max_positions", positions or None)
+        object.__setattr__(self, "holdout", _fraction("holdout", self.holdout, False, 1.0, True))
+        object.__setattr__(self, "preprocess", Preprocess.parse("preprocess", self.preprocess))
+        object.__setattr__(self, "image_size", _int("image_size", self.image_size, 1, allow_none=True))
+
+
+@dataclass(frozen=True)
+class SelectionOptions:
+    """How channels are chosen within a group."""
+    method: str = field(default="greedy-local", metadata=_help("How channels are chosen.", choices="methods"))
+    norm: Norm = field(default=Norm.L1, metadata=_help("Norm for --method magnitude."))
+    seed: int = field(default=0, metadata=_help("Seed for --method random and position sampling."))
+
+    def __post_init__(self):
+        if not isinstance(self.method, str):  # the name is checked against the registry by the pipeline
+            raise OptionError("method", self.method, "must be a method name")
+        object.__setattr__(self, "norm", Norm.parse("norm", self.norm))
+        object.__setattr__(self, "seed", _int("seed", self.seed, 0))
+
+
+@dataclass(frozen=True)
+class RefitOptions:
+    """What is corrected after selection."""
+    refit: Refit | None = field(default=None, metadata=_help(
+        "Re-fit after selection  [default: full with --calib, none without]"))
+    ridge: float = field(default=1e-3, metadata=_help("Ridge strength without a held-out split.", cli=False))
+
+    def __post_init__(self):
+        if self.refit is not None:
+            object.__setattr__(self, "refit", Refit.parse("refit", self.refit))
+        if isinstance(self.ridge, bool) or not isinstance(self.ridge, (int, float)) or not \
+                (math.isfinite(self.ridge) and self.ridge >= 0):
+            raise OptionError("ridge", self.ridge, "must be a number >= 0")
+
+    def resolved(self, has_calibration: bool) -> Refit:
+        return self.refit or (Refit.FULL if has_calibration else Refit.NONE)
+
+
+@dataclass(frozen=True)
+class GlobalOptions:
+    """Global imitation: the output discrepancy and what it is measured on."""
+    output_loss: OutputLossKind = field(default=OutputLossKind.KL, metadata=_help(
+        "Global methods: discrepancy of the outputs (kl for classifiers)."))
+    global_samples: int = field(default=256, metadata=_help(
+        "Global methods: calibration samples the output loss is measured on."))
+    taylor_rounds: int = field(default=4, metadata=_help("Backward passes per group for greedy-taylor.",
+                                                          cli=False))
+    exact_limit: int = field(default=32, metadata=_help(
+        "greedy-global is exact up to this many channels, Taylor above.", cli=False))
+
+    def __post_init__(self):
+        object.__setattr__(self, "output_loss", OutputLossKind.parse("output_loss", self.output_loss))
+        object.__setattr__(self, "global_samples", _int("global_samples", self.global_samples, 1))
+        object.__setattr__(self, "taylor_rounds", _int("taylor_rounds", self.taylor_rounds, 1))
+        object.__setattr__(self, "exact_limit", _int("exact_limit", self.exact_limit, 0))
+
+
+GROUPS = (TargetOptions, SelectionOptions, CalibrationOptions, RefitOptions, GlobalOptions)
+
+
+@dataclass(frozen=True)
+class PruneOptions:
+    """All options of one pruning run, by group."""
+    target: TargetOptions = field(default_factory=TargetOptions)
+    selection: SelectionOptions = field(default_factory=SelectionOptions)
+    calibration: CalibrationOptions = field(default_factory=CalibrationOptions)
+    refit: RefitOptions = field(default_factory=RefitOptions)
+    global_imitation: GlobalOptions = field(default_factory=GlobalOptions)
+
+    @classmethod
+    def from_flat(cls, **values: Any) -> "PruneOptions":
+        """Options from flat keyword arguments (`onnxprune.prune`'s), each routed to its group."""
+        groups: dict[type, dict] = {g: {} for g in GROUPS}
+        owner = {f.name: g for g in GROUPS for f in dataclasses.fields(g)}
+        for name, value in values.items():
+            if name not in owner:
+                raise UserError(f"unknown option '{name}'")
+            groups[owner[name]][name] = value
+        return cls(*(g(**groups[g]) for g in GROUPS))
+
+
+def flat_defaults() -> dict[str, Any]:
+    """Every option's name and default, as `onnxprune.prune` takes them."""
+    out = {}
+    for g in GROUPS:
+        for f in dataclasses.fields(g):
+            out[f.name] = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    return out

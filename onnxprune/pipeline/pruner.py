@@ -1,0 +1,173 @@
+"""The sequential pruner: groups in topological order, each decided on statistics of the network pruned
+so far (docs/DESIGN.md, "The sequential pass").
+
+For each group one pass over the calibration data taps the consumers' inputs in the network pruned so
+far (its masked reference) and their outputs in the original network, and accumulates the consumers'
+statistics. The method proposes candidates (`selection.methods`); each is completed to the exact kept
+count, re-fitted (`refit`), and, when there are several, the one with the lower held-out output loss is
+kept. The decision is applied before the next group.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+from tqdm import tqdm
+
+from ..analysis import Analysis, Group
+from ..calibration import Calibration
+from ..calibration.taps import Tap
+from ..options import PruneOptions, Refit
+from ..rewrite import Rewriter
+from ..selection import Selection, greedy
+from ..selection.baselines import ensure_segments, magnitude_scores, top_k
+from ..selection.methods import Candidate, get_method
+from ..statistics import NotSupported, consumers_of
+from ..statistics.collector import Collector
+from .global_state import GlobalImitation
+from .problem import LocalProblem
+from .refit import Outcome, apply_refit
+
+log = logging.getLogger("onnxprune")
+
+
+@dataclass
+class GroupResult:
+    """How one group was decided, for the report."""
+    method: str
+    err_calib: float | None = None
+    err_holdout: float | None = None
+    curve: list[float] = field(default_factory=list)
+    note: str = ""
+
+
+def visiting_order(analysis: Analysis) -> list[Group]:
+    """Prunable groups in topological order of their first consumer."""
+    first: dict[int, int] = {}
+    roots = analysis.class_of
+    for e in analysis.edits:
+        if e.kind in ("consumer", "grouped_consumer"):
+            for c in set(roots[e.labels].tolist()):
+                gid = analysis.group_of_class.get(c)
+                if gid is not None:
+                    first[gid] = min(first.get(gid, e.node), e.node)
+    return sorted(analysis.prunable, key=lambda g: first.get(g.id, 1 << 30))
+
+
+def complete(group: Group, idx: np.ndarray, k: int, scores: np.ndarray) -> np.ndarray:
+    """Make a selection exactly `k` channels with each block's quota (grouped convolutions, split pieces),
+    adding the best-scoring missing channels or dropping the worst surplus ones."""
+    chosen = set(idx.tolist())
+    quota = group.quotas(k)
+    blocks = group.blocks
+    out = []
+    for b in range(len(quota)):
+        members = np.flatnonzero(blocks == b)
+        inside = [m for m in members if m in chosen]
+        outside = sorted((m for m in members if m not in chosen), key=lambda m: -scores[m])
+        inside = sorted(inside, key=lambda m: -scores[m])[:quota[b]]
+        out.extend(inside + outside[:quota[b] - len(inside)])
+    return np.array(sorted(out), dtype=np.int64)
+
+
+class GreedyPruner:
+    def __init__(self, analysis: Analysis, cal: Calibration, options: PruneOptions, quiet: bool = True):
+        if options.refit.refit is None:
+            raise ValueError("GreedyPruner needs the re-fit resolved (RefitOptions.resolved)")
+        self.analysis, self.cal, self.options, self.quiet = analysis, cal, options, quiet
+        self.method = get_method(options.selection.method)
+        self.refit: Refit = options.refit.refit
+        self.seed = options.selection.seed
+        self.rng = np.random.default_rng(self.seed)
+        self.sel = Selection()
+        self.dense: dict[int, np.ndarray] = {}   # re-fitted consumers: node -> W̃
+        self.results: dict[int, GroupResult] = {}
+        self.magnitude = magnitude_scores(analysis, options.selection.norm)
+        self._global: GlobalImitation | None = None
+
+    # ----- what the methods' problems ask of the pipeline ---------------------------------------------
+    def baseline_scores(self, group: Group, method: str) -> np.ndarray:
+        """Scores of a data-free criterion for the sequential pass (random draws from the run's stream)."""
+        if method == "random":
+            return self.rng.random(group.channels)
+        return np.array([self.magnitude.get(c, 0.0) for c in group.classes.tolist()])
+
+    def profile_scores(self, group: Group, method: str) -> np.ndarray:
+        """Scores of a data-free criterion for the allocation's profile (random draws seeded per group)."""
+        if method == "random":
+            return np.random.default_rng((self.seed, group.id)).random(group.channels)
+        return np.array([self.magnitude.get(c, 0.0) for c in group.classes.tolist()])
+
+    def global_imitation(self) -> GlobalImitation:
+        if self._global is None:
+            self._global = GlobalImitation(self.analysis, self.cal, self.method.name, self.options.global_imitation,
+                                           self.options.calibration)
+        return self._global
+
+    def collector(self, consumers) -> Collector:
+        return Collector(consumers, self.options.calibration, self.seed, self.quiet)
+
+    # ----- the sequential pass -------------------------------------------------------------------------
+    def run(self, counts: dict[int, int]) -> Selection:
+        order = [g for g in visiting_order(self.analysis) if g.id in counts]
+        for g in tqdm(order, desc="groups", unit="group", disable=self.quiet or None):
+            self._prune_group(g, counts[g.id])
+        return self.sel
+
+    def _prune_group(self, group: Group, k: int) -> None:
+        keep, gamma = self.sel.class_arrays(self.analysis)
+        try:
+            consumers = consumers_of(self.analysis, group)
+        except NotSupported as exc:
+            method = self.method.fallback
+            scores = self.baseline_scores(group, method)
+            idx = ensure_segments(self.analysis, group, top_k(group, scores, k), scores)
+            self.sel.kept[group.id], self.sel.gamma[group.id] = idx, np.ones(len(idx))
+            self.results[group.id] = GroupResult(method, note=f"no statistics ({exc}); {method}, no re-fit")
+            return
+        masked = Rewriter(self.analysis, keep, gamma, masked=True, replace=self.sel.replace).run()
+        col = self.collector(consumers)
+        col.run(self.cal, Tap(masked, [c.input for c in consumers]),
+                Tap(self.analysis.model, [c.output for c in consumers]), f"group {group.id}")
+        problem = LocalProblem(self, group, k, consumers, col, keep, gamma)
+        cands = [self._completed(problem, cand) for cand in self.method.candidates(problem)]
+        outcomes = [(cand, apply_refit(self.analysis, self.sel, self.dense, problem, cand.kept, cand.gamma,
+                                       self.refit, self.options.refit.ridge)) for cand in cands]
+        cand, out = outcomes[0]
+        note = cand.note
+        if len(outcomes) > 1:  # a composite method: the lower output loss on held-out data wins
+            scored = sorted(((self._output_loss(group, o), c, o) for c, o in outcomes), key=lambda t: t[0])
+            _, cand, out = scored[0]
+            note = "; ".join(f"{c.method}: held-out output loss {v:.4g}" for v, c, _ in scored) + \
+                f"; {cand.method} kept"
+        self.sel.kept[group.id], self.sel.gamma[group.id] = out.kept, out.gamma
+        self.sel.replace.update(out.replace)
+        self.dense.update(out.dense)
+        short = [(c.name, col.stats["calib"][c.node].rows, len(c.labels)) for c in consumers
+                 if col.stats["calib"][c.node].rows < len(c.labels)]
+        if short:
+            name, rows, feats = short[0]
+            warning = (f"only {rows} calibration rows for the {feats} inputs of '{name}': fits are "
+                       f"ridge-regularised; give at least {feats} rows (samples x sampled positions)")
+            log.warning("group %d: %s", group.id, warning)
+            note = "; ".join(x for x in (note, warning) if x)
+        self.results[group.id] = GroupResult(self.method.label(cand.method), out.err_calib, out.err_holdout,
+                                             cand.curve, note)
+
+    def _completed(self, problem: LocalProblem, cand: Candidate) -> Candidate:
+        """The candidate with exactly k channels, every segment kept, and γ re-fitted where it changed."""
+        G, c, group = problem.G, problem.c, problem.group
+        fixed = complete(group, cand.kept, problem.k, np.abs(c) / np.sqrt(np.maximum(np.diag(G), 1e-300)))
+        fixed = ensure_segments(self.analysis, group, fixed, np.zeros(group.channels))
+        idx, gam = cand.kept, cand.gamma
+        if not np.array_equal(fixed, idx):
+            idx, gam = fixed, greedy.ls_gamma(G, c, fixed)
+        if self.refit == Refit.GAMMA:
+            gam = greedy.ls_gamma(G, c, idx)
+        return Candidate(cand.method, idx, gam, cand.curve, cand.note)
+
+    def _output_loss(self, group: Group, out: Outcome) -> float:
+        trial = Selection(dict(self.sel.kept), dict(self.sel.gamma), {**self.sel.replace, **out.replace})
+        trial.kept[group.id], trial.gamma[group.id] = out.kept, out.gamma
+        return self.global_imitation().output_loss(trial, held=True)

@@ -1,0 +1,73 @@
+"""Re-fits after selection (docs/DESIGN.md, "Re-fit levels"): `gamma`, one least-squares scale per kept
+channel, and `full`, each consumer's whole weight and bias re-fitted on its kept inputs by ridge least
+squares, the ridge strength chosen on the held-out split."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..analysis import Analysis
+from ..options import Refit
+from ..selection import Selection
+from ..statistics.consumer import Consumer, bias_index, to_onnx
+from ..statistics.moments import loss, ridge_refit
+from .terms import current_weights
+
+RIDGE_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
+
+
+@dataclass
+class Outcome:
+    """A group's decision with its re-fit applied (not yet committed) and its imitation errors."""
+    kept: np.ndarray
+    gamma: np.ndarray
+    replace: dict = field(default_factory=dict)   # node -> input -> re-fitted ONNX value
+    dense: dict = field(default_factory=dict)     # node -> re-fitted W̃
+    err_calib: float | None = None
+    err_holdout: float | None = None
+
+
+def apply_refit(analysis: Analysis, sel: Selection, dense: dict[int, np.ndarray], problem, idx: np.ndarray,
+                gam: np.ndarray, refit: Refit, ridge: float) -> Outcome:
+    """Re-fit the candidate (kept `idx`, scales `gam`) of `problem`'s group on top of the selection so far."""
+    out = Outcome(idx, gam)
+    if refit == Refit.FULL:
+        out.gamma = np.ones(len(idx))
+        trial = Selection(dict(sel.kept), dict(sel.gamma))
+        trial.kept[problem.group.id], trial.gamma[problem.group.id] = idx, out.gamma
+        new_keep, _ = trial.class_arrays(analysis)
+        total, total_h = _full_refit(analysis, dense, problem, new_keep, out, ridge)
+        out.err_calib = total / max(problem.rr, 1e-300)
+        out.err_holdout = None if problem.held is None else total_h / max(problem.rrh, 1e-300)
+    else:
+        out.err_calib = loss(problem.G, problem.c, problem.rr, idx, gam) / max(problem.rr, 1e-300)
+        if problem.held is not None:
+            out.err_holdout = loss(problem.Gh, problem.ch, problem.rrh, idx, gam) / max(problem.rrh, 1e-300)
+    return out
+
+
+def _full_refit(analysis: Analysis, dense: dict[int, np.ndarray], problem, new_keep: np.ndarray, out: Outcome,
+                ridge: float) -> tuple[float, float]:
+    """Ridge re-fit of every consumer's whole weight (and bias) on its kept inputs; returns the summed loss
+    on the calibration and held-out splits."""
+    roots = analysis.class_of
+    total, total_h = 0.0, 0.0
+    c: Consumer
+    for c in problem.consumers:
+        current = current_weights(analysis, dense, c, problem.keep, problem.gamma)
+        fixed_bias = None if bias_index(c, analysis) is not None else current[:, -1]
+        calib, held = problem.stats["calib"][c.node], problem.stats["holdout"][c.node]
+        feats = new_keep[roots[c.labels]]
+        # ridge towards the current weights, its strength chosen on the held-out split when there is
+        # one: with few samples per input the fit stays near the original instead of near 0
+        lams = RIDGE_GRID if held is not None else (ridge,)
+        blocks = c.blocks(current.shape[0])
+        fits = [ridge_refit(calib, feats, lam, fixed_bias, prior=current, blocks=blocks) for lam in lams]
+        wt = min(fits, key=held.loss) if held is not None else fits[0]
+        out.dense[c.node] = wt
+        out.replace[c.node] = to_onnx(c, analysis, wt)
+        total += calib.loss(wt)
+        if held is not None:
+            total_h += held.loss(wt)
+    return total, total_h

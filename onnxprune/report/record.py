@@ -1,0 +1,99 @@
+"""The record of a pruning run: what was kept, what it cost, what was frozen and why."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import onnx
+
+from ..analysis import Analysis
+from ..analysis.cost import macs
+from ..graph.params import count_params
+from ..selection import Selection
+
+
+@dataclass
+class GroupReport:
+    id: int
+    channels: int
+    kept_count: int
+    kept: list[int]
+    gamma: list[float]
+    frozen: bool
+    reasons: list[str]
+    producers: list[str]
+    consumers: list[str]
+    macs_share: float
+    method: str | None = None
+    err_calib: float | None = None     # relative imitation error of the group's consumers
+    err_holdout: float | None = None
+    curve: list[float] = field(default_factory=list)  # relative loss with n = 0, 1, ... channels
+    note: str = ""
+
+
+@dataclass
+class Report:
+    model: str
+    method: str
+    target: dict
+    macs_before: int
+    macs_after: int
+    params_before: int
+    params_after: int
+    groups: list[GroupReport] = field(default_factory=list)
+    log: list[str] = field(default_factory=list)
+    refit: str = "none"
+    allocate: str = "uniform"
+    calibration_samples: int = 0
+    layers: list[dict] = field(default_factory=list)   # {"node", "op", "macs_before", "macs_after"}
+
+    @property
+    def macs_ratio(self) -> float:
+        return self.macs_after / self.macs_before if self.macs_before else 1.0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["macs_ratio"] = self.macs_ratio
+        d["params_ratio"] = self.params_after / self.params_before if self.params_before else 1.0
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, default=_jsonable)
+
+    def summary(self) -> str:
+        prunable = [g for g in self.groups if not g.frozen]
+        return (f"MACs   {self.macs_before:,} -> {self.macs_after:,} ({self.macs_ratio:.1%})\n"
+                f"params {self.params_before:,} -> {self.params_after:,} "
+                f"({self.params_after / max(self.params_before, 1):.1%})\n"
+                f"groups {len(prunable)} pruned, {len(self.groups) - len(prunable)} frozen")
+
+
+def _jsonable(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(type(o))
+
+
+def build_report(analysis: Analysis, selection: Selection, pruned: onnx.ModelProto, name: str,
+                 method: str, target: dict, results: dict | None = None) -> Report:
+    keep, _ = selection.class_arrays(analysis)
+    total = max(analysis.total_macs, 1)
+    groups = []
+    for g in analysis.groups:
+        idx = selection.kept.get(g.id, np.arange(g.channels))
+        gam = selection.gamma.get(g.id, np.ones(len(idx)))
+        r = (results or {}).get(g.id)
+        groups.append(GroupReport(g.id, g.channels, len(idx), [int(i) for i in idx],
+                                  [float(x) for x in gam], g.frozen, g.reasons, g.producers, g.consumers,
+                                  g.macs / total, None if g.frozen else (r.method if r else method),
+                                  r.err_calib if r else None, r.err_holdout if r else None,
+                                  list(r.curve) if r else [], r.note if r else ""))
+    roots = analysis.class_of
+    layers = [{"node": c.node, "op": c.op, "macs_before": c.macs,
+               "macs_after": int(round(c.macs * np.prod([keep[roots[f]].mean() for f in c.factors])))}
+              for c in analysis.costs]
+    return Report(name, method, target, analysis.total_macs, macs(analysis, keep),
+                  count_params(analysis.model), count_params(pruned), groups, layers=layers)

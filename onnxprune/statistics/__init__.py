@@ -1,0 +1,8 @@
+"""Stage 4, statistics: the consumers of a group as linear maps over features, their streamed second
+moments (A = X̃ᵀX̃, B = X̃ᵀY, yy), and what follows from them: a group's Gram terms, losses, ridge
+re-fits, re-fit loss curves. Memory is bounded by the consumers' feature counts, never by the data set.
+See docs/DESIGN.md, "Statistics"."""
+from .consumer import Consumer, NotSupported, consumers_of
+from .moments import Stats
+
+__all__ = ["Consumer", "NotSupported", "Stats", "consumers_of"]

@@ -1,0 +1,41 @@
+"""Streams calibration batches through activation taps and accumulates every consumer's statistics,
+on the calibration and held-out splits (docs/DESIGN.md, "Statistics")."""
+from __future__ import annotations
+
+import numpy as np
+from tqdm import tqdm
+
+from ..calibration import Calibration, checked_batches
+from ..calibration.taps import Tap
+from ..errors import UserError
+from ..options import CalibrationOptions
+from .consumer import Consumer
+from .moments import Stats
+
+SPLITS = ("calib", "holdout")
+
+
+class Collector:
+    """`stats[split][consumer node]`: the `Stats` of each consumer on each split (None if it saw no rows)."""
+
+    def __init__(self, consumers: list[Consumer], options: CalibrationOptions, seed: int, quiet: bool = True):
+        self.consumers, self.options, self.seed, self.quiet = consumers, options, seed, quiet
+        self.stats: dict[str, dict[int, Stats | None]] = {split: {c.node: None for c in consumers} for split in SPLITS}
+
+    def run(self, cal: Calibration, tap_in: Tap, tap_out: Tap, desc: str) -> None:
+        """Inputs from `tap_in` (the network pruned so far), outputs from `tap_out` (the original)."""
+        bar = tqdm(total=cal.size, desc=desc, unit="sample", leave=False, disable=self.quiet or None)
+        for split in SPLITS:
+            for first, batch in checked_batches(cal, self.options.batch_size, split):
+                xs = tap_in(batch)
+                ys = xs if tap_out is tap_in else tap_out(batch)
+                for c in self.consumers:
+                    x, y = c.features(xs[c.input], ys[c.output], first, self.options.max_positions, self.seed)
+                    if not (np.isfinite(x.numpy()).all() and np.isfinite(y.numpy()).all()):
+                        raise UserError(f"{cal.what}: activations at '{c.name}' are NaN or Inf")
+                    st = self.stats[split][c.node]
+                    if st is None:
+                        st = self.stats[split][c.node] = Stats(x.shape[1], y.shape[1])
+                    st.add(x, y)
+                bar.update(len(next(iter(batch.values()))))
+        bar.close()
