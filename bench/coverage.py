@@ -38,12 +38,13 @@ sys.path.insert(0, str(ROOT / "tests"))
 import coverage_zoo as cz  # noqa: E402
 import helpers  # noqa: E402
 from helpers import rel_err, run  # noqa: E402
+
 from onnxprune import api  # noqa: E402
 from onnxprune.analysis import Analysis  # noqa: E402
+from onnxprune.analysis.cost import macs  # noqa: E402
 from onnxprune.errors import UserError  # noqa: E402
 from onnxprune.graph import load_model  # noqa: E402
 from onnxprune.rewrite import Rewriter  # noqa: E402
-from onnxprune.analysis.cost import macs  # noqa: E402
 from onnxprune.selection import Selection, counts_for_ratio  # noqa: E402
 
 DEFAULT_CACHE = ROOT / "models" / "cache" / "coverage"

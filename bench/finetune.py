@@ -102,8 +102,9 @@ def prune_row(name, row, flops, cache_dir) -> tuple[onnx.ModelProto, dict]:
 
 def run_one(name, row, flops, data, cache_dir, device) -> dict:
     from train_common import augment
-    from onnxprune.report.evaluate import compare
+
     from onnxprune.finetune import finetune
+    from onnxprune.report.evaluate import compare
     pruned, info = prune_row(name, row, flops, cache_dir)
     rec = {"model": name, "row": row, "flops": None if row == "original" else flops, **info}
     before = compare(MODELS[name], pruned, TEST)

@@ -101,6 +101,7 @@ def cuda_path(model_path: str, n_calib: int, n_eval: int, providers) -> dict:
 
 def global_on_gpu() -> dict:
     import torch
+
     from onnxprune import prune
     from onnxprune.report.evaluate import compare
     t0 = time.perf_counter()
@@ -120,6 +121,7 @@ def global_on_gpu() -> dict:
 
 def latency(model_path: str, providers, repeats: int, on_gpu: bool) -> list[dict]:
     from onnxruntime.transformers.float16 import convert_float_to_float16
+
     from onnxprune import load_model, prune
     orig = load_model(model_path)
     models = {("orig", 1): orig}

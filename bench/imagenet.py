@@ -55,8 +55,16 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.common import (format_table, loadavg, machine_info, make_session, summarize, torch_pruning_rows,  # noqa: E402
-                          time_interleaved, time_v)
+from bench.common import (  # noqa: E402
+    format_table,
+    loadavg,
+    machine_info,
+    make_session,
+    summarize,
+    time_interleaved,
+    time_v,
+    torch_pruning_rows,
+)
 
 OUT = os.path.join(ROOT, "bench", "results", "imagenet.json")
 TP = os.path.join(ROOT, "bench", "results", "torch_pruning_imagenet.json")  # bench/torch_pruning_imagenet.py
@@ -109,8 +117,9 @@ def metrics(a: np.ndarray, b: np.ndarray) -> dict:
 
 def photo_checks(model) -> dict:
     """Top-1 class of the centre crops of chelsea and coffee (sanity, 2 images)."""
-    from models.imagenet_weights import preprocess
     import skimage.data
+
+    from models.imagenet_weights import preprocess
     sess = make_session(model)
     return {n: int(sess.run(None, {"input": preprocess(getattr(skimage.data, n)())})[0][0].argmax())
             for n in ("chelsea", "coffee")}
@@ -298,8 +307,8 @@ def _compare_traces(rows):
 # ---------------------------------------------------------------- c. speed
 
 def speed(path, tmp, levels, round_tos, repeats, warmup, reference_rt1=None) -> list[dict]:
-    from onnxprune import load_model, prune
     from models.photo_crops import crops
+    from onnxprune import load_model, prune
     orig = load_model(path)
     few = {"input": crops("calibration", 8, CALIB_SEED)}
     sessions, info = {"orig": make_session(orig)}, {}
@@ -318,7 +327,7 @@ def speed(path, tmp, levels, round_tos, repeats, warmup, reference_rt1=None) -> 
     rows = []
     for batch in (1, 32):
         x = np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32)
-        runs = {k: (lambda s=s: s.run(None, {"input": x})) for k, s in sessions.items()}
+        runs = {k: (lambda s=s, x=x: s.run(None, {"input": x})) for k, s in sessions.items()}
         reps = repeats if batch == 32 else repeats * 4
         print(f"  timing batch {batch}: {len(runs)} sessions x {reps} rounds", flush=True)
         times = time_interleaved(runs, reps, warmup)

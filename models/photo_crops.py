@@ -44,7 +44,7 @@ def _load(name: str) -> np.ndarray:
     return getattr(skimage.data, name)()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def photo(name: str) -> np.ndarray:
     """The photo as HxWx3 uint8 (gray replicated to RGB, alpha dropped)."""
     img = np.asarray(_load(name))
@@ -82,8 +82,8 @@ def _one(split: str | tuple, seed: int, i: int) -> np.ndarray:
     key = split if isinstance(split, str) else ",".join(split)
     rng = np.random.default_rng([seed, zlib.crc32(key.encode()), i])
     img = photo(names[int(rng.integers(len(names)))])
-    t, l, ch, cw = _crop_box(rng, *img.shape[:2])
-    pil = Image.fromarray(img).resize((SIZE, SIZE), Image.BILINEAR, box=(l, t, l + cw, t + ch))
+    top, left, ch, cw = _crop_box(rng, *img.shape[:2])
+    pil = Image.fromarray(img).resize((SIZE, SIZE), Image.BILINEAR, box=(left, top, left + cw, top + ch))
     x = np.asarray(pil, np.float32) / 255.0
     if rng.random() < 0.5:
         x = x[:, ::-1]

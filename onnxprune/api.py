@@ -15,8 +15,16 @@ import onnx
 from .analysis import Analysis
 from .errors import UserError
 from .graph import check_model, load_model
-from .options import (CalibrationOptions, GlobalOptions, OptionError, PruneOptions, Refit, RefitOptions,
-                      SelectionOptions, TargetOptions)
+from .options import (
+    CalibrationOptions,
+    GlobalOptions,
+    OptionError,
+    PruneOptions,
+    Refit,
+    RefitOptions,
+    SelectionOptions,
+    TargetOptions,
+)
 from .report import Report, build_report
 from .rewrite import Rewriter
 from .selection import Selection, counts_for_ratio, counts_for_target, fit_to_target, select
@@ -57,15 +65,10 @@ def _overrides(analysis: Analysis, keep: dict) -> dict[int, int]:
         if g.frozen:
             raise OptionError("keep", f"{gid}={n}", f"group {gid} is frozen ({'; '.join(g.reasons)})")
         if not g.fewest <= n <= g.channels or n % g.multiple:
-            raise OptionError("keep", f"{gid}={n}", f"must be in {g.fewest}..{g.channels} and a multiple of {g.multiple}")
+            raise OptionError("keep", f"{gid}={n}",
+                              f"must be in {g.fewest}..{g.channels} and a multiple of {g.multiple}")
         out[gid] = int(n)
     return out
-
-
-def apply_selection(analysis: Analysis, selection: Selection, masked: bool = False) -> onnx.ModelProto:
-    """The pruned graph (or, with masked=True, the masked reference) for a selection."""
-    keep, gamma = selection.class_arrays(analysis)
-    return Rewriter(analysis, keep, gamma, masked=masked, replace=selection.replace).run()
 
 
 def apply_selection(analysis: Analysis, selection: Selection, masked: bool = False) -> onnx.ModelProto:
@@ -141,12 +144,13 @@ def prune_with_options(model, calibration, options: PruneOptions, quiet: bool = 
     pruned = apply_selection(analysis, selection)
     report = build_report(analysis, selection, pruned, name, method.name, {kind: fraction}, results)
     report.refit, report.allocate, report.calibration_samples = str(refit), str(target.allocate), n_cal
-    report.selection = selection
-    report.analysis = analysis
+    report.selection, report.analysis = selection, analysis
     return pruned, report
 
 
 def masked_reference(report: Report) -> onnx.ModelProto:
     """Original topology, removed channels' consumer slices zeroed, kept ones scaled by γ (or the
     re-fitted consumer weights)."""
+    if report.analysis is None or report.selection is None:
+        raise UserError("masked_reference needs the report of a run in this process (a loaded JSON has no selection)")
     return apply_selection(report.analysis, report.selection, masked=True)

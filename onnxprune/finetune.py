@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import onnx
@@ -188,6 +188,7 @@ def finetune(model: onnx.ModelProto, x, y, epochs: int = 1, lr: float = 0.01, ba
     if any(len(v) != n for v in inputs.values()):
         raise UserError("finetune: inputs and labels differ in length")
     params = list(tr.params.values())
+    opt: torch.optim.Optimizer
     if optimizer == "sgd":
         opt = torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=momentum > 0, weight_decay=weight_decay)
     elif optimizer == "adam":

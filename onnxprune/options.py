@@ -234,7 +234,7 @@ class PruneOptions:
     global_imitation: GlobalOptions = field(default_factory=GlobalOptions)
 
     @classmethod
-    def from_flat(cls, **values: Any) -> "PruneOptions":
+    def from_flat(cls, **values: Any) -> PruneOptions:
         """Options from flat keyword arguments (`onnxprune.prune`'s), each routed to its group."""
         groups: dict[type, dict] = {g: {} for g in GROUPS}
         owner = {f.name: g for g in GROUPS for f in dataclasses.fields(g)}
@@ -242,7 +242,9 @@ class PruneOptions:
             if name not in owner:
                 raise UserError(f"unknown option '{name}'")
             groups[owner[name]][name] = value
-        return cls(*(g(**groups[g]) for g in GROUPS))
+        return cls(TargetOptions(**groups[TargetOptions]), SelectionOptions(**groups[SelectionOptions]),
+                   CalibrationOptions(**groups[CalibrationOptions]), RefitOptions(**groups[RefitOptions]),
+                   GlobalOptions(**groups[GlobalOptions]))
 
 
 def flat_defaults() -> dict[str, Any]:

@@ -68,7 +68,7 @@ class Rewriter:
     def _apply(self, edit: Edit) -> None:
         node = self.nodes[edit.node]
         if edit.kind == "call":
-            if not self.masked:
+            if not self.masked and edit.fn is not None:
                 edit.fn(node, self)
             return
         if self.masked and edit.kind in ("producer", "param"):

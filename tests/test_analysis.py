@@ -1,10 +1,10 @@
 """Analyzer facts that the oracle alone does not pin down: what is frozen, what is grouped."""
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
-
 import zoo
 from helpers import rel_err, run
+from onnx import TensorProto, helper, numpy_helper
+
 from onnxprune import api
 from onnxprune.analysis import Analysis
 from onnxprune.selection import counts_for_ratio, select

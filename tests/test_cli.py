@@ -6,10 +6,10 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
+from helpers import rel_err, run
 from onnx import TensorProto, helper
 
 from onnxprune.cli import main
-from helpers import rel_err, run
 
 
 @pytest.fixture
@@ -37,7 +37,8 @@ def test_analyze_json(model_path):
 
 def test_prune_writes_model_report_and_masked_reference(model_path, tmp_path):
     out, rep, masked = tmp_path / "p.onnx", tmp_path / "r.json", tmp_path / "m.onnx"
-    res = invoke("prune", model_path, "-o", out, "--method", "magnitude", "--flops", "0.5", "--report", rep, "--masked-reference", masked)
+    res = invoke("prune", model_path, "-o", out, "--method", "magnitude", "--flops", "0.5", "--report", rep,
+                 "--masked-reference", masked)
     assert res.exit_code == 0, res.output
     r = json.loads(rep.read_text())
     assert abs(r["macs_after"] / r["macs_before"] - 0.5) <= 0.02 * 0.5 + 0.02
@@ -72,17 +73,18 @@ def _no_conv_model(path):
     return path
 
 
+HALF_MAG = ("--flops", "0.5", "--method", "magnitude")
 BAD = {
-    "missing file": lambda d, m: ["prune", d / "nope.onnx", "-o", d / "o.onnx", "--flops", "0.5", "--method", "magnitude"],
-    "truncated": lambda d, m: ["prune", _truncated(d, m), "-o", d / "o.onnx", "--flops", "0.5", "--method", "magnitude"],
-    "random bytes": lambda d, m: ["prune", _random_bytes(d), "-o", d / "o.onnx", "--flops", "0.5", "--method", "magnitude"],
-    "no conv": lambda d, m: ["prune", _no_conv_model(d / "relu.onnx"), "-o", d / "o.onnx", "--flops", "0.5", "--method", "magnitude"],
+    "missing file": lambda d, m: ["prune", d / "nope.onnx", "-o", d / "o.onnx", *HALF_MAG],
+    "truncated": lambda d, m: ["prune", _truncated(d, m), "-o", d / "o.onnx", *HALF_MAG],
+    "random bytes": lambda d, m: ["prune", _random_bytes(d), "-o", d / "o.onnx", *HALF_MAG],
+    "no conv": lambda d, m: ["prune", _no_conv_model(d / "relu.onnx"), "-o", d / "o.onnx", *HALF_MAG],
     "flops 0": lambda d, m: ["prune", m, "-o", d / "o.onnx", "--flops", "0", "--method", "magnitude"],
     "no target": lambda d, m: ["prune", m, "-o", d / "o.onnx", "--method", "magnitude"],
-    "output is input": lambda d, m: ["prune", m, "-o", m, "--flops", "0.5", "--method", "magnitude"],
-    "missing folder": lambda d, m: ["prune", m, "-o", d / "nodir" / "o.onnx", "--flops", "0.5", "--method", "magnitude"],
-    "output is folder": lambda d, m: ["prune", m, "-o", d, "--flops", "0.5", "--method", "magnitude"],
-    "bad keep": lambda d, m: ["prune", m, "-o", d / "o.onnx", "--flops", "0.5", "--keep", "999=3", "--method", "magnitude"],
+    "output is input": lambda d, m: ["prune", m, "-o", m, *HALF_MAG],
+    "missing folder": lambda d, m: ["prune", m, "-o", d / "nodir" / "o.onnx", *HALF_MAG],
+    "output is folder": lambda d, m: ["prune", m, "-o", d, *HALF_MAG],
+    "bad keep": lambda d, m: ["prune", m, "-o", d / "o.onnx", *HALF_MAG, "--keep", "999=3"],
     "greedy without calib": lambda d, m: ["prune", m, "-o", d / "o.onnx", "--flops", "0.5"],
     "calib wrong shape": lambda d, m: ["prune", m, "-o", d / "o.onnx", "--flops", "0.5", "--calib",
                                        _npz(d, input=np.zeros((8, 3, 8, 8), np.float32))],
@@ -160,8 +162,8 @@ def test_report_html_and_params_target(model_path, tmp_path):
 
 def test_image_folder_calibration(tmp_path):
     """A folder of images feeds a single-input model through the preprocessing preset."""
-    from PIL import Image
     from onnx import numpy_helper
+    from PIL import Image
     rng = np.random.default_rng(0)
     folder = tmp_path / "imgs"
     folder.mkdir()

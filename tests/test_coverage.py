@@ -16,6 +16,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "models"
 
 import coverage_zoo as cz  # noqa: E402
 from helpers import rel_err, run  # noqa: E402
+
 from onnxprune import api, load_model  # noqa: E402
 from onnxprune.analysis.cost import macs  # noqa: E402
 from onnxprune.rewrite import Rewriter  # noqa: E402

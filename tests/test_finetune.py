@@ -9,12 +9,12 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from helpers import run
 from onnx import TensorProto as T
 from onnx import helper, numpy_helper
 
-from helpers import run
-from onnxprune.finetune import finetune, trainable_tensors
 from onnxprune.analysis import Analysis
+from onnxprune.finetune import finetune, trainable_tensors
 
 
 class _Net(nn.Module):

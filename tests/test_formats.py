@@ -1,10 +1,10 @@
 """Model variants users bring: fp16 weights, initializers that are also graph inputs, shared weights."""
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
-
 import zoo
 from helpers import rel_err, run
+from onnx import TensorProto, helper, numpy_helper
+
 from onnxprune import masked_reference, prune
 
 

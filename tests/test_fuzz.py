@@ -28,10 +28,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from helpers import rel_err, run
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxprune.cli import main
-from helpers import rel_err, run
 
 N_CASES = int(os.environ.get("ONNXPRUNE_FUZZ_CASES", "160"))
 BUDGET_S = float(os.environ.get("ONNXPRUNE_FUZZ_BUDGET_S", "120"))
@@ -472,7 +472,7 @@ def test_same_inputs_give_byte_identical_outputs(zoo_models, tmp_path, name, exp
         d = tmp_path / f"run{i}"
         d.mkdir()
         env = dict(os.environ, PYTHONHASHSEED=str(i + 1))
-        res = subprocess.run([sys.executable, "-c", "from onnxprune.cli import main; main()", "prune", f"../{z.path.name}",
+        res = subprocess.run([sys.executable, "-m", "onnxprune", "prune", f"../{z.path.name}",
                               "-o", "p.onnx", "--method", method, "--seed", "7", "--flops", "0.5",
                               "--masked-reference", "m.onnx", "--report", "r.json"],
                              cwd=d, env=env, capture_output=True, text=True, timeout=300)

@@ -5,15 +5,13 @@ import numpy as np
 import onnx
 import pytest
 import torch
-
 import zoo
+
 from onnxprune import prune
 from onnxprune.analysis import Analysis
 from onnxprune.calibration import load_calibration
 from onnxprune.selection.global_imitation import OutputLoss
 from onnxprune.twin import Twin
-
-
 
 
 @pytest.mark.parametrize("kind", ["kl", "mse"])

@@ -101,6 +101,7 @@ def test_group_omp_picks_the_channel_that_lowers_the_refit_residual_most(seed):
     of features gives the lowest least-squares residual (with the outside features and the bias always in
     the fit); the path's losses are those residuals. Two consumers sum."""
     import torch
+
     from onnxprune.selection.greedy import group_omp
     from onnxprune.statistics.moments import Stats, conditioned
     problems = [_omp_problem(seed), _omp_problem(seed + 10)]
@@ -125,6 +126,7 @@ def test_group_omp_picks_the_channel_that_lowers_the_refit_residual_most(seed):
 
 def test_group_omp_respects_block_quotas():
     import torch
+
     from onnxprune.selection.greedy import group_omp
     from onnxprune.statistics.moments import Stats, conditioned
     X, Y, member = _omp_problem(5, C=8)

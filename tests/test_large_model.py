@@ -5,9 +5,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
-
 from click.testing import CliRunner
+from onnx import TensorProto, helper, numpy_helper
 
 from onnxprune.cli import main
 

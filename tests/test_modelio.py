@@ -5,9 +5,9 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
+from helpers import rel_err, run
 
 from onnxprune.cli import main
-from helpers import rel_err, run
 from onnxprune.errors import UserError
 from onnxprune.graph import load_model, path_uses_external_data, save_model
 
@@ -25,7 +25,8 @@ def test_external_data_model_prunes_and_saves_with_external_data(zoo_models, tmp
     shutil.copy(str(z.path) + ".data", src / (z.path.name + ".data"))
     out = tmp_path / "out" / "pruned.onnx"
     out.parent.mkdir()
-    res = CliRunner().invoke(main, ["prune", str(src / z.path.name), "-o", str(out), "--method", "magnitude", "--keep-ratio", "0.5"])
+    res = CliRunner().invoke(main, ["prune", str(src / z.path.name), "-o", str(out), "--method", "magnitude",
+                                    "--keep-ratio", "0.5"])
     assert res.exit_code == 0, res.output
     assert (out.parent / "pruned.onnx.data").is_file() and path_uses_external_data(out)
     m = load_model(out)

@@ -3,9 +3,9 @@ random selections with random γ."""
 import numpy as np
 import onnx
 import pytest
-
 import zoo
 from helpers import rel_err, run
+
 from onnxprune import load_model
 from onnxprune.analysis import Analysis
 from onnxprune.analysis.cost import macs, model_macs

@@ -67,8 +67,8 @@ def test_flips_and_scales_vary():
     h, w = 400, 600
     areas = []
     for _ in range(300):
-        t, l, ch, cw = pc._crop_box(rng, h, w)
-        assert 0 <= t and t + ch <= h and 0 <= l and l + cw <= w
+        top, left, ch, cw = pc._crop_box(rng, h, w)
+        assert 0 <= top and top + ch <= h and 0 <= left and left + cw <= w
         areas.append(ch * cw / (h * w))
     assert min(areas) < 0.2 and max(areas) > 0.7
 

@@ -13,11 +13,11 @@ import os
 
 import numpy as np
 import onnx
+from helpers import rel_err, run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
-from helpers import rel_err, run
 from onnxprune import api
 from onnxprune.analysis import Analysis
 from onnxprune.analysis.cost import macs

@@ -3,13 +3,13 @@ The pruned graph must equal its masked reference (re-fitted weights and γ inclu
 must be met."""
 import numpy as np
 import pytest
-
 import zoo
 from helpers import rel_err, run
+
 from onnxprune import load_model, masked_reference, prune
 from onnxprune.analysis import Analysis
-from onnxprune.calibration import load_calibration
 from onnxprune.analysis.cost import macs
+from onnxprune.calibration import load_calibration
 from onnxprune.selection import counts_for_target, fit_to_target, select
 
 CONFIGS = [("greedy-local", "gamma", "loss"), ("greedy-convex", "full", "uniform"), ("gfs", "none", "uniform"),

@@ -4,9 +4,9 @@ channels: the analysis ties the pieces to equal kept counts when the arithmetic 
 and freezes otherwise. The oracle is the masked reference (pruned == masked for random selections)."""
 import numpy as np
 import onnx
+from helpers import oracle_error, rel_err, run
 from onnx import TensorProto, helper, numpy_helper
 
-from helpers import oracle_error, rel_err, run
 from onnxprune.analysis import Analysis
 from onnxprune.rewrite import Rewriter
 from onnxprune.selection import Selection

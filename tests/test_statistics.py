@@ -4,12 +4,12 @@ import onnx
 import pytest
 import torch
 import torch.nn.functional as F
-
 import zoo
+
 from onnxprune.analysis import Analysis
+from onnxprune.calibration.taps import Tap
 from onnxprune.statistics.consumer import consumers_of, original_dense
 from onnxprune.statistics.moments import Stats, group_terms, ridge_refit
-from onnxprune.calibration.taps import Tap
 
 
 def _setup(zoo_models, name="chain"):
@@ -211,6 +211,7 @@ def test_taps_use_cuda_with_heuristic_cudnn_search_when_present(monkeypatch):
     """With onnxruntime-gpu the taps run on the CUDA EP, without the default exhaustive cuDNN search
     (each tap session runs a few batches: the search cost twice the CPU EP's time on an H100)."""
     import onnxruntime as ort
+
     from onnxprune.calibration import taps
     monkeypatch.setattr(taps, "_PROVIDERS", None)
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])

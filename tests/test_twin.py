@@ -4,11 +4,11 @@ import numpy as np
 import onnx
 import pytest
 import torch
+import zoo
+from helpers import rel_err, run
 from onnx import TensorProto as T
 from onnx import helper
 
-import zoo
-from helpers import rel_err, run
 from onnxprune import load_model
 from onnxprune.analysis import Analysis
 from onnxprune.rewrite import Rewriter

@@ -15,7 +15,7 @@ import dataclasses
 import pathlib
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import onnx
@@ -161,7 +161,8 @@ class ShuffleUnit(nn.Module):
         if s > 1:
             self.branch1 = nn.Sequential(cbr(cin, cin, 3, s, groups=cin, act=None), cbr(cin, half, 1))
         bin_ = cin if s > 1 else half
-        self.branch2 = nn.Sequential(cbr(bin_, half, 1), cbr(half, half, 3, s, groups=half, act=None), cbr(half, half, 1))
+        self.branch2 = nn.Sequential(cbr(bin_, half, 1), cbr(half, half, 3, s, groups=half, act=None),
+                                     cbr(half, half, 1))
 
     def forward(self, x):
         if self.s == 1:
@@ -248,18 +249,19 @@ _CHW = (1, 3, 16, 16)
 _SPECS: dict[str, tuple[Callable[[], nn.Module], tuple, tuple]] = {
     # name: (builder, input_shape (batch 1), output_names)
     "chain": (lambda: nn.Sequential(cbr(3, 8), cbr(8, 16, 3, 2), cbr(16, 16), Head(16)), _CHW, ("output",)),
-    "basic_res": (lambda: nn.Sequential(cbr(3, 8), BasicBlock(8, 8), BasicBlock(8, 16, 2), BasicBlock(16, 16), Head(16)),
-                  _CHW, ("output",)),
+    "basic_res": (lambda: nn.Sequential(cbr(3, 8), BasicBlock(8, 8), BasicBlock(8, 16, 2), BasicBlock(16, 16),
+                                        Head(16)), _CHW, ("output",)),
     "bottleneck": (lambda: nn.Sequential(cbr(3, 16), Bottleneck(16, 4, 16), Bottleneck(16, 8, 24, 2), Head(24)),
                    _CHW, ("output",)),
-    "inverted_res": (lambda: nn.Sequential(cbr(3, 8, act=nn.ReLU6), InvertedResidual(8, 8, 3), InvertedResidual(8, 12, 2, 2),
-                                           InvertedResidual(12, 12, 2), cbr(12, 16, 1, act=nn.ReLU6), Head(16)),
+    "inverted_res": (lambda: nn.Sequential(cbr(3, 8, act=nn.ReLU6), InvertedResidual(8, 8, 3),
+                                           InvertedResidual(8, 12, 2, 2), InvertedResidual(12, 12, 2),
+                                           cbr(12, 16, 1, act=nn.ReLU6), Head(16)),
                      _CHW, ("output",)),
     "mbv3_se": (lambda: nn.Sequential(cbr(3, 8, act=nn.Hardswish), MBv3Block(8, 16, 8), MBv3Block(8, 16, 12, 2),
                                       cbr(12, 16, 1, act=nn.Hardswish), Head(16)), _CHW, ("output",)),
     "concat": (ConcatNet, _CHW, ("output",)),
-    "shuffle": (lambda: nn.Sequential(cbr(3, 8), ShuffleUnit(8, 16, 2), ShuffleUnit(16, 16, 1), cbr(16, 24, 1), Head(24)),
-                _CHW, ("output",)),
+    "shuffle": (lambda: nn.Sequential(cbr(3, 8), ShuffleUnit(8, 16, 2), ShuffleUnit(16, 16, 1), cbr(16, 24, 1),
+                                      Head(24)), _CHW, ("output",)),
     "split": (SplitNet, _CHW, ("output",)),
     "grouped": (lambda: nn.Sequential(cbr(3, 8), ResNeXtBlock(8, 16, 4), cbr(16, 24, 3, groups=2),
                                       cbr(24, 24, 3, groups=24), cbr(24, 16, 1), Head(16)), _CHW, ("output",)),
@@ -299,7 +301,7 @@ def build_zoo(cache_dir, exporters=EXPORTERS, names=None) -> list[ZooModel]:
             path = cache_dir / f"{name}_{exp}.onnx"
             x = torch.randn((EXPORT_BATCH, *shape[1:]), generator=torch.Generator().manual_seed(SEED))
             t0 = time.perf_counter()
-            failure = export_cached(lambda: model, exp, x, path, outs)
+            failure = export_cached(lambda model=model: model, exp, x, path, outs)
             EXPORT_TIMES.setdefault((name, exp), time.perf_counter() - t0)
             if failure is not None:
                 EXPORT_FAILURES[(name, exp)] = failure

@@ -11,7 +11,7 @@ producers linked by such unions form one *group*. Atom 0 stands for a channel th
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import onnx
@@ -143,7 +143,7 @@ class Analysis:
     def _build_groups(self) -> list[Group]:
         roots = self.roots()
         self.class_of = roots
-        link = {}
+        link: dict[int, int] = {}
 
         def find(c):
             while link.get(c, c) != c:
@@ -164,17 +164,17 @@ class Analysis:
             g = find(int(cls[0]))
             members.setdefault(g, {}).update(dict.fromkeys(cls.tolist()))
             prods[g].append(name)
-        frozen = defaultdict(list)
+        frozen: dict[int, list[str]] = defaultdict(list)
         for atom, reasons in self._frozen.items():
             frozen[find(int(roots[atom]))].extend(reasons)
-        cons = defaultdict(list)
+        cons: dict[int, list[str]] = defaultdict(list)
         for name, labels in self.consumer_labels:
             for g in {find(int(c)) for c in roots[np.asarray(labels).ravel()].tolist() if c != FIXED}:
                 if name not in cons[g]:
                     cons[g].append(name)
         groups = []
-        for gid, (g, classes) in enumerate(members.items()):
-            classes = np.array(list(classes), dtype=np.int64)
+        for gid, (g, member_set) in enumerate(members.items()):
+            classes = np.array(list(member_set), dtype=np.int64)
             reasons = list(dict.fromkeys(frozen.get(g, [])))
             if not cons.get(g) and not reasons:
                 reasons.append("no consumer reads these channels")
@@ -186,14 +186,14 @@ class Analysis:
             parts = self._parts_for(classes, roots) if blocks.max(initial=0) == 0 else None
             groups.append(Group(gid, classes, prods[g], cons.get(g, []), bool(reasons), reasons,
                                 blocks if parts is None else parts, proportional=parts is not None))
-        class_group = {}
+        class_group: dict[int, int] = {}
         for grp in groups:
             for c in grp.classes.tolist():
                 class_group[c] = grp.id
         self.group_of_class = class_group
         for cost in self.costs:
-            touched = {class_group.get(int(c)) for f in cost.factors for c in np.unique(roots[f]).tolist()}
-            for gid in touched - {None}:
+            touched = {class_group[c] for f in cost.factors for c in np.unique(roots[f]).tolist() if c in class_group}
+            for gid in touched:
                 groups[gid].macs += cost.macs
         return groups
 
@@ -242,15 +242,16 @@ class Analysis:
             mine = [pos.get(int(c)) for c in cls.tolist()]
             if all(m is None for m in mine):
                 continue
-            why = f"Slice '{name}' (bounds computed at run time) cuts these channels into pieces that cannot keep equal counts"
+            why = (f"Slice '{name}' (bounds computed at run time) cuts these channels into pieces that cannot keep "
+                   "equal counts")
             if any(m is None for m in mine):
                 return blocks, why
-            mine = np.array(mine)
+            at = np.array(mine, dtype=np.int64)
             piece = np.arange(len(vec)) // (len(vec) // n)
             of_class = np.full(len(classes), -1)
-            of_class[mine] = piece
-            counts = np.bincount(mine, minlength=len(classes))[np.unique(mine)]
-            if not np.array_equal(of_class[mine], piece) or counts.min() != counts.max():
+            of_class[at] = piece
+            counts = np.bincount(at, minlength=len(classes))[np.unique(at)]
+            if not np.array_equal(of_class[at], piece) or counts.min() != counts.max():
                 return blocks, why
             rest = np.flatnonzero(of_class < 0)  # classes the slice does not see: equal cells of their own
             if len(rest):

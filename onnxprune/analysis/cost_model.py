@@ -19,8 +19,10 @@ class CostModel:
         self.gids = [g.id for g in groups]
         col = {g.id: i for i, g in enumerate(groups)}
         roots = analysis.class_of
-        factors, keyed = [], {}
-        self.base, slots = [], []
+        factors: list[np.ndarray] = []
+        keyed: dict[int, int] = {}
+        bases: list[float] = []
+        slots: list[list[int]] = []
         for base, facs in terms:
             idx = []
             for f in facs:
@@ -33,11 +35,11 @@ class CostModel:
                     keyed[key] = len(factors)
                     factors.append(w / max(len(f), 1))
                 idx.append(keyed[key])
-            self.base.append(base)
+            bases.append(base)
             slots.append(idx)
         width = max((len(s) for s in slots), default=0)
         self.slots = np.array([s + [-1] * (width - len(s)) for s in slots], dtype=np.int64).reshape(len(slots), width)
-        self.base = np.array(self.base, dtype=np.float64)
+        self.base = np.array(bases, dtype=np.float64)
         F = np.array(factors).reshape(len(factors), len(groups) + 1)
         self.W, self.w0 = F[:, :-1], F[:, -1]
         self.channels = np.array([g.channels for g in groups], dtype=np.float64)
@@ -71,7 +73,8 @@ def params_model(analysis: Analysis) -> CostModel:
     for e in analysis.edits:
         if e.kind in ("producer", "param", "consumer", "grouped_consumer"):
             edited.setdefault((e.node, e.input), []).append(e.labels)
-    terms, counted = [], 0
+    terms: list[tuple[float, list[np.ndarray]]] = []
+    counted = 0.0
     for (node, inp), facs in edited.items():
         n = analysis.graph.nodes[node]
         if inp < len(n.inputs) and not n.inputs[inp].is_empty() and np.issubdtype(n.inputs[inp].values.dtype,

@@ -1,8 +1,8 @@
 """What the analysis produces: edits for the rewriter, MACs terms for the cost model, channel groups."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
@@ -22,7 +22,7 @@ class Edit:
     node: int
     input: int = -1
     axis: int = 0
-    labels: np.ndarray | None = None
+    labels: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     groups: int = 1
     fn: Callable | None = None
 

@@ -11,6 +11,7 @@ import onnx
 from ..errors import UserError
 from ..graph.inputs import model_inputs
 
+
 def load_npz(path, model: onnx.ModelProto) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     """Inputs and optional labels from an .npz, checked against the model's inputs."""
     path = Path(path)

@@ -1,16 +1,18 @@
 """Image folders as calibration data: decoded one at a time, resized, centre-cropped, normalised."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
+from typing import Any
 
 import numpy as np
 
 from ..errors import UserError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
-PRESETS = {"imagenet": dict(resize=256, size=224, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)),
-           "none": dict(resize=None, size=None, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))}
+PRESETS: dict[str, dict[str, Any]] = {
+    "imagenet": dict(resize=256, size=224, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)),
+    "none": dict(resize=None, size=None, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))}
 
 
 def image_items(files: list[Path], input_name: str, shape: tuple, preprocess: str, mean=None, std=None,
@@ -39,7 +41,7 @@ def image_items(files: list[Path], input_name: str, shape: tuple, preprocess: st
             raise UserError(f"{f}: not a readable image ({type(exc).__name__})") from None
         scale = resize / min(img.size)
         img = img.resize((max(size, round(img.size[0] * scale)), max(size, round(img.size[1] * scale))),
-                         Image.BILINEAR)
+                         Image.Resampling.BILINEAR)
         left, top = (img.size[0] - size) // 2, (img.size[1] - size) // 2
         arr = np.asarray(img.crop((left, top, left + size, top + size)), np.float32) / 255.0
         arr = arr.reshape(size, size, channels)

@@ -9,8 +9,8 @@ readers are spilled once to `.npy` files in a temporary folder.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import onnx
@@ -102,10 +102,10 @@ def load_calibration(source, model: onnx.ModelProto, holdout: float = 0.1, prepr
             raise UserError(f"{path}: no such calibration file or folder")
         if path.is_dir():
             files = sorted(p for p in path.iterdir() if p.is_file())
-            arrays = [p for p in files if p.suffix in (".npz", ".npy")]
+            array_files = [p for p in files if p.suffix in (".npz", ".npy")]
             images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
-            if arrays:
-                parts = [_file_part(p, names) for p in arrays]
+            if array_files:
+                parts = [_file_part(p, names) for p in array_files]
             elif images:
                 if len(names) != 1:
                     raise UserError(f"{path}: image folders feed single-input models only")

@@ -87,7 +87,7 @@ def loss_curves(pruner: GreedyPruner) -> dict[int, np.ndarray]:
         problem = LocalProblem(pruner, g, g.channels, cs, col, alive, np.ones(len(alive)), constrained=False)
         order, losses = pruner.method.profile_order(problem)
         if pruner.refit == Refit.FULL:
-            curve = sum(refit_curve(col.stats["calib"][x.node], member(a, g, x), order) for x in cs)
+            curve = np.sum([refit_curve(col.stats["calib"][x.node], member(a, g, x), order) for x in cs], axis=0)
         else:
             curve = losses if losses is not None else greedy.prefix_losses(problem.G, problem.c, problem.rr, order)
         curve = np.asarray(curve) / max(problem.rr, 1e-300)

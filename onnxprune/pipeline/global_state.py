@@ -7,7 +7,6 @@ import torch
 
 from ..analysis import Analysis
 from ..calibration import Calibration
-
 from ..options import CalibrationOptions, GlobalOptions, OptionError
 from ..selection import Selection
 from ..selection.global_imitation import OutputLoss

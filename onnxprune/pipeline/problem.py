@@ -30,9 +30,12 @@ class LocalProblem:
         self.G, self.c, self.rr = terms(self.analysis, pruner.dense, group, consumers, col.stats["calib"], keep,
                                         gamma)
         held = col.stats["holdout"]
-        self.held = held if all(v is not None for v in held.values()) else None
-        self.Gh, self.ch, self.rrh = terms(self.analysis, pruner.dense, group, consumers, held, keep, gamma) \
-            if self.held else (None, None, None)
+        self.held = held if all(c.node in held for c in consumers) else None
+        self.Gh: np.ndarray | None = None
+        self.ch: np.ndarray | None = None
+        self.rrh: float | None = None
+        if self.held is not None:
+            self.Gh, self.ch, self.rrh = terms(self.analysis, pruner.dense, group, consumers, held, keep, gamma)
         self.quota = group.quotas(k) if constrained and group.n_blocks > 1 else None
         self.blocks = group.blocks if self.quota is not None else None
 

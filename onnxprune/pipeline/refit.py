@@ -57,7 +57,7 @@ def _full_refit(analysis: Analysis, dense: dict[int, np.ndarray], problem, new_k
     for c in problem.consumers:
         current = current_weights(analysis, dense, c, problem.keep, problem.gamma)
         fixed_bias = None if bias_index(c, analysis) is not None else current[:, -1]
-        calib, held = problem.stats["calib"][c.node], problem.stats["holdout"][c.node]
+        calib, held = problem.stats["calib"][c.node], problem.stats["holdout"].get(c.node)
         feats = new_keep[roots[c.labels]]
         # ridge towards the current weights, its strength chosen on the held-out split when there is
         # one: with few samples per input the fit stays near the original instead of near 0

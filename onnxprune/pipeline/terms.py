@@ -30,7 +30,7 @@ def current_weights(analysis: Analysis, dense: dict[int, np.ndarray], consumer: 
 
 
 def terms(analysis: Analysis, dense: dict[int, np.ndarray], group: Group, consumers: list[Consumer],
-          stats: dict[int, Stats | None], keep: np.ndarray, gamma: np.ndarray):
+          stats: dict[int, Stats], keep: np.ndarray, gamma: np.ndarray):
     """(G, c, rr) of the group summed over its consumers."""
     roots = analysis.class_of
     items = [(stats[c.node], current_weights(analysis, dense, c, keep, gamma), member(analysis, group, c),
@@ -38,7 +38,7 @@ def terms(analysis: Analysis, dense: dict[int, np.ndarray], group: Group, consum
     return group_terms(items, group.channels)
 
 
-def omp_path(analysis: Analysis, group: Group, consumers: list[Consumer], stats: dict[int, Stats | None],
+def omp_path(analysis: Analysis, group: Group, consumers: list[Consumer], stats: dict[int, Stats],
              keep: np.ndarray, n: int, blocks=None, quota=None) -> greedy.Path | None:
     """Group OMP over the consumers' statistics (inputs outside the group that are still kept stay in
     every fit), or None where a consumer's channels read unequal numbers of inputs."""

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 import onnx
@@ -47,13 +47,17 @@ class Report:
     allocate: str = "uniform"
     calibration_samples: int = 0
     layers: list[dict] = field(default_factory=list)   # {"node", "op", "macs_before", "macs_after"}
+    # what the run decided, for `masked_reference` and further rewrites; not part of the JSON record
+    selection: Selection | None = field(default=None, repr=False, compare=False, metadata={"record": False})
+    analysis: Analysis | None = field(default=None, repr=False, compare=False, metadata={"record": False})
 
     @property
     def macs_ratio(self) -> float:
         return self.macs_after / self.macs_before if self.macs_before else 1.0
 
     def to_dict(self) -> dict:
-        d = asdict(self)
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.metadata.get("record", True)}
+        d["groups"] = [asdict(g) for g in self.groups]
         d["macs_ratio"] = self.macs_ratio
         d["params_ratio"] = self.params_after / self.params_before if self.params_before else 1.0
         return d

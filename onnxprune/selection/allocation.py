@@ -23,7 +23,7 @@ def refine(model: CostModel, counts: dict[int, int], target: float, round_to: in
     """Move single groups one step while that brings the cost closer to the target."""
     analysis = model.analysis
     vec = model.vector(counts)
-    err = abs(model(vec) - target)
+    err = float(abs(model(vec) - target))
     movable = [i for i, g in enumerate(model.gids) if g not in fixed]
     for _ in range(4 * len(movable) + 16):
         trials, moves = [], []

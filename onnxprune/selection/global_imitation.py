@@ -36,7 +36,7 @@ class OutputLoss:
                                  for k, v in batch.items()})
             n += take
         self.samples = n
-        self.reference = None
+        self.reference: list[torch.Tensor] = []
 
     def set_reference(self, twin) -> None:
         with torch.no_grad():
@@ -51,8 +51,8 @@ class OutputLoss:
 
     def value(self, twin, gates: torch.Tensor) -> float:
         with torch.no_grad():
-            return float(sum(self._loss(twin(b, gates)[0], r) for b, r in zip(self.batches, self.reference))) \
-                / max(self.samples, 1)
+            total = sum(float(self._loss(twin(b, gates)[0], r)) for b, r in zip(self.batches, self.reference))
+            return total / max(self.samples, 1)
 
     def gradient(self, twin, gates: torch.Tensor, labels_loss: bool = False) -> tuple[float, np.ndarray]:
         g = gates.detach().clone().requires_grad_(True)
@@ -67,6 +67,7 @@ class OutputLoss:
                 loss = self._loss(out, r)
             loss.backward()
             total += float(loss.detach())
+        assert g.grad is not None
         return total / max(self.samples, 1), g.grad.detach().cpu().numpy() / max(self.samples, 1)
 
 

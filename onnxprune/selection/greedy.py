@@ -25,7 +25,7 @@ class Path:
     picks: list[int] | None = None    # every pick, repeats included (convex/gfs)
 
 
-def _allowed(blocks: np.ndarray | None, quota: int | None, taken: np.ndarray, size: int) -> np.ndarray:
+def _allowed(blocks: np.ndarray | None, quota: np.ndarray | None, taken: np.ndarray, size: int) -> np.ndarray:
     """Channels whose block has not yet used its quota of picks."""
     if blocks is None or quota is None:
         return np.ones(size, dtype=bool)
@@ -103,7 +103,8 @@ def _hull_path(G, c, rr, n, blocks, quota, fixed_step: bool, max_steps: int | No
     gamma = np.zeros(C)
     Gg = np.zeros(C)       # G γ
     loss = rr
-    order, losses, steps, picks = [], [rr], [], []
+    order: list[int] = []
+    losses, steps, picks = [rr], [], []
     diag = np.diag(G)
     t = 0
     max_steps = max_steps or 4 * n + 8
@@ -192,7 +193,8 @@ class _OmpConsumer:
             return
         k = len(cols)
         Mj = self.M[j] + 1e-10 * self.scale * torch.eye(k, dtype=torch.float64)
-        Lj = torch.linalg.cholesky(Mj + 1e-12 * float(torch.trace(Mj).abs() + 1e-300) * torch.eye(k, dtype=torch.float64))
+        eye = torch.eye(k, dtype=torch.float64)
+        Lj = torch.linalg.cholesky(Mj + 1e-12 * float(torch.trace(Mj).abs() + 1e-300) * eye)
         t = torch.from_numpy(cols)
         Qn = torch.linalg.solve_triangular(Lj, self.A[t] - self.Q[:, t].T @ self.Q, upper=False)   # k × F
         Zn = torch.linalg.solve_triangular(Lj, self.R[t], upper=False)                             # k × out
@@ -210,12 +212,13 @@ def group_omp(consumers, n_channels: int, n: int, blocks=None, quota=None) -> Pa
     states = [_OmpConsumer(A, B, chan, n_channels) for A, B, _, chan in consumers]
     loss = float(sum(c[2] for c in consumers))
     taken = np.zeros(n_channels, dtype=bool)
-    order, losses = [], [loss]
+    order: list[int] = []
+    losses = [loss]
     for _ in range(min(n, n_channels)):
         ok = ~taken & _allowed(blocks, quota, np.flatnonzero(taken), n_channels)
         if not ok.any():
             break
-        gain = sum(s.gains() for s in states)
+        gain = np.sum([s.gains() for s in states], axis=0)
         j = int(np.flatnonzero(ok)[np.argmax(gain[ok])])
         for s in states:
             s.add(j)

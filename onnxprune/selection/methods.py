@@ -44,8 +44,14 @@ class GroupProblem(Protocol):
     rr: float
     quota: np.ndarray | None      # kept channels per block, or None when the group has one block
     blocks: np.ndarray | None     # block of every channel, or None
-    full: greedy.Path             # the unconstrained greedy-local path over all channels
-    curve: list[float]            # its relative loss at every kept count (the report's curve)
+
+    @property
+    def full(self) -> greedy.Path:
+        """The unconstrained greedy-local path over all channels."""
+
+    @property
+    def curve(self) -> list[float]:
+        """The relative loss of `full` at every kept count (the report's curve)."""
 
     def omp_path(self, n: int, constrained: bool = True) -> greedy.Path | None:
         """Group OMP over the consumers' statistics, or None where channels read unequal input counts."""

@@ -16,11 +16,12 @@ SPLITS = ("calib", "holdout")
 
 
 class Collector:
-    """`stats[split][consumer node]`: the `Stats` of each consumer on each split (None if it saw no rows)."""
+    """`stats[split][consumer node]`: the `Stats` of each consumer on each split (absent if it saw no rows:
+    the held-out split can be empty)."""
 
     def __init__(self, consumers: list[Consumer], options: CalibrationOptions, seed: int, quiet: bool = True):
         self.consumers, self.options, self.seed, self.quiet = consumers, options, seed, quiet
-        self.stats: dict[str, dict[int, Stats | None]] = {split: {c.node: None for c in consumers} for split in SPLITS}
+        self.stats: dict[str, dict[int, Stats]] = {split: {} for split in SPLITS}
 
     def run(self, cal: Calibration, tap_in: Tap, tap_out: Tap, desc: str) -> None:
         """Inputs from `tap_in` (the network pruned so far), outputs from `tap_out` (the original)."""
@@ -33,7 +34,7 @@ class Collector:
                     x, y = c.features(xs[c.input], ys[c.output], first, self.options.max_positions, self.seed)
                     if not (np.isfinite(x.numpy()).all() and np.isfinite(y.numpy()).all()):
                         raise UserError(f"{cal.what}: activations at '{c.name}' are NaN or Inf")
-                    st = self.stats[split][c.node]
+                    st = self.stats[split].get(c.node)
                     if st is None:
                         st = self.stats[split][c.node] = Stats(x.shape[1], y.shape[1])
                     st.add(x, y)

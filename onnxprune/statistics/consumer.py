@@ -39,7 +39,8 @@ class Consumer:
             dense = np.zeros((cout, cin_g * group, k), dtype=np.float64)
             per = cout // group
             for q in range(group):
-                dense[q * per:(q + 1) * per, q * cin_g:(q + 1) * cin_g] = w[q * per:(q + 1) * per].reshape(per, cin_g, k)
+                rows = slice(q * per, (q + 1) * per)
+                dense[rows, q * cin_g:(q + 1) * cin_g] = w[rows].reshape(per, cin_g, k)
             dense = dense.reshape(cout, -1)
         elif self.op == "Gemm":
             b = w.T if attrs.get("transB", 0) else w

@@ -106,7 +106,9 @@ class Twin(torch.nn.Module):
     @property
     def device(self) -> torch.device:
         """Where the twin runs (follows `.to(device)`)."""
-        return self._anchor.device
+        anchor = self._anchor
+        assert isinstance(anchor, torch.Tensor)
+        return anchor.device
 
     def gates_for(self, selection) -> torch.Tensor:
         """keep·γ per class for a `Selection`: the gates that make the twin the masked reference."""
@@ -176,7 +178,7 @@ class Twin(torch.nn.Module):
             [("const", self._consts[n]) if n in self._consts else ("var", n) for n in outputs]
         keep = {r[1] for r in refs if r[0] == "var"}
         for i, step in enumerate(self.steps):
-            args = []
+            args: list[torch.Tensor | None] = []
             for j, ref in enumerate(step.inputs):
                 if ref is None:
                     args.append(None)

@@ -1,7 +1,8 @@
 """One node as the twin's interpreter runs it: its attributes, inputs, outputs and opset."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import onnx_graphsurgeon as gs
 import torch

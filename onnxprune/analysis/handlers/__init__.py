@@ -7,7 +7,7 @@ freezes every channel that reaches it. To support a new op, add one handler.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 _REGISTRY: dict[tuple[str, str], Callable] = {}
 

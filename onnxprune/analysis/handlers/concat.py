@@ -5,10 +5,9 @@ import math
 
 import numpy as np
 
+from ..records import FIXED
 from . import handles, shape_expr
 from .base import attr, axis_labels, input_or_attr, labeled_axes, on_axis, single
-
-from ..records import FIXED
 
 
 @handles("Concat")
@@ -115,8 +114,9 @@ def slice_(node, ctx):
         piece = vec[s:max(s, e)]
         out = on_axis(piece, a, lab.ndim)
         ctx.segments.append(piece)
+        stop = max(s, e)
 
-        def fix(n, rw, i=i, vec=vec, s=s, e=max(s, e)):
+        def fix(n, rw, i=i, vec=vec, s=s, e=stop):
             keep = rw.keep_mask(vec)
             st = np.array(rw.const_of(n, 1)).copy()
             en = np.array(rw.const_of(n, 2)).copy()

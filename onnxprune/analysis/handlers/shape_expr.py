@@ -7,8 +7,8 @@ would have and check that it follows the pruning."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
@@ -131,12 +131,13 @@ def element(ctx, tensor, idx: int, depth: int = 0) -> Expr | None:
         inner = sub(ins[0], idx)
         return None if inner is None else _combine(_UNARY[op], inner)
     if op in _BINARY and len(ins) == 2:
-        parts = []
+        parts: list[Expr] = []
         for t in ins:
             n = length(ctx, t)
-            parts.append(sub(t, 0 if n == 1 else idx))
-        if any(p is None for p in parts):
-            return None
+            part = sub(t, 0 if n == 1 else idx)
+            if part is None:
+                return None
+            parts.append(part)
         return _combine(_BINARY[op](tensor), *parts)
     return None
 

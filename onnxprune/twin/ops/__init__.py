@@ -8,7 +8,7 @@ support a new op, add its handler in `analysis/handlers/<family>.py` and its op 
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 _REGISTRY: dict[tuple[str, str], Callable] = {}
 

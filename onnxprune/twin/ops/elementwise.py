@@ -1,6 +1,8 @@
 """Elementwise ops, comparisons and logic, Where, and the normalisations (as `analysis/handlers/elementwise.py`)."""
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -96,7 +98,7 @@ def _div(a, b):
     return torch.div(a, b, rounding_mode="trunc")  # ONNX Runtime: C++ integer division
 
 
-_BINARY = {
+_BINARY: dict[str, Callable] = {
     "Add": torch.add, "Sub": torch.sub, "Mul": torch.mul, "Div": _div,
     "Equal": torch.eq, "Less": torch.lt, "LessOrEqual": torch.le, "Greater": torch.gt,
     "GreaterOrEqual": torch.ge, "And": torch.logical_and, "Or": torch.logical_or, "Xor": torch.logical_xor,

@@ -9,7 +9,6 @@ import torch.nn.functional as F
 from . import op
 from .base import input_or_attr, ints, opt, spatial_pads, torch_pad
 
-
 _MAXPOOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
 _AVGPOOL = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
 
@@ -64,7 +63,7 @@ def _pool(s, ins):
     incl = bool(s.attr("count_include_pad", 0))
     region = [n + (b + e if incl else 0) for n, b, e in zip(x.shape[2:], begin, end)]
     lead = [0 if incl else b for b in begin]  # zeros before the counted region
-    trail = [b + n + e - r - l for b, n, e, r, l in zip(begin, x.shape[2:], ends, region, lead)]
+    trail = [b + n + e - r - ld for b, n, e, r, ld in zip(begin, x.shape[2:], ends, region, lead)]
     mask = F.pad(torch.ones([1, 1] + region, dtype=x.dtype, device=x.device), torch_pad(lead, trail))
     num = _crop(_AVGPOOL[nd](xp, kernel, strides, 0), outs)
     den = _crop(_AVGPOOL[nd](mask, kernel, strides, 0), outs)
