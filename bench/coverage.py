@@ -30,22 +30,18 @@ import traceback
 import numpy as np
 import onnx
 
+from models import coverage_zoo as cz
+from onnxprune import api
+from onnxprune.analysis import Analysis
+from onnxprune.analysis.cost import macs
+from onnxprune.errors import UserError
+from onnxprune.graph import load_model
+from onnxprune.rewrite import Rewriter
+from onnxprune.selection import Selection, counts_for_ratio
+from tests import helpers
+from tests.helpers import rel_err, run
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "models"))
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-
-import coverage_zoo as cz  # noqa: E402
-import helpers  # noqa: E402
-from helpers import rel_err, run  # noqa: E402
-
-from onnxprune import api  # noqa: E402
-from onnxprune.analysis import Analysis  # noqa: E402
-from onnxprune.analysis.cost import macs  # noqa: E402
-from onnxprune.errors import UserError  # noqa: E402
-from onnxprune.graph import load_model  # noqa: E402
-from onnxprune.rewrite import Rewriter  # noqa: E402
-from onnxprune.selection import Selection, counts_for_ratio  # noqa: E402
 
 DEFAULT_CACHE = ROOT / "models" / "cache" / "coverage"
 DEFAULT_OUT = ROOT / "bench" / "results" / "coverage.json"

@@ -28,21 +28,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 
 import numpy as np
 import onnx
 import torch
 
+from bench.lib.common import format_table, loadavg, machine_info
+from bench.lib.fmnist import CALIB, MODELS, TEST
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "models"))
-
-from bench.common import format_table, loadavg, machine_info  # noqa: E402
-
-MODELS = {"fmnist_resnet": "models/fmnist_resnet.onnx", "fmnist_mobilenet": "models/fmnist_mobilenet.onnx"}
-CALIB, TEST = "models/fmnist_calib.npz", "models/fmnist_test.npz"
 # (row label, method, refit, allocate); allocate None = the library default (uniform)
 ROWS = [("original", None, None, None),
         ("greedy-local+full", "greedy-local", "full", None),
@@ -58,7 +53,7 @@ RECIPE = {"train_images": 10000, "subset_seed": 1, "epochs": 1, "batch_size": 64
 
 
 def train_subset():
-    from fmnist_data import load_fmnist
+    from models.fmnist_data import load_fmnist
     x, y = load_fmnist("train")
     idx = np.sort(np.random.default_rng(RECIPE["subset_seed"]).permutation(len(x))[:RECIPE["train_images"]])
     return x[idx], y[idx]
@@ -75,12 +70,12 @@ def prune_row(name, row, flops, cache_dir) -> tuple[onnx.ModelProto, dict]:
         return onnx.load(stem + ".onnx"), json.load(open(stem + ".json"))
     t0 = time.perf_counter()
     if method == "tp":
-        from bench.torch_pruning_baseline import build_torch, export_proto, prune_tp
+        from bench.lib.torch_pruning import build_torch, export_proto, prune_tp
         from onnxprune.analysis.cost import model_macs
         from onnxprune.graph.params import count_params
         with np.load(CALIB) as z:
             calib = (z["input"], z["labels"].astype(np.int64))
-        pruned_t, ratio, tp_ratio = prune_tp(build_torch(name), refit, flops, calib)
+        pruned_t, ratio, tp_ratio = prune_tp(build_torch(name, MODELS[name]), refit, flops, calib)
         pruned = export_proto(pruned_t)
         orig = onnx.load(path)
         info = {"pruning_ratio": ratio, "tp_macs_ratio": tp_ratio,
@@ -101,8 +96,7 @@ def prune_row(name, row, flops, cache_dir) -> tuple[onnx.ModelProto, dict]:
 
 
 def run_one(name, row, flops, data, cache_dir, device) -> dict:
-    from train_common import augment
-
+    from models.train_common import augment
     from onnxprune.finetune import finetune
     from onnxprune.report.evaluate import compare
     pruned, info = prune_row(name, row, flops, cache_dir)

@@ -23,16 +23,13 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sys
 import time
 
 import numpy as np
 
+from bench.lib.common import format_table, machine_info, summarize, time_interleaved, write_json
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from bench.common import format_table, machine_info, summarize, time_interleaved, write_json  # noqa: E402
-
 LEVELS = (0.7, 0.5, 0.3)
 
 
@@ -73,7 +70,7 @@ def bound_run(sess, x: np.ndarray, on_gpu: bool):
 # ------------------------------------------------------------------------------------ 1. CUDA path
 
 def cuda_path(model_path: str, n_calib: int, n_eval: int, providers) -> dict:
-    from bench.imagenet import logits, metrics
+    from bench.lib.imagenet import logits, metrics
     from models.photo_crops import crops
     from onnxprune import prune
     from onnxprune.calibration import taps

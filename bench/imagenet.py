@@ -52,10 +52,7 @@ import time
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from bench.common import (  # noqa: E402
+from bench.lib.common import (
     format_table,
     loadavg,
     machine_info,
@@ -65,7 +62,9 @@ from bench.common import (  # noqa: E402
     time_v,
     torch_pruning_rows,
 )
+from bench.lib.imagenet import CALIB_SEED, EVAL_SEED, IN_SEED, both, logits, metrics, model_path, photo_checks
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "bench", "results", "imagenet.json")
 TP = os.path.join(ROOT, "bench", "results", "torch_pruning_imagenet.json")  # bench/torch_pruning_imagenet.py
 LEVELS = (0.7, 0.5, 0.3)
@@ -75,7 +74,6 @@ ROWS = {"local": ("greedy-local", "full"), "combined": ("greedy-combined", "full
         "magfull": ("magnitude", "full"), "magnone": ("magnitude", "none"), "random": ("random", "none")}
 DEFAULT_ROWS = "local,gamma,magfull,magnone,random"
 ALLOCATE = "uniform"  # --allocate: quality rows' allocation across groups (calibrated rows only)
-CALIB_SEED, EVAL_SEED, IN_SEED = 0, 1, 7  # IN_SEED: unseen crops of the calibration photos
 
 
 def _threads():
@@ -83,57 +81,8 @@ def _threads():
     torch.set_num_threads(1)
 
 
-def model_path() -> str:
-    from models.imagenet_weights import export
-    return export()
-
-
 def label(method, refit):
     return f"{method}+{refit}"
-
-
-# ---------------------------------------------------------------- metrics
-
-def logits(model, x: np.ndarray, batch: int = 50) -> np.ndarray:
-    sess = make_session(model)
-    return np.concatenate([sess.run(None, {"input": x[i:i + batch]})[0] for i in range(0, len(x), batch)])
-
-
-def _log_softmax(z):
-    z = z - z.max(1, keepdims=True)
-    return z - np.log(np.exp(z).sum(1, keepdims=True))
-
-
-def metrics(a: np.ndarray, b: np.ndarray) -> dict:
-    """Pruned logits `b` against the original's `a` (same samples)."""
-    la, lb = _log_softmax(a.astype(np.float64)), _log_softmax(b.astype(np.float64))
-    t5a, t5b = np.argsort(-a, 1)[:, :5], np.argsort(-b, 1)[:, :5]
-    overlap = np.mean([len(set(p) & set(q)) / 5 for p, q in zip(t5a, t5b)])
-    return {"top1_agreement": float((a.argmax(1) == b.argmax(1)).mean()),
-            "top5_overlap": float(overlap),
-            "top1_in_orig_top5": float(np.mean([q[0] in set(p) for p, q in zip(t5a, t5b)])),
-            "kl": float((np.exp(la) * (la - lb)).sum(1).mean()), "eval_samples": int(len(a))}
-
-
-def photo_checks(model) -> dict:
-    """Top-1 class of the centre crops of chelsea and coffee (sanity, 2 images)."""
-    import skimage.data
-
-    from models.imagenet_weights import preprocess
-    sess = make_session(model)
-    return {n: int(sess.run(None, {"input": preprocess(getattr(skimage.data, n)())})[0][0].argmax())
-            for n in ("chelsea", "coffee")}
-
-
-# ---------------------------------------------------------------- a. quality
-
-def both(model, ev) -> dict:
-    """Metrics on the evaluation photos, and (prefix in_) on unseen crops of the calibration photos."""
-    (ref, x), (ref_in, x_in) = ev
-    out = metrics(ref, logits(model, x))
-    if x_in is not None:
-        out.update({f"in_{k}": v for k, v in metrics(ref_in, logits(model, x_in)).items()})
-    return out
 
 
 def run_row(path, calib, method, refit, flops, ev, save=None) -> dict:
@@ -192,7 +141,8 @@ def quality(path, calib, levels, rows, ev, keep_dir, reuse=None, skip=()) -> lis
                 print(f"  {flops} {rec['row']}: FAILED {rec['error']}", flush=True)
             else:
                 print(f"  {flops} {rec['row']:<22} top1 {rec['top1_agreement']:.3f} top5 {rec['top5_overlap']:.3f} "
-                      f"KL {rec['kl']:.3f} | calib photos top1 {rec.get('in_top1_agreement', float('nan')):.3f} | macs {rec['macs_ratio']:.3f} {rec['prune_wall_s']:.0f}s "
+                      f"KL {rec['kl']:.3f} | calib photos top1 {rec.get('in_top1_agreement', float('nan')):.3f} "
+                      f"| macs {rec['macs_ratio']:.3f} {rec['prune_wall_s']:.0f}s "
                       f"load {loadavg()[0]:.2f}", flush=True)
     return out
 
@@ -263,7 +213,7 @@ def cost(path, sizes, limits, tmp, ref_logits, x_eval, keep_dir=None) -> list[di
         pruned = os.path.join(keep_dir or tmp, f"cost_greedy-local_full_0.5_n{n}.onnx")
         t0, load0 = time.perf_counter(), loadavg()
         # /usr/bin/time forks the child afresh (see bench/quality.py: exec keeps the parent's peak RSS)
-        res = subprocess.run(["/usr/bin/time", "-v", sys.executable, __file__, "--cost-child",
+        res = subprocess.run(["/usr/bin/time", "-v", sys.executable, "-m", "bench.imagenet", "--cost-child",
                               path, calib, pruned, str(limits.get(n, 0))], cwd=ROOT, capture_output=True, text=True)
         os.remove(calib)
         rec = {"calibration_crops": n, "calib_file_mb": n * 3 * 224 * 224 * 4 / 2**20,
@@ -411,8 +361,9 @@ def speed_table(rows) -> str:
         return f"{s['median_ms']:.1f} [{s['p10_ms']:.1f}-{s['p90_ms']:.1f}]"
     return format_table(["batch", "MACs tgt", "round_to", "MACs", "params", "orig ms [p10-p90]", "pruned ms [p10-p90]",
                          "speed-up", "paired"],
-                        [[r["batch"], r.get("flops", 0.5), r["round_to"], f"{r['macs_ratio']:.3f}", f"{r['params_ratio']:.3f}",
-                          ms(r["original"]), ms(r["pruned"]), f"{r['speedup']:.2f}x", f"{r['speedup_paired']:.2f}x"]
+                        [[r["batch"], r.get("flops", 0.5), r["round_to"], f"{r['macs_ratio']:.3f}",
+                          f"{r['params_ratio']:.3f}", ms(r["original"]), ms(r["pruned"]), f"{r['speedup']:.2f}x",
+                          f"{r['speedup_paired']:.2f}x"]
                          for r in rows])
 
 
@@ -439,7 +390,8 @@ def plot(results, path, n_calib, n_eval):
                ylim=(-2, 102), title=name)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"ImageNet MobileNetV2 (torchvision weights), pruned without finetuning; round_to 1; marker: allocation (o uniform, s loss);"
+    fig.suptitle("ImageNet MobileNetV2 (torchvision weights), pruned without finetuning; round_to 1; "
+                 "marker: allocation (o uniform, s loss);"
                  f"\n{n_calib} calibration crops, {n_eval} evaluation crops of disjoint photo sets; dashed: 70% target",
                  fontsize=9)
     fig.tight_layout()
@@ -453,7 +405,8 @@ def main():
     ap.add_argument("--cost", action="store_true")
     ap.add_argument("--speed", action="store_true")
     ap.add_argument("--folds", action="store_true",
-                    help="d. the other protocol: 4 random photo folds, each evaluated once (--fold-rows at --fold-level)")
+                    help="d. the other protocol: 4 random photo folds, each evaluated once "
+                         "(--fold-rows at --fold-level)")
     ap.add_argument("--fold-rows", default="local,magfull")
     ap.add_argument("--fold-level", type=float, default=0.7)
     ap.add_argument("--calib", type=int, default=1024, help="calibration crops for --quality (default 1024)")

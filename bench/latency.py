@@ -20,10 +20,7 @@ import time
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from bench.common import (  # noqa: E402
+from bench.lib.common import (
     cores,
     format_table,
     loadavg,
@@ -33,15 +30,16 @@ from bench.common import (  # noqa: E402
     summarize,
     time_interleaved,
 )
-from onnxprune import UserError, load_model, prune  # noqa: E402
+from onnxprune import UserError, load_model, prune
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BATCHES = (1, 32)
 
 
 def build_mobilenet(tmp: str) -> str:
     path = os.path.join(tmp, "mobilenetv2_224.onnx")
-    subprocess.run([sys.executable, os.path.join(ROOT, "models", "build_mobilenetv2_224.py"), path],
-                   check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([sys.executable, "-m", "models.build_mobilenetv2_224", path], cwd=ROOT, check=True,
+                   stdout=subprocess.DEVNULL)
     return path
 
 

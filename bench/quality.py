@@ -28,13 +28,10 @@ import time
 
 import numpy as np
 
+from bench.lib.common import format_table, loadavg, machine_info, time_v, torch_pruning_rows
+from bench.lib.fmnist import CALIB, MODELS, TEST
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from bench.common import format_table, loadavg, machine_info, time_v, torch_pruning_rows  # noqa: E402
-
-MODELS = {"fmnist_resnet": "models/fmnist_resnet.onnx", "fmnist_mobilenet": "models/fmnist_mobilenet.onnx"}
-CALIB, TEST = "models/fmnist_calib.npz", "models/fmnist_test.npz"
 LEVELS = (0.7, 0.5, 0.3)
 # (method, refit, allocate); allocation explicit (loss for greedy, uniform for baselines, plus two
 # crossed rows) so the rows do not move when the library default does; None = the library default
@@ -140,9 +137,7 @@ def cost_child(model, calib, out, allocate):
 
 
 def cost(sizes, tmp, allocations=("loss", "uniform")) -> list[dict]:
-    sys.path.insert(0, os.path.join(ROOT, "models"))
-    from fmnist_data import load_fmnist
-
+    from models.fmnist_data import load_fmnist
     from onnxprune.report.evaluate import compare
     x, y = load_fmnist("train")  # float32 [0, 1], exactly what fmnist_calib.npz holds
     out, files = [], {}
@@ -157,7 +152,7 @@ def cost(sizes, tmp, allocations=("loss", "uniform")) -> list[dict]:
             t0, load0 = time.perf_counter(), loadavg()
             # /usr/bin/time forks the child afresh: Linux carries the spawning process's peak RSS over
             # exec, so a child spawned straight from this (large) process would report our peak, not its own
-            res = subprocess.run(["/usr/bin/time", "-v", sys.executable, __file__, "--cost-child",
+            res = subprocess.run(["/usr/bin/time", "-v", sys.executable, "-m", "bench.quality", "--cost-child",
                                   MODELS["fmnist_resnet"], files[n], pruned, allocate],
                                  cwd=ROOT, capture_output=True, text=True)
             rec = {"calibration_images": n, "allocate": allocate}

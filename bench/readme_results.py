@@ -131,14 +131,15 @@ def imagenet_section(data) -> str:
             rows.append(["mean", "", row] + [f"{np.mean([100 * r[k] for r in mine]):.1f}" if k != "kl" else
                                                f"{np.mean([r[k] for r in mine]):.2f}"
                                                for k in ("top1_agreement", "top5_overlap", "kl", "in_top1_agreement")])
-        out += [f"The photo split above is one choice. `--folds`: all {len(data['data']['calibration_photos']) + len(data['data']['evaluation_photos'])} "
+        n_photos = len(data['data']['calibration_photos']) + len(data['data']['evaluation_photos'])
+        out += [f"The photo split above is one choice. `--folds`: all {n_photos} "
                 f"photos in 4 seeded random folds; each fold is evaluated once and the other photos calibrate "
                 f"({f['calibration_crops']} crops, {f['flops']:.0%} MACs target, uniform allocation):", "",
                 _table(["fold", "evaluation photos", "method+refit", "top-1 agree %", "top-5 overlap %", "KL",
                         "top-1 agree % (calib photos)"], rows), ""]
     c = data.get("cost")
     if c:
-        rows = [[r["calibration_crops"], "partial: %d groups" % r["groups_done"] if r.get("partial") else "full",
+        rows = [[r["calibration_crops"], f"partial: {r['groups_done']} groups" if r.get("partial") else "full",
                  f"{r['prune_wall_s']:.0f}", f"{r.get('process_cpu_s', 0):.0f}", f"{r['peak_rss_mb']:.0f}"]
                 for r in c["results"] if "error" not in r]
         out += ["Cost of greedy-local+full at 50% MACs (fresh process per run; a partial run stops after a "

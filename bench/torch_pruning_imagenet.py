@@ -6,7 +6,7 @@
 
 1. models/mobilenetv2.MobileNetV2 with torchvision's weights (models/imagenet_weights.weights_path(),
    load_state_dict strict, BatchNorm kept, eval mode: Torch-Pruning prunes BN with its conv).  Its
-   logits must equal ONNX Runtime's on the exported model (bench.imagenet.model_path()) on a few
+   logits must equal ONNX Runtime's on the exported model (bench.lib.imagenet.model_path()) on a few
    evaluation crops (max abs error <= 1e-3).
 2. Torch-Pruning (BasePruner, local pruning, the final Linear ignored, example input 1x3x224x224) with
    MagnitudeImportance(p=1) ("torch-pruning-l1") and TaylorImportance ("torch-pruning-taylor").
@@ -17,7 +17,7 @@
    bisection (bench/torch_pruning_baseline.prune_tp) so that TP's MACs reach each level.  No finetune.
 3. Each pruned module is exported to ONNX (TorchScript exporter, opset 17, input "input", output
    "logits", dynamic batch).  macs_ratio is onnxprune's count on the exported ONNX relative to the
-   original ONNX (tp_macs_ratio: Torch-Pruning's count); quality is bench.imagenet.both against the
+   original ONNX (tp_macs_ratio: Torch-Pruning's count); quality is bench.lib.imagenet.both against the
    original ONNX model's logits: --eval crops of the evaluation photos (seed EVAL_SEED) and, prefix
    in_, --eval-in unseen crops of the calibration photos (seed IN_SEED).
 
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 
 import numpy as np
@@ -35,13 +34,11 @@ import onnx
 import torch
 import torch.nn as nn
 
+from bench.lib.common import format_table, loadavg, machine_info, write_json
+from bench.lib.imagenet import CALIB_SEED, EVAL_SEED, IN_SEED, both, logits, model_path, photo_checks
+from bench.lib.torch_pruning import check_against_ort, export_proto, prune_tp, taylor_grads
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from bench.common import format_table, loadavg, machine_info, write_json  # noqa: E402
-from bench.imagenet import CALIB_SEED, EVAL_SEED, IN_SEED, both, logits, model_path, photo_checks  # noqa: E402
-from bench.torch_pruning_baseline import check_against_ort, export_proto, prune_tp, taylor_grads  # noqa: E402
-
 OUT = os.path.join(ROOT, "bench", "results", "torch_pruning_imagenet.json")
 LEVELS = (0.9, 0.7, 0.5, 0.3)
 IMPORTANCES = ("l1", "taylor")

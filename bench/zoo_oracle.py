@@ -11,17 +11,14 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import sys
 import tempfile
 
+from onnxprune import api, load_model
+from onnxprune.analysis import Analysis
+from tests import zoo
+from tests.helpers import oracle_error
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-
-import zoo  # noqa: E402
-from helpers import oracle_error  # noqa: E402
-
-from onnxprune import api, load_model  # noqa: E402
-from onnxprune.analysis import Analysis  # noqa: E402
 
 
 def main() -> None:

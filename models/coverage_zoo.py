@@ -26,9 +26,10 @@ import numpy as np
 import onnx
 import torch
 import torch.nn.functional as F
-from exporters import export_cached
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
+
+from models.exporters import export_cached
 
 SEED = 0
 EXPORTERS = ("ts11", "ts13", "ts17", "dynamo18")

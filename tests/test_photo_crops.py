@@ -1,11 +1,7 @@
 """models/photo_crops.py: the photo split and the crops fed to the ImageNet benchmark."""
-import pathlib
-import sys
 
 import numpy as np
 import pytest
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 pytest.importorskip("skimage")
 pytest.importorskip("sklearn")

@@ -1,31 +1,21 @@
 """Every zoo export is a valid ONNX model that runs in onnxruntime at any batch
 size and reproduces its torch module."""
-import os
-import pathlib
-import sys
-import time
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 import torch
-
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
-import zoo  # noqa: E402
+import zoo
 
 NAMES = [n for n, _ in zoo.zoo_models()]
 CASES = [(n, e) for n in NAMES for e in zoo.EXPORTERS]
 
 
 @pytest.fixture(scope="session")
-def built_zoo(tmp_path_factory):
-    # ONNXPRUNE_ZOO_CACHE reuses exports across sessions (delete it after changing zoo.py).
-    cache = os.environ.get("ONNXPRUNE_ZOO_CACHE") or tmp_path_factory.mktemp("zoo")
-    t0 = time.perf_counter()
-    models = zoo.build_zoo(cache)
-    print(f"\nzoo: {len(models)} exports in {time.perf_counter() - t0:.1f}s, failures: {sorted(zoo.EXPORT_FAILURES)}")
-    return {(m.name, m.exporter): m for m in models}
+def built_zoo(zoo_models):
+    """The session's zoo (conftest), by (name, exporter)."""
+    return {(m.name, m.exporter): m for m in zoo_models}
 
 
 def _get(built_zoo, name, exporter) -> zoo.ZooModel:

@@ -40,6 +40,8 @@ class GroupResult:
     err_holdout: float | None = None
     curve: list[float] = field(default_factory=list)
     note: str = ""
+    # a composite method's candidates: {"method", "kept", "gamma", "held_out_output_loss"}, best first
+    candidates: list[dict] = field(default_factory=list)
 
 
 def visiting_order(analysis: Analysis) -> list[Group]:
@@ -136,11 +138,14 @@ class GreedyPruner:
                                        self.refit, self.options.refit.ridge)) for cand in cands]
         cand, out = outcomes[0]
         note = cand.note
+        compared: list[dict] = []
         if len(outcomes) > 1:  # a composite method: the lower output loss on held-out data wins
             scored = sorted(((self._output_loss(group, o), c, o) for c, o in outcomes), key=lambda t: t[0])
             _, cand, out = scored[0]
             note = "; ".join(f"{c.method}: held-out output loss {v:.4g}" for v, c, _ in scored) + \
                 f"; {cand.method} kept"
+            compared = [{"method": c.method, "kept": o.kept.tolist(), "gamma": np.asarray(o.gamma).tolist(),
+                         "held_out_output_loss": v} for v, c, o in scored]
         self.sel.kept[group.id], self.sel.gamma[group.id] = out.kept, out.gamma
         self.sel.replace.update(out.replace)
         self.dense.update(out.dense)
@@ -153,7 +158,7 @@ class GreedyPruner:
             log.warning("group %d: %s", group.id, warning)
             note = "; ".join(x for x in (note, warning) if x)
         self.results[group.id] = GroupResult(self.method.label(cand.method), out.err_calib, out.err_holdout,
-                                             cand.curve, note)
+                                             cand.curve, note, compared)
 
     def _completed(self, problem: LocalProblem, cand: Candidate) -> Candidate:
         """The candidate with exactly k channels, every segment kept, and γ re-fitted where it changed."""

@@ -30,6 +30,7 @@ class GroupReport:
     err_holdout: float | None = None
     curve: list[float] = field(default_factory=list)  # relative loss with n = 0, 1, ... channels
     note: str = ""
+    candidates: list[dict] = field(default_factory=list)  # a composite method's candidates, best first
 
 
 @dataclass
@@ -94,7 +95,8 @@ def build_report(analysis: Analysis, selection: Selection, pruned: onnx.ModelPro
                                   [float(x) for x in gam], g.frozen, g.reasons, g.producers, g.consumers,
                                   g.macs / total, None if g.frozen else (r.method if r else method),
                                   r.err_calib if r else None, r.err_holdout if r else None,
-                                  list(r.curve) if r else [], r.note if r else ""))
+                                  list(r.curve) if r else [], r.note if r else "",
+                                  list(r.candidates) if r else []))
     roots = analysis.class_of
     layers = [{"node": c.node, "op": c.op, "macs_before": c.macs,
                "macs_after": int(round(c.macs * np.prod([keep[roots[f]].mean() for f in c.factors])))}
