@@ -1,7 +1,7 @@
 """Real-world graph coverage (issue 7): every coverage-zoo graph (small re-implementations of
 ResNet, MobileNet, EfficientNet, RegNet, ShuffleNet, DenseNet, Inception, SqueezeNet, ConvNeXt, ViT
 and hand-built TensorFlow-style NHWC graphs, each through every exporter) is analysed, pruned
-exactly as its masked reference says (DESIGN.md invariant 2), and kept whole when every channel is
+exactly as its masked reference says (docs/DESIGN.md, invariant 2), and kept whole when every channel is
 kept (invariant 1). Slow: building the zoo takes about a minute (set $ONNXPRUNE_COVERAGE_CACHE to a
 folder to reuse the exports across runs, e.g. models/cache/coverage)."""
 import os

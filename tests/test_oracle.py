@@ -1,4 +1,4 @@
-"""The masked-reference oracle (DESIGN.md invariants 1-3) on every zoo model, exporter and several
+"""The masked-reference oracle (docs/DESIGN.md, invariants 1-3) on every zoo model, exporter and several
 random selections with random γ."""
 import numpy as np
 import onnx

@@ -1,7 +1,7 @@
 """Property tests: random small conv nets built with onnx.helper (random widths, 1x1/3x3 kernels,
 grouped and depthwise convs, residual adds, concats, splits, slices, SE gates, BN, activations,
 three kinds of classifier head, opsets 11/13/17/18) and random selections with random γ must satisfy
-DESIGN.md's invariants: the pruned graph equals the masked reference, keep-all equals the original,
+docs/DESIGN.md's invariants: the pruned graph equals the masked reference, keep-all equals the original,
 every emitted graph passes the full ONNX checker and keeps the interface.
 
 Bounded (derandomised, 60 examples, well under a minute). ONNXPRUNE_HYPOTHESIS_EXAMPLES=500 explores
