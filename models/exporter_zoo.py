@@ -227,7 +227,7 @@ def _tf_build(name: str, flavour: str, shape: tuple):
 
 def _tf_randomize(keras, model, calib: np.ndarray, rng: np.random.Generator) -> None:
     """Random biases and BN affine parameters; BN moving stats calibrated on `calib`, then perturbed."""
-    bns = [l for l in _tf_layers(model) if isinstance(l, keras.layers.BatchNormalization)]
+    bns = [bn for bn in _tf_layers(model) if isinstance(bn, keras.layers.BatchNormalization)]
     for layer in _tf_layers(model):
         if isinstance(layer, keras.layers.BatchNormalization):
             if layer.gamma is not None:
@@ -236,17 +236,17 @@ def _tf_randomize(keras, model, calib: np.ndarray, rng: np.random.Generator) -> 
                 layer.beta.assign(rng.normal(0.0, 0.2, layer.beta.shape).astype("float32"))
         elif getattr(layer, "bias", None) is not None and hasattr(layer.bias, "assign"):
             layer.bias.assign(rng.normal(0.0, 0.05, layer.bias.shape).astype("float32"))
-    momenta = [l.momentum for l in bns]
-    for l in bns:
-        l.momentum = 0.0
+    momenta = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.momentum = 0.0
     model(calib, training=True)
-    for l, m in zip(bns, momenta):
-        l.momentum = m
-    for l in bns:
-        var = np.asarray(l.moving_variance.numpy(), np.float64)
-        mean = np.asarray(l.moving_mean.numpy(), np.float64)
-        l.moving_mean.assign((mean + 0.1 * np.sqrt(var) * rng.standard_normal(mean.shape)).astype("float32"))
-        l.moving_variance.assign((var * rng.uniform(0.7, 1.4, var.shape)).astype("float32"))
+    for bn, m in zip(bns, momenta):
+        bn.momentum = m
+    for bn in bns:
+        var = np.asarray(bn.moving_variance.numpy(), np.float64)
+        mean = np.asarray(bn.moving_mean.numpy(), np.float64)
+        bn.moving_mean.assign((mean + 0.1 * np.sqrt(var) * rng.standard_normal(mean.shape)).astype("float32"))
+        bn.moving_variance.assign((var * rng.uniform(0.7, 1.4, var.shape)).astype("float32"))
 
 
 def _tf_layers(model):
@@ -264,9 +264,9 @@ def build_tf(out_dir, names=None, opsets=TF_OPSETS, force: bool = False) -> tupl
     (out_dir / "logs").mkdir(parents=True, exist_ok=True)
     t_all = time.perf_counter()
     with _quiet_fds(out_dir / "logs" / "tf_import.log"):
+        import keras
         import tensorflow as tf
         import tf2onnx
-        import keras
     versions = {"tensorflow": tf.__version__, "keras": keras.__version__, "tf2onnx": tf2onnx.__version__}
     try:
         import tf_keras
@@ -333,7 +333,8 @@ def paddle_models() -> list[tuple[str, tuple, tuple, str]]:
         ("resnet18", (3, 96, 96), (-1.0, 1.0), "paddle.vision.models.resnet18"),
         ("shufflenet_v2_x0_5", (3, 96, 96), (-1.0, 1.0), "paddle.vision.models.shufflenet_v2_x0_5"),
         ("tiny_db", (3, 64, 64), (-1.0, 1.0),
-         "DB-style detector: conv backbone (biases) + nearest upsample (by size) + add/concat FPN neck + ConvTranspose head"),
+         "DB-style detector: conv backbone (biases) + nearest upsample (by size) + add/concat FPN neck + "
+         "ConvTranspose head"),
         ("tiny_crnn_lstm", (3, 32, 64), (-1.0, 1.0),
          "CRNN-style recognizer: convs, height pooled to 1, [N,C,1,W] -> [N,W,C], BiLSTM, Linear"),
         ("tiny_crnn_fc", (3, 32, 64), (-1.0, 1.0),
@@ -343,8 +344,8 @@ def paddle_models() -> list[tuple[str, tuple, tuple, str]]:
 
 def _paddle_build(name: str):
     import paddle
-    from paddle import nn
     import paddle.nn.functional as F
+    from paddle import nn
     paddle.seed(SEED)
     vm = paddle.vision.models
     if name == "mobilenet_v2":
@@ -377,7 +378,9 @@ def _paddle_build(name: str):
                 f4 = self.c4(f3)
                 # upsampling by size=: paddle2onnx 2.1.0 fails on paddle 3.3.1's nearest_interp with
                 # scale_factor ("the 0th elementwise MUST be ir::FloatAttribute")
-                up = lambda t, like: F.interpolate(t, size=like.shape[2:], mode="nearest")
+                def up(t, like):
+                    return F.interpolate(t, size=like.shape[2:], mode="nearest")
+
                 i4 = self.in4(f4)
                 i3 = self.in3(f3)
                 i3 = i3 + up(i4, i3)
@@ -418,7 +421,7 @@ def _paddle_build(name: str):
 def _paddle_randomize(model, calib: np.ndarray, rng: np.random.Generator) -> None:
     import paddle
     from paddle import nn
-    bns = [l for l in model.sublayers() if isinstance(l, (nn.BatchNorm2D, nn.BatchNorm))]
+    bns = [bn for bn in model.sublayers() if isinstance(bn, (nn.BatchNorm2D, nn.BatchNorm))]
     for layer in model.sublayers():
         if isinstance(layer, (nn.BatchNorm2D, nn.BatchNorm)):
             if layer.weight is not None:
@@ -431,20 +434,20 @@ def _paddle_randomize(model, calib: np.ndarray, rng: np.random.Generator) -> Non
                     p.set_value(rng.normal(0.0, 0.05, p.shape).astype("float32"))
         elif getattr(layer, "bias", None) is not None and isinstance(layer.bias, paddle.Tensor):
             layer.bias.set_value(rng.normal(0.0, 0.05, layer.bias.shape).astype("float32"))
-    momenta = [l._momentum for l in bns]
-    for l in bns:
-        l._momentum = 0.0
+    momenta = [bn._momentum for bn in bns]
+    for bn in bns:
+        bn._momentum = 0.0
     model.train()
     with paddle.no_grad():
         model(paddle.to_tensor(calib))
     model.eval()
-    for l, m in zip(bns, momenta):
-        l._momentum = m
-    for l in bns:
-        var = l._variance.numpy().astype(np.float64)
-        mean = l._mean.numpy().astype(np.float64)
-        l._mean.set_value((mean + 0.1 * np.sqrt(var) * rng.standard_normal(mean.shape)).astype("float32"))
-        l._variance.set_value((var * rng.uniform(0.7, 1.4, var.shape)).astype("float32"))
+    for bn, m in zip(bns, momenta):
+        bn._momentum = m
+    for bn in bns:
+        var = bn._variance.numpy().astype(np.float64)
+        mean = bn._mean.numpy().astype(np.float64)
+        bn._mean.set_value((mean + 0.1 * np.sqrt(var) * rng.standard_normal(mean.shape)).astype("float32"))
+        bn._variance.set_value((var * rng.uniform(0.7, 1.4, var.shape)).astype("float32"))
 
 
 def _paddle_export(paddle, paddle2onnx, model, shape: tuple, path: pathlib.Path, opset: int, raw: bool) -> None:
