@@ -9,7 +9,15 @@ import click
 from .. import api
 from ..errors import UserError
 from ..graph import atomic_write_bytes, check_output_path, path_uses_external_data, save_model
-from ..options import CalibrationOptions, GlobalOptions, OptionError, RefitOptions, SelectionOptions, TargetOptions
+from ..options import (
+    TARGETS,
+    CalibrationOptions,
+    GlobalOptions,
+    OptionError,
+    RefitOptions,
+    SelectionOptions,
+    TargetOptions,
+)
 from ..selection.methods import method_names
 from .common import user_errors, write_all
 from .options import options_from, values_of
@@ -51,8 +59,8 @@ def command(model, output, calib, keep, report_path, masked_path, quiet, **value
     for path in (output, report_path, masked_path):
         if path:
             check_output_path(path, model)
-    if all(values[t] is None for t in ("keep_ratio", "flops", "params")):
-        raise UserError("give a target: --keep-ratio R, --flops F or --params P")
+    if all(values[t] is None for t in TARGETS):
+        raise UserError("give a target: --keep-ratio R, --flops F, --params P or --latency L")
     flat = {}
     for group in (TargetOptions, SelectionOptions, RefitOptions, CalibrationOptions, GlobalOptions):
         flat.update(values_of(group, values))

@@ -48,6 +48,9 @@ class Report:
     allocate: str = "uniform"
     calibration_samples: int = 0
     layers: list[dict] = field(default_factory=list)   # {"node", "op", "macs_before", "macs_after"}
+    # what was measured (round_to=auto: the probe and the check; a latency target: the table, the allocations
+    # measured, the final model against the original); empty when nothing was
+    latency: dict = field(default_factory=dict)
     # what the run decided, for `masked_reference` and further rewrites; not part of the JSON record
     selection: Selection | None = field(default=None, repr=False, compare=False, metadata={"record": False})
     analysis: Analysis | None = field(default=None, repr=False, compare=False, metadata={"record": False})
@@ -68,10 +71,15 @@ class Report:
 
     def summary(self) -> str:
         prunable = [g for g in self.groups if not g.frozen]
-        return (f"MACs   {self.macs_before:,} -> {self.macs_after:,} ({self.macs_ratio:.1%})\n"
+        text = (f"MACs   {self.macs_before:,} -> {self.macs_after:,} ({self.macs_ratio:.1%})\n"
                 f"params {self.params_before:,} -> {self.params_after:,} "
                 f"({self.params_after / max(self.params_before, 1):.1%})\n"
                 f"groups {len(prunable)} pruned, {len(self.groups) - len(prunable)} frozen")
+        m = self.latency.get("measured")
+        if m:
+            text += (f"\nlatency {m['original_ms']:.3f} ms -> {m['pruned_ms']:.3f} ms ({m['speedup']:.2f}x, "
+                     f"{self.latency.get('provider')} batch {self.latency.get('batch')}, measured)")
+        return text
 
 
 def _jsonable(o):
