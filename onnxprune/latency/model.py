@@ -4,11 +4,16 @@ with the interface of `analysis.cost_model.CostModel` so that the allocation tre
 
 Each node's time is taken to scale with a factor ρ_g(w) per group g whose channels it reads or writes
 (the same factor for every node of the group), so a node between groups g and h costs τ ρ_g ρ_h. With
-S_g(w) the measured time of g's cut at width w (others full), O the empty run and P_gh the time of the
+S_g(w) the measured time of g's cut at width w (others full), O the empty run and τ_gh the time of the
 nodes both cuts share:
 
     ρ_g(w) = (S_g(w) − O) / (S_g(C_g) − O)
-    T(w)   = T(C) + Σ_g [S_g(w_g) − S_g(C_g)] + Σ_{g,h} (P_gh − O)(ρ_g(w_g) − 1)(ρ_h(w_h) − 1)
+    T(w)   = T(C) + Σ_g [S_g(w_g) − S_g(C_g)] + Σ_{g,h} τ_gh (ρ_g(w_g) − 1)(ρ_h(w_h) − 1)
+
+τ_gh is measured in context, as the mixed difference of g's cut timed with g and h each at full and at
+about half width (what either width costs on its own, e.g. reading a tensor, cancels); the shared nodes
+timed alone (which adds the layout conversions ONNX Runtime puts at a cut's borders, large at batch 32,
+and their linear costs) only stand in when that measurement is missing.
 
 which is exact when every node's time is such a product and no node touches three groups; the first sum
 alone (the additive model) double-counts what two shrinking groups save in the nodes between them.
@@ -44,10 +49,43 @@ class LatencyModel:
             self.xs.append(xs)
             self.ys.append(ys)
             self.full[i] = float(np.interp(g.channels, xs, ys))
-        pairs = [(col[g], col[h], ms - self.overhead) for g, h, ms in table.pairs if g in col and h in col]
-        self.pi = np.array([p[0] for p in pairs], dtype=np.int64)
-        self.pj = np.array([p[1] for p in pairs], dtype=np.int64)
-        self.tau = np.array([p[2] for p in pairs], dtype=np.float64)
+        self.pi, self.pj, self.tau = self._interactions(col)
+
+    def _rho(self, i: int, w: float) -> float:
+        return (float(np.interp(w, self.xs[i], self.ys[i])) - self.overhead) / max(self.full[i] - self.overhead, 1e-12)
+
+    def _interactions(self, col: dict[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """τ of every two groups whose cuts share nodes, from g's cut timed with h at a smaller width w_h, at
+        full width and at a smaller w_g (X): the mixed difference, in which what each width costs on its own
+        cancels, τ = (X(w_g, w_h) − S_g(w_g) − X(C_g, w_h) + S_g(C_g)) / ((ρ_g(w_g) − 1)(ρ_h(w_h) − 1)),
+        averaged over both directions; without those, the shared nodes timed alone, less the empty run.
+        Clipped to [0, the smaller cut]."""
+        x: dict[tuple[int, int, int], dict[int, float]] = {}
+        for g, h, wh, wg, ms in self.table.cross:
+            if g in col and h in col:
+                x.setdefault((col[g], col[h], wh), {})[wg] = ms
+        est: dict[tuple[int, int], list[float]] = {}
+        for (i, j, wh), by_wg in x.items():
+            c = int(self.channels[i])
+            dh = self._rho(j, wh) - 1.0
+            smaller = [w for w in by_wg if w < c]
+            if c not in by_wg or not smaller or dh > -0.1:
+                continue
+            wg = smaller[0]
+            dg = self._rho(i, wg) - 1.0
+            if dg > -0.1:
+                continue
+            s_wg = float(np.interp(wg, self.xs[i], self.ys[i]))
+            est.setdefault((min(i, j), max(i, j)), []).append(
+                (by_wg[wg] - s_wg - by_wg[c] + self.full[i]) / (dg * dh))
+        for g, h, ms in self.table.pairs:
+            if g in col and h in col:
+                est.setdefault((min(col[g], col[h]), max(col[g], col[h])), [ms - self.overhead])
+        keys = sorted(est)
+        tau = [float(np.clip(np.mean(est[k]), 0.0, min(self.full[k[0]], self.full[k[1]]) - self.overhead))
+               for k in keys]
+        return (np.array([k[0] for k in keys], dtype=np.int64), np.array([k[1] for k in keys], dtype=np.int64),
+                np.array(tau, dtype=np.float64))
 
     def group_ms(self, counts: np.ndarray) -> np.ndarray:
         """S_g(w_g) for every group (columns) of one count vector or many (rows)."""

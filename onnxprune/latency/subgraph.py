@@ -97,9 +97,11 @@ def variant(analysis: Analysis, counts: dict[int, int]) -> onnx.ModelProto:
     return Rewriter(analysis, keep, np.ones(len(keep))).run()
 
 
-def cut(model: onnx.ModelProto, names: set[str], elem_types: dict[str, int]) -> tuple[onnx.ModelProto, list[str]]:
+def cut(model: onnx.ModelProto, names: set[str], elem_types: dict[str, int],
+        infos: dict[str, onnx.ValueInfoProto] | None = None) -> tuple[onnx.ModelProto, list[str]]:
     """The nodes `names` of `model` as a model of their own, and the names of its inputs. `elem_types`
-    gives the element type of every tensor that may become an input or output."""
+    gives the element type of every tensor that may become an input or output; `infos`, when given, their
+    value info (with shapes, so that the cut can be analysed)."""
     nodes = [n for n in model.graph.node if n.name in names]
     inits = {t.name: t for t in model.graph.initializer}
     produced = {o for n in nodes for o in n.output if o}
@@ -109,14 +111,51 @@ def cut(model: onnx.ModelProto, names: set[str], elem_types: dict[str, int]) -> 
     inputs = [t for t in used if t not in produced and t not in inits]
     outputs = [o for n in nodes for o in n.output
                if o and (o in outside or o in graph_outputs or o not in used)]
-    graph = onnx.helper.make_graph(
-        nodes, f"{model.graph.name}_cut",
-        [onnx.helper.make_tensor_value_info(t, elem_types.get(t, onnx.TensorProto.FLOAT), None) for t in inputs],
-        [onnx.helper.make_tensor_value_info(t, elem_types.get(t, onnx.TensorProto.FLOAT), None) for t in outputs],
-        [inits[t] for t in used if t in inits])
+    def info(t: str) -> onnx.ValueInfoProto:
+        if infos is not None and t in infos:
+            return infos[t]
+        return onnx.helper.make_tensor_value_info(t, elem_types.get(t, onnx.TensorProto.FLOAT), None)
+
+    graph = onnx.helper.make_graph(nodes, f"{model.graph.name}_cut", [info(t) for t in inputs],
+                                   [info(t) for t in outputs], [inits[t] for t in used if t in inits])
     sub = onnx.helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
     sub.functions.extend(model.functions)
     return sub, inputs
+
+
+def value_infos(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
+    """Tensor name -> value info (type and shape), from the model's inputs, outputs and value info."""
+    return {vi.name: vi for vi in list(model.graph.value_info) + list(model.graph.output) + list(model.graph.input)
+            if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type}
+
+
+class Cut:
+    """One group's cut of the original network, and its variants at other widths: rewritten as a model of
+    its own (its analysis has the group, with the same producers and width), or, when its analysis does not
+    find the group so, cut from the whole rewritten network."""
+
+    def __init__(self, analysis: Analysis, gid: int, names: set[str], types: dict[str, int],
+                 infos: dict[str, onnx.ValueInfoProto]):
+        self.analysis, self.gid, self.names, self.types = analysis, gid, names, types
+        self.model, self.inputs = cut(analysis.model, names, types, infos)
+        self.sub: Analysis | None = None
+        self.sub_gid = -1
+        g = analysis.groups[gid]
+        try:
+            sub = Analysis(self.model)
+        except Exception:  # noqa: BLE001 (the whole-network rewrite below is the general way)
+            return
+        for h in sub.prunable:
+            if h.channels == g.channels and set(h.producers) == set(g.producers) and h.n_blocks == g.n_blocks:
+                self.sub, self.sub_gid = sub, h.id
+                break
+
+    def at(self, width: int) -> onnx.ModelProto:
+        if width >= self.analysis.groups[self.gid].channels:
+            return self.model
+        if self.sub is not None:
+            return variant(self.sub, {self.sub_gid: width})
+        return cut(variant(self.analysis, {self.gid: width}), self.names, self.types)[0]
 
 
 def elem_types(model: onnx.ModelProto) -> dict[str, int]:

@@ -26,12 +26,12 @@ from ..analysis import Analysis, Group
 from ..calibration.taps import Tap
 from ..errors import UserError
 from .runtime import Runner, Timer, feeds, loadavg, time_budgeted
-from .subgraph import cut, elem_types, touching, variant
+from .subgraph import Cut, cut, elem_types, stand_in, touching, value_infos, variant
 
 log = logging.getLogger("onnxprune")
 CACHE_ENV = "ONNXPRUNE_CACHE_DIR"
 GRID_POINTS = 16   # at most this many widths per group in the default grid
-FORMAT = 1
+FORMAT = 3
 
 
 class NotMeasurable(UserError):
@@ -41,7 +41,7 @@ class NotMeasurable(UserError):
 @dataclass
 class GroupTimes:
     widths: list[int]
-    ms: list[float]                # median time of the group's cut at each width
+    ms: list[float]                # time of the group's cut at each width (fastest interleaved round)
     nodes: int = 0                 # nodes in the cut
     error: str | None = None       # why the group could not be measured (then it stays at full width)
 
@@ -56,7 +56,8 @@ class LatencyTable:
     full_ms: float                                    # the whole model, every group at full width
     overhead_ms: float                                # an empty run
     groups: dict[int, GroupTimes] = field(default_factory=dict)
-    pairs: list[list] = field(default_factory=list)   # [g, h, ms of the nodes both cuts share]
+    pairs: list[list] = field(default_factory=list)   # [g, h, ms of the nodes both cuts share, alone]
+    cross: list[list] = field(default_factory=list)   # [g, h, w_h, w_g, ms of g's cut at w_g with h at w_h]
     build_s: float = 0.0
     loadavg: list = field(default_factory=list)       # before and after the build
     cached: bool = False                              # loaded from the cache, not measured in this run
@@ -70,8 +71,8 @@ class LatencyTable:
     @classmethod
     def from_dict(cls, d: dict) -> LatencyTable:
         groups = {int(k): GroupTimes(**v) for k, v in d["groups"].items()}
-        return cls(d["key"], d["batch"], d["full_ms"], d["overhead_ms"], groups, d["pairs"], d["build_s"],
-                   d["loadavg"])
+        return cls(d["key"], d["batch"], d["full_ms"], d["overhead_ms"], groups, d["pairs"], d["cross"],
+                   d["build_s"], d["loadavg"])
 
     def fast_widths(self, gid: int) -> list[int]:
         """The widths of the group that no larger width in the table beats: at each, keeping fewer channels
@@ -131,15 +132,77 @@ def _one_line(exc: BaseException) -> str:
 
 
 class _Boundary:
-    """Values of a cut's inputs in the original network, at the timing batch."""
+    """Values of cuts' inputs in the original network, at the timing batch: fetched together when they fit
+    in `limit` bytes, else cut by cut."""
 
-    def __init__(self, analysis: Analysis, feed: dict[str, np.ndarray]):
-        self.analysis, self.feed = analysis, feed
+    def __init__(self, analysis: Analysis, feed: dict[str, np.ndarray], limit: float = 512e6):
+        self.analysis, self.feed, self.limit = analysis, feed, limit
+        self.cache: dict[str, np.ndarray] = {}
+
+    def prefetch(self, names: list[str], infos: dict[str, onnx.ValueInfoProto]) -> None:
+        batch = len(next(iter(self.feed.values()))) if self.feed else 1
+        inner = [n for n in dict.fromkeys(names) if n not in self.feed]
+        size = 0.0
+        for n in inner:
+            dims = infos[n].type.tensor_type.shape.dim if n in infos else None
+            if not dims or any(not d.HasField("dim_value") for d in dims[1:]):
+                return  # a shape not known: cut by cut
+            size += 4.0 * batch * float(np.prod([d.dim_value for d in dims[1:]]))
+        if inner and size <= self.limit:
+            self.cache.update(Tap(self.analysis.model, inner)(self.feed))
 
     def values(self, names: list[str]) -> dict[str, np.ndarray]:
-        inner = [n for n in names if n not in self.feed]
+        inner = [n for n in names if n not in self.feed and n not in self.cache]
         got = Tap(self.analysis.model, inner)(self.feed) if inner else {}
-        return {n: self.feed[n] if n in self.feed else got[n] for n in names}
+        return {n: self.feed[n] if n in self.feed else self.cache[n] if n in self.cache else got[n] for n in names}
+
+
+def _fastest(runs: dict, budget_ms: float, ordered: list | None = None) -> list[float]:
+    """The fastest of each runner's interleaved rounds (on a shared machine, noise only adds time), and the
+    runners among `ordered` (default: all, in the order given, i.e. by width) that stand out (over twice
+    the time of both neighbours) timed again, keeping the faster."""
+    got = time_budgeted(runs, budget_ms=budget_ms)
+    best = {k: float(np.min(v)) for k, v in got.items()}
+    keys = list(runs) if ordered is None else ordered
+    for _ in range(2):
+        vals = [best[k] for k in keys]
+        odd = [k for i, k in enumerate(keys)
+               if len(keys) > 2 and vals[i] > 2 * max(vals[max(i - 1, 0)] if i > 0 else 0.0,
+                                                      vals[i + 1] if i + 1 < len(keys) else 0.0)
+               and vals[i] > 2 * float(np.median(vals))]
+        if not odd:
+            break
+        again = time_budgeted({k: runs[k] for k in odd}, budget_ms=budget_ms)
+        for k in odd:
+            best[k] = min(best[k], float(np.min(again[k])))
+    return [best[k] for k in runs]
+
+
+def _shrunk(analysis: Analysis, values: dict[str, np.ndarray], keep: np.ndarray) -> dict[str, np.ndarray]:
+    """Boundary values as they are when channels are removed (`keep`, per class): each tensor sliced along
+    its one channel axis. A tensor with channels on more than one axis raises ValueError."""
+    out = {}
+    for name, v in values.items():
+        layout = analysis.layouts.get(name)
+        if layout is None:
+            out[name] = v
+            continue
+        lay = np.asarray(layout)
+        axes = [i for i, n in enumerate(lay.shape) if n > 1]
+        mask = keep[analysis.class_of[lay.ravel()]]
+        if mask.all():
+            out[name] = v
+        elif len(axes) == 1 and v.shape[axes[0]] == len(mask):
+            out[name] = np.ascontiguousarray(np.compress(mask, v, axis=axes[0]))
+        else:
+            raise ValueError(f"'{name}' has channels on several axes")
+    return out
+
+
+def _half(ws: list[int], channels: int) -> int | None:
+    """The measured width nearest to half the group's (not the full width)."""
+    below = [w for w in ws if w < channels]
+    return min(below, key=lambda w: abs(w - channels / 2)) if below else None
 
 
 def build_table(analysis: Analysis, timer: Timer, batch: int = 1, example: dict | None = None,
@@ -188,42 +251,74 @@ def _measure(analysis: Analysis, timer: Timer, batch: int, feed: dict, widths: d
     except Exception as exc:  # noqa: BLE001 (ONNX Runtime's own errors: an op it lacks, a shape it rejects)
         raise NotMeasurable(f"ONNX Runtime cannot run the model on {timer.runtime.provider} ({_one_line(exc)})") \
             from None
-    table = LatencyTable(key, batch, float(np.median(base["full"])), float(np.median(base["empty"])))
+    table = LatencyTable(key, batch, float(np.min(base["full"])), float(np.min(base["empty"])))
     touch = touching(analysis)
     types = elem_types(analysis.model)
+    infos = value_infos(analysis.model)
     boundary = _Boundary(analysis, feed)
-    for gid, ws in widths.items():
-        names = set(touch[gid])
+    cuts: dict[int, Cut] = {}
+    for gid in widths:
         try:
-            _, inputs = cut(analysis.model, names, types)
-            values = boundary.values(inputs)
-            runs = {}
-            for w in ws:
-                model = analysis.model if w >= analysis.groups[gid].channels else variant(analysis, {gid: w})
-                runs[w] = timer.runner(cut(model, names, types)[0], values)
-            got = time_budgeted(runs, budget_ms=budget_ms)
-            table.groups[gid] = GroupTimes(ws, [float(np.median(got[w])) for w in ws], len(names))
-        except Exception as exc:  # noqa: BLE001 (whatever stops a cut from running: the group stays unmeasured)
-            table.groups[gid] = GroupTimes(ws, [], len(names), _one_line(exc))
-            log.info("latency of group %d not measured: %s", gid, table.groups[gid].error)
+            cuts[gid] = Cut(analysis, gid, set(touch[gid]), types, infos)
+        except Exception as exc:  # noqa: BLE001 (whatever stops a cut: the group stays unmeasured)
+            table.groups[gid] = GroupTimes(widths[gid], [], len(touch[gid]), _one_line(exc))
+    shared: dict[tuple[int, int], tuple[onnx.ModelProto, list[str]]] = {}
     if pairs:
-        measured = [g for g in widths if table.groups[g].error is None]
-        shared: dict[tuple[int, int], set[str]] = {}
-        for i, g in enumerate(measured):
-            for h in measured[i + 1:]:
+        measurable = sorted(cuts)
+        for i, g in enumerate(measurable):
+            for h in measurable[i + 1:]:
                 both = set(touch[g]) & set(touch[h])
                 if both:
-                    shared[g, h] = both
+                    shared[g, h] = cut(analysis.model, both, types, infos)
+    boundary.prefetch([n for c in cuts.values() for n in c.inputs] + [n for _, ins in shared.values() for n in ins],
+                      infos)
+    # each interaction is timed in one cut: the one with fewer nodes
+    neighbours: dict[int, list[int]] = {g: [] for g in cuts}
+    for g, h in shared:
+        first, other = (g, h) if len(cuts[g].names) <= len(cuts[h].names) else (h, g)
+        neighbours[first].append(other)
+    for gid, c in cuts.items():
+        ws = widths[gid]
+        try:
+            values = boundary.values(c.inputs)
+            runs: dict = {w: timer.runner(c.at(w), values) for w in ws}
+        except Exception as exc:  # noqa: BLE001 (whatever stops a cut from running: the group stays unmeasured)
+            table.groups[gid] = GroupTimes(ws, [], len(c.names), _one_line(exc))
+            continue
+        mine = _half(ws, analysis.groups[gid].channels)
+        for h in neighbours[gid]:  # the interaction, in context: g's cut with a neighbour at half width
+            w = _half(widths[h], analysis.groups[h].channels)
+            if w is None:
+                continue
+            for wg in [analysis.groups[gid].channels] + ([mine] if mine is not None else []):
+                try:
+                    counts = {h: w, gid: wg}
+                    shrunk = _shrunk(analysis, values, stand_in(analysis, {h: w}))
+                    runs["x", h, w, wg] = timer.runner(cut(variant(analysis, counts), c.names, types)[0], shrunk)
+                except Exception as exc:  # noqa: BLE001 (then the shared nodes timed alone stand in)
+                    log.info("interaction of groups %d and %d not measured in context: %s", gid, h, _one_line(exc))
+        try:
+            got = dict(zip(runs, _fastest(runs, budget_ms, ordered=ws)))
+        except Exception as exc:  # noqa: BLE001 (whatever stops a cut from running: the group stays unmeasured)
+            table.groups[gid] = GroupTimes(ws, [], len(c.names), _one_line(exc))
+            continue
+        table.groups[gid] = GroupTimes(ws, [got[w] for w in ws], len(c.names))
+        table.cross += [[gid, k[1], k[2], k[3], ms] for k, ms in got.items() if isinstance(k, tuple)]
+    for gid, t in sorted(table.groups.items()):
+        if t.error is not None:
+            log.info("latency of group %d not measured: %s", gid, t.error)
+    if pairs:
         pair_runs: dict[tuple[int, int], Runner] = {}
-        for (g, h), names in shared.items():
+        for (g, h), (sub, inputs) in shared.items():
+            if table.groups[g].error is not None or table.groups[h].error is not None:
+                continue
             try:
-                sub, inputs = cut(analysis.model, names, types)
                 pair_runs[g, h] = timer.runner(sub, boundary.values(inputs))
             except Exception as exc:  # noqa: BLE001 (an unmeasured pair adds no interaction term)
                 log.info("latency of the nodes shared by groups %d and %d not measured: %s", g, h, _one_line(exc))
         if pair_runs:
-            timed = time_budgeted(pair_runs, budget_ms=budget_ms)
-            table.pairs = [[g, h, float(np.median(timed[g, h]))] for (g, h) in pair_runs]
+            fastest = _fastest(pair_runs, budget_ms)
+            table.pairs = [[g, h, ms] for (g, h), ms in zip(pair_runs, fastest)]
     table.build_s = time.perf_counter() - t0
     table.loadavg = [load0, loadavg()]
     return table
