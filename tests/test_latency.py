@@ -245,6 +245,11 @@ def test_latency_target_is_reached_as_measured(ir_path, monkeypatch, tmp_path, s
     if "power" in spec:
         assert abs(rec["iterations"][0]["measured_ratio"] / fraction - 1) > 0.05, "the first try should miss"
         assert len(rec["iterations"]) > 1
+    page = tmp_path / "r.html"
+    assert CliRunner().invoke(main, ["report", str(tmp_path / "r.json"), "-o", str(page)]).exit_code == 0
+    html = page.read_text()
+    # MACs per layer and latency per group (no loss curves without calibration)
+    assert html.count("data:image/png;base64,") == 2 and f"target {fraction:.3g} of the original" in html
     fast = {int(g): v["fast"] for g, v in rec["groups"].items()}
     kept = {g["id"]: g["kept_count"] for g in json.loads((tmp_path / "r.json").read_text())["groups"]
             if not g["frozen"]}
@@ -360,3 +365,26 @@ def test_copy_of_a_zoo_model_prunes_to_latency_from_the_command_line(zoo_models,
     assert res.exit_code == 0, res.output
     assert "latency" in res.stdout and "measured" in res.stdout
     ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+
+
+def test_latency_target_on_the_shipped_model(tmp_path, monkeypatch):
+    """The shipped Fashion-MNIST ResNet, calibrated (its first 128 calibration images), `--latency 0.5
+    --allocate loss`: the written model's cost under the fake runtime (odd widths twice as slow per
+    channel) is half the original's within 5%."""
+    import pathlib
+    monkeypatch.setenv("ONNXPRUNE_TIMER", "fake:slow=2")
+    fraction = 0.5
+    root = pathlib.Path(__file__).resolve().parents[1] / "models"
+    with np.load(root / "fmnist_calib.npz") as z:
+        example = {k: z[k][:128] for k in z.files if k != "labels"}
+    np.savez(tmp_path / "cal.npz", **example)
+    out = tmp_path / "p.onnx"
+    res = CliRunner().invoke(main, ["prune", str(root / "fmnist_resnet.onnx"), "-o", str(out), "--calib",
+                                    str(tmp_path / "cal.npz"), "--latency", str(fraction), "--allocate", "loss",
+                                    "--max-positions", "16", "-q"])
+    assert res.exit_code == 0, res.output
+    pruned = onnx.load(str(out))
+    ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    original = onnx.load(str(root / "fmnist_resnet.onnx"))
+    ratio = FakeTimer().cost(pruned, feeds(pruned, 1, example)) / FakeTimer().cost(original, feeds(original, 1, example))
+    assert abs(ratio / fraction - 1) <= 0.05, ratio
