@@ -193,7 +193,7 @@ def _top1(model, x: np.ndarray, y: np.ndarray) -> float:
 
 def accuracy_section(path: str, threads: int, quick: bool) -> list[dict]:
     from onnxprune import load_model, prune
-    from onnxprune.latency import OrtTimer, Runtime
+    from onnxprune.latency import Runtime, default_timer
     from onnxprune.latency.speed import speedup
     original = load_model(path)
     folds = []
@@ -210,7 +210,7 @@ def accuracy_section(path: str, threads: int, quick: bool) -> list[dict]:
             t0 = time.perf_counter()
             m, rep = prune(path, str(dirs[calib]), flops=0.5, preprocess="imagenet", latency_threads=threads)
             flops_s = time.perf_counter() - t0
-            ratio = 1.0 / speedup(OrtTimer(Runtime(threads=threads)), original, m, 1)["speedup"]
+            ratio = 1.0 / speedup(default_timer(Runtime(threads=threads)), original, m, 1)["speedup"]
             fold["latency_of_flops_model"] = ratio
             runs = [("flops 0.5 (default)", m, rep, flops_s)]
             for allocate in ("uniform", "loss"):
@@ -259,8 +259,14 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true",
                     help="batch 1 only in the model section; fewer allocations, rounds and evaluation images")
+    ap.add_argument("--timer", choices=("wall", "cpu"), default="wall",
+                    help="what the prunes measure: wall time at --threads (as a user's run), or the CPU time of "
+                         "one thread (ONNXPRUNE_TIMER=cpu: robust on a shared machine); the side-by-side timings "
+                         "are wall time at --threads either way")
     ap.add_argument("--out", default=OUT)
     args = ap.parse_args()
+    if args.timer == "cpu":
+        os.environ["ONNXPRUNE_TIMER"] = "cpu"
     os.chdir(ROOT)
     path = _model_path()
     sections = args.sections.split(",")
@@ -270,6 +276,7 @@ def main():
         with open(args.out) as f:
             doc = json.load(f)
     doc["machine"] = machine_info(f"intra-op threads {args.threads}; shared machine: wall times are noisy")
+    doc["prune_timer"] = args.timer
     t_all = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="latency-cache-") as cache:
         os.environ["ONNXPRUNE_CACHE_DIR"] = cache   # every table measured in this run, its cost included

@@ -288,9 +288,14 @@ class FakeTimer(Timer):
 
 
 def default_timer(runtime: Runtime) -> Timer:
-    """The timer for a runtime: ONNX Runtime, or a fake one when $ONNXPRUNE_TIMER is 'fake' or, with its
-    parameters, e.g. 'fake:slow=1,power=1.1' (for tests)."""
+    """The timer for a runtime: ONNX Runtime's wall time; with $ONNXPRUNE_TIMER 'cpu', the CPU time of one
+    intra-op thread instead (the work of a run, for machines shared with other jobs, CPU provider only); a
+    fake one when it is 'fake' or, with its parameters, e.g. 'fake:slow=1,power=1.1' (for tests)."""
     spec = os.environ.get(TIMER_ENV, "").strip().lower()
+    if spec == "cpu":
+        if runtime.provider != Provider.CPU:
+            raise UserError(f"${TIMER_ENV}=cpu measures the cpu provider only, not {runtime.provider}")
+        return OrtTimer(Runtime(Provider.CPU, 1, runtime.fp16, clock="cpu"))
     if spec == "fake" or spec.startswith("fake:"):
         params = {}
         for item in spec[5:].split(","):

@@ -31,7 +31,7 @@ from .subgraph import Cut, cut, elem_types, stand_in, touching, value_infos, var
 log = logging.getLogger("onnxprune")
 CACHE_ENV = "ONNXPRUNE_CACHE_DIR"
 GRID_POINTS = 16   # at most this many widths per group in the default grid
-FORMAT = 3
+FORMAT = 5
 
 
 class NotMeasurable(UserError):
@@ -58,6 +58,9 @@ class LatencyTable:
     groups: dict[int, GroupTimes] = field(default_factory=dict)
     pairs: list[list] = field(default_factory=list)   # [g, h, ms of the nodes both cuts share, alone]
     cross: list[list] = field(default_factory=list)   # [g, h, w_h, w_g, ms of g's cut at w_g with h at w_h]
+    # whole-model timings of a few random allocations of the table's widths with the original: [counts, ms]
+    # (the first entry is the original, {}), which calibrate the model (`LatencyModel.calibrate`)
+    checks: list[list] = field(default_factory=list)
     build_s: float = 0.0
     loadavg: list = field(default_factory=list)       # before and after the build
     cached: bool = False                              # loaded from the cache, not measured in this run
@@ -71,7 +74,8 @@ class LatencyTable:
     @classmethod
     def from_dict(cls, d: dict) -> LatencyTable:
         groups = {int(k): GroupTimes(**v) for k, v in d["groups"].items()}
-        return cls(d["key"], d["batch"], d["full_ms"], d["overhead_ms"], groups, d["pairs"], d["cross"],
+        checks = [[{int(g): n for g, n in c.items()}, ms] for c, ms in d["checks"]]
+        return cls(d["key"], d["batch"], d["full_ms"], d["overhead_ms"], groups, d["pairs"], d["cross"], checks,
                    d["build_s"], d["loadavg"])
 
     def fast_widths(self, gid: int) -> list[int]:
@@ -178,6 +182,29 @@ def _fastest(runs: dict, budget_ms: float, ordered: list | None = None) -> list[
     return [best[k] for k in runs]
 
 
+def _check(analysis: Analysis, timer: Timer, feed: dict, table: LatencyTable, n: int, budget_ms: float) -> None:
+    """Time the original and `n` random allocations of the measured widths (seeded), interleaved."""
+    rng = np.random.default_rng(0)
+    measured = {g: t for g, t in table.groups.items() if t.error is None}
+    if not measured:
+        return
+    allocs: list[dict[int, int]] = [{}]
+    for _ in range(n):
+        level = rng.uniform(0.3, 1.0)
+        alloc = {}
+        for g, t in measured.items():
+            want = level * analysis.groups[g].channels * rng.uniform(0.8, 1.2)
+            alloc[g] = int(t.widths[int(np.argmin(np.abs(np.asarray(t.widths) - want)))])
+        allocs.append(alloc)
+    try:
+        runs = {i: timer.runner(analysis.model if not c else variant(analysis, c), feed) for i, c in enumerate(allocs)}
+        got = _fastest(runs, budget_ms, ordered=[])
+    except Exception as exc:  # noqa: BLE001 (then the model is not calibrated)
+        log.info("latency model not calibrated: %s", _one_line(exc))
+        return
+    table.checks = [[c, ms] for c, ms in zip(allocs, got)]
+
+
 def _shrunk(analysis: Analysis, values: dict[str, np.ndarray], keep: np.ndarray) -> dict[str, np.ndarray]:
     """Boundary values as they are when channels are removed (`keep`, per class): each tensor sliced along
     its one channel axis. A tensor with channels on more than one axis raises ValueError."""
@@ -199,17 +226,21 @@ def _shrunk(analysis: Analysis, values: dict[str, np.ndarray], keep: np.ndarray)
     return out
 
 
-def _half(ws: list[int], channels: int) -> int | None:
-    """The measured width nearest to half the group's (not the full width)."""
+def _part(ws: list[int], channels: int, share: float = 0.3) -> int | None:
+    """The measured width nearest to `share` of the group's (not the full width): far enough from it that
+    the interaction's difference stands out from the noise, about where heavy pruning takes a group."""
     below = [w for w in ws if w < channels]
-    return min(below, key=lambda w: abs(w - channels / 2)) if below else None
+    return min(below, key=lambda w: abs(w - share * channels)) if below else None
 
 
 def build_table(analysis: Analysis, timer: Timer, batch: int = 1, example: dict | None = None,
                 widths: dict[int, list[int]] | None = None, pairs: bool = True, use_cache: bool = True,
-                budget_ms: float = 150.0) -> LatencyTable:
+                budget_ms: float = 150.0, checks: int = 6) -> LatencyTable:
     """Measure (or load from the cache) the latency table of `analysis.model` for the prunable groups in
-    `widths` (default: every prunable group on its default grid)."""
+    `widths` (default: every prunable group on its default grid); with `pairs`, the interactions and
+    `checks` whole-model timings of random allocations too."""
+    if not pairs:
+        checks = 0
     if widths is None:
         widths = {g.id: grid(g) for g in analysis.prunable}
     widths = {int(g): sorted({int(w) for w in ws} | {analysis.groups[g].channels}) for g, ws in widths.items()}
@@ -218,7 +249,7 @@ def build_table(analysis: Analysis, timer: Timer, batch: int = 1, example: dict 
     except UserError as exc:
         raise NotMeasurable(str(exc)) from None
     key = {"format": FORMAT, "model": structure_hash(analysis.model), **timer.describe(), "batch": batch,
-           "inputs": {k: list(v.shape) for k, v in feed.items()}, "pairs": pairs,
+           "inputs": {k: list(v.shape) for k, v in feed.items()}, "pairs": pairs, "checks": checks,
            "widths": hashlib.sha256(json.dumps(sorted(widths.items())).encode()).hexdigest()[:16]}
     path = cache_dir() / (hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32] + ".json")
     if use_cache and path.is_file():
@@ -229,7 +260,7 @@ def build_table(analysis: Analysis, timer: Timer, batch: int = 1, example: dict 
                 return table
         except (ValueError, KeyError, TypeError):
             pass  # an unreadable cache entry is measured again and overwritten
-    table = _measure(analysis, timer, batch, feed, widths, pairs, key, budget_ms)
+    table = _measure(analysis, timer, batch, feed, widths, pairs, key, budget_ms, checks)
     if use_cache:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -242,7 +273,7 @@ def build_table(analysis: Analysis, timer: Timer, batch: int = 1, example: dict 
 
 
 def _measure(analysis: Analysis, timer: Timer, batch: int, feed: dict, widths: dict[int, list[int]], pairs: bool,
-             key: dict, budget_ms: float) -> LatencyTable:
+             key: dict, budget_ms: float, checks: int) -> LatencyTable:
     t0, load0 = time.perf_counter(), loadavg()
     try:
         base = time_budgeted({"full": timer.runner(analysis.model, feed),
@@ -285,18 +316,22 @@ def _measure(analysis: Analysis, timer: Timer, batch: int, feed: dict, widths: d
         except Exception as exc:  # noqa: BLE001 (whatever stops a cut from running: the group stays unmeasured)
             table.groups[gid] = GroupTimes(ws, [], len(c.names), _one_line(exc))
             continue
-        mine = _half(ws, analysis.groups[gid].channels)
-        for h in neighbours[gid]:  # the interaction, in context: g's cut with a neighbour at half width
-            w = _half(widths[h], analysis.groups[h].channels)
-            if w is None:
+        mine = _part(ws, analysis.groups[gid].channels)
+        for h in neighbours[gid]:  # the interaction, in context: g's cut with g and a neighbour shrunk
+            w = _part(widths[h], analysis.groups[h].channels)
+            if w is None or mine is None:
                 continue
-            for wg in [analysis.groups[gid].channels] + ([mine] if mine is not None else []):
-                try:
-                    counts = {h: w, gid: wg}
-                    shrunk = _shrunk(analysis, values, stand_in(analysis, {h: w}))
-                    runs["x", h, w, wg] = timer.runner(cut(variant(analysis, counts), c.names, types)[0], shrunk)
-                except Exception as exc:  # noqa: BLE001 (then the shared nodes timed alone stand in)
-                    log.info("interaction of groups %d and %d not measured in context: %s", gid, h, _one_line(exc))
+            try:  # the four corners, all cut from the whole rewritten network (the same way)
+                shrunk = _shrunk(analysis, values, stand_in(analysis, {h: w}))
+                for wh in (analysis.groups[h].channels, w):
+                    for wg in (analysis.groups[gid].channels, mine):
+                        corner = {h: wh, gid: wg}
+                        runs["x", h, wh, wg] = timer.runner(cut(variant(analysis, corner), c.names, types)[0],
+                                                            shrunk if wh < analysis.groups[h].channels else values)
+            except Exception as exc:  # noqa: BLE001 (then the shared nodes timed alone stand in)
+                for stale in [k for k in runs if isinstance(k, tuple) and k[1] == h]:
+                    del runs[stale]
+                log.info("interaction of groups %d and %d not measured in context: %s", gid, h, _one_line(exc))
         try:
             got = dict(zip(runs, _fastest(runs, budget_ms, ordered=ws)))
         except Exception as exc:  # noqa: BLE001 (whatever stops a cut from running: the group stays unmeasured)
@@ -319,6 +354,8 @@ def _measure(analysis: Analysis, timer: Timer, batch: int, feed: dict, widths: d
         if pair_runs:
             fastest = _fastest(pair_runs, budget_ms)
             table.pairs = [[g, h, ms] for (g, h), ms in zip(pair_runs, fastest)]
+    if checks:
+        _check(analysis, timer, feed, table, checks, budget_ms)
     table.build_s = time.perf_counter() - t0
     table.loadavg = [load0, loadavg()]
     return table

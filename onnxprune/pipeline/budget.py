@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("onnxprune")
 LATENCY_TOLERANCE = 0.05   # a latency target is met when measured within 5% of it
-LATENCY_ROUNDS = 4         # allocations measured at most for a latency target
+LATENCY_ROUNDS = 6         # allocations measured at most for a latency target
 
 
 @dataclass
@@ -242,6 +242,19 @@ def _curves(pruner: GreedyPruner) -> dict[int, np.ndarray]:
     return cached
 
 
+def _next_goal(points: list[tuple[float, float]], fraction: float) -> float:
+    """The predicted ratio to aim at next: between the two closest tries that measured on either side of
+    the target, interpolated linearly; with tries on one side only, the last one's measured/predicted error
+    carried over (the model's error at an allocation is assumed to hold nearby)."""
+    below = [p for p in points if p[1] < fraction]
+    above = [p for p in points if p[1] > fraction]
+    if below and above:
+        (p0, m0), (p1, m1) = max(below, key=lambda p: p[1]), min(above, key=lambda p: p[1])
+        return p0 + (fraction - m0) * (p1 - p0) / (m1 - m0) if m1 != m0 else (p0 + p1) / 2
+    p, m = points[-1]
+    return p * fraction / m
+
+
 def _latency_plan(analysis: Analysis, pruner: GreedyPruner | None, fraction: float, target: TargetOptions,
                   overrides: dict[int, int], measure: Measure) -> Plan:
     timer = measure.timer
@@ -266,10 +279,13 @@ def _latency_plan(analysis: Analysis, pruner: GreedyPruner | None, fraction: flo
                               "latency")
     iterations: list[dict] = []
     tried: list[tuple[dict[int, int], float]] = []
+    points: list[tuple[float, float]] = []   # (predicted ratio of an allocation, its measured ratio)
     goal = fraction
     for _ in range(LATENCY_ROUNDS):
         found = _allocate(analysis, pruner, "latency", float(np.clip(goal, least, 1.0)), target, overrides, 1,
                           allowed, model)
+        if any(found == t for t, _ in tried):
+            break  # the allowed widths give nothing else near this goal
         predicted = float(model(model.vector(found)) / model.total)
         got = speedup(timer, analysis.model, variant(analysis, found), measure.batch, measure.example)
         measured = 1.0 / got["speedup"]
@@ -277,12 +293,12 @@ def _latency_plan(analysis: Analysis, pruner: GreedyPruner | None, fraction: flo
                            "original_ms": got["original_ms"], "pruned_ms": got["pruned_ms"],
                            "counts": {str(g): int(n) for g, n in sorted(found.items())}})
         tried.append((found, measured))
+        points.append((predicted, measured))
         if abs(measured / fraction - 1) <= LATENCY_TOLERANCE:
             break
-        # the model's error at this allocation, assumed to hold nearby: aim the prediction accordingly
-        goal = predicted * fraction / measured
-        if (predicted >= 1.0 and measured < fraction) or (predicted <= least * (1 + 1e-9) and measured > fraction):
-            break
+        goal = float(np.clip(_next_goal(points, fraction), least, 1.0))
+        if any(abs(goal - p) < 1e-6 for p, _ in points):
+            break  # nothing new to try
     met = [t for t in tried if t[1] <= fraction * (1 + LATENCY_TOLERANCE)]
     best = max(met, key=lambda t: t[1]) if met else min(tried, key=lambda t: t[1])
     if not met:

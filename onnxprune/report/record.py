@@ -77,8 +77,9 @@ class Report:
                 f"groups {len(prunable)} pruned, {len(self.groups) - len(prunable)} frozen")
         m = self.latency.get("measured")
         if m:
-            text += (f"\nlatency {m['original_ms']:.3f} ms -> {m['pruned_ms']:.3f} ms ({m['speedup']:.2f}x, "
-                     f"{self.latency.get('provider')} batch {self.latency.get('batch')}, measured)")
+            text += (f"\nlatency {m['original_ms']:.3f} ms -> {m['pruned_ms']:.3f} ms (medians), speed-up "
+                     f"{m['speedup']:.2f}x (median of paired rounds), measured on {self.latency.get('provider')} at "
+                     f"batch {self.latency.get('batch')}")
         return text
 
 
