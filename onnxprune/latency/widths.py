@@ -3,9 +3,11 @@ the allowed counts that follow from it (docs/DESIGN.md, "Latency").
 
 For a kept count k (half the width for a group that keeps all) the probe times the group's cut at k
 rounded up to every rounding in `ROUNDINGS` (k itself, the next multiple of 2, 4, ..., 64) and at full
-width, interleaved; the rounding whose width is fastest wins (on equal times, the smaller width; of the
-roundings that give it, the coarsest). A group whose fastest candidate is not faster than its full width
-does not pay for its pruning and keeps its full width.
+width (and at the next smaller count, as evidence), interleaved; the width that measures fastest wins (on
+equal times, the smaller). Of the roundings that give it, the coarsest is kept when a smaller width
+measured no faster (alignment matters: the allocation must keep to its multiples), the finest otherwise. A
+group whose fastest candidate is not faster than its full width does not pay for its pruning and keeps its
+full width.
 """
 from __future__ import annotations
 
@@ -42,13 +44,21 @@ def near(group: Group, k: int) -> int:
     return int(k) if k < group.channels else max(1, group.channels // 2)
 
 
+def _below(group: Group, k: int) -> int | None:
+    """The next smaller count the group can keep than its count k (rounded): evidence, not a candidate."""
+    w = rounded(group, k, 1) - group.multiple
+    return w if w >= group.fewest else None
+
+
 def probe_widths(analysis: Analysis, counts: dict[int, int]) -> dict[int, list[int]]:
-    """Per group: its kept count (`near`) rounded up to every rounding, and the full width."""
+    """Per group: its kept count (`near`) rounded up to every rounding, the next smaller count, and the full
+    width."""
     out = {}
     for gid, k in counts.items():
         g = analysis.groups[gid]
         if g.channels > g.fewest:
-            out[gid] = sorted({rounded(g, near(g, k), r) for r in ROUNDINGS} | {g.channels})
+            b = _below(g, near(g, k))
+            out[gid] = sorted({rounded(g, near(g, k), r) for r in ROUNDINGS} | {g.channels} | ({b} if b else set()))
     return out
 
 
@@ -64,10 +74,12 @@ def choose(analysis: Analysis, counts: dict[int, int], times: dict[int, dict[int
             widths[gid] = np.array([g.channels], dtype=np.int64)
             continue
         cands = {r: rounded(g, near(g, k), r) for r in ROUNDINGS}
-        # fastest; on equal times the smaller width; of the roundings giving that width, the coarsest (the
-        # width's own alignment, which the allocation then keeps)
-        best_r = min(ROUNDINGS, key=lambda r: (t[cands[r]], cands[r], -r))
-        best_w = cands[best_r]
+        best_w = min(cands.values(), key=lambda w: (t[w], w))   # fastest; on equal times the smaller
+        # of the roundings that give it: the coarsest when a smaller width measured no faster (alignment
+        # matters, and the allocation must keep it), else the finest (no evidence that it does)
+        aligned = any(t[w] >= t[best_w] for w in t if w < best_w)
+        give = [r for r in ROUNDINGS if cands[r] == best_w]
+        best_r = max(give) if aligned else min(give)
         pays = t[best_w] < t[g.channels]
         record[gid] = {"count": int(k), "rounding": int(best_r) if pays else None, "width": best_w,
                        "ms": {str(w): float(v) for w, v in sorted(t.items())}, "full_ms": float(t[g.channels]),
