@@ -25,9 +25,11 @@ class OptionError(UserError):
         self.option, self.value, self.reason = option, value, reason
         super().__init__(f"{option}={value!r}: {reason}")
 
-    def flag_message(self) -> str:
-        """The same error with the option spelt as a command-line flag."""
-        return f"--{self.option.replace('_', '-')} {_shown(self.value)}: {self.reason}"
+    def flag_message(self, flag: str | None = None) -> str:
+        """The same error with the option spelt as a command-line flag (`flag`, or the name with dashes)."""
+        flag = flag or f"--{self.option.replace('_', '-')}"
+        shown = "" if self.value is None else f" {_shown(self.value)}"
+        return f"{flag}{shown}: {self.reason}"
 
 
 def _shown(value: Any) -> str:

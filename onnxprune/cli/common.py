@@ -25,10 +25,7 @@ def fail(message: str) -> None:
 
 
 def option_message(exc: OptionError) -> str:
-    if exc.option in FLAGS:
-        shown = "" if exc.value is None else f" {exc.value}"
-        return f"{FLAGS[exc.option]}{shown}: {exc.reason}"
-    return exc.flag_message()
+    return exc.flag_message(FLAGS.get(exc.option))
 
 
 def user_errors(fn):
