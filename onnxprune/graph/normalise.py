@@ -1,6 +1,8 @@
 """The working graph: a normalised onnx-graphsurgeon copy of the user's model.
 
 Normalisation (done once, before analysis, and the basis of every rewrite):
+- constant subexpressions are folded (`fold_constants`: a bias written `Reshape(Constant, Constant)` is a
+  constant, an `If` with a constant condition is its taken branch);
 - `Constant` nodes with a tensor value, and `Identity` nodes of constants, become constant tensors
   (weights are weights, wherever they live);
 - every node gets a unique name (unnamed nodes are named `<op>_<index>`), so reports can name them;
@@ -24,6 +26,7 @@ def normalise(model: onnx.ModelProto, in_place: bool = False) -> onnx.ModelProto
     m = model if in_place else onnx.ModelProto()
     if not in_place:
         m.CopyFrom(model)
+    m = fold_constants(m)
     graph = m.graph
     kept_nodes, new_inits = [], []
     inits = {t.name: t for t in graph.initializer}
@@ -68,6 +71,72 @@ def normalise(model: onnx.ModelProto, in_place: bool = False) -> onnx.ModelProto
     del inferred.graph.value_info[:]
     inferred.graph.value_info.extend(kept)
     return inferred
+
+
+# ops whose value is not a function of their inputs (folding them would fix one draw), or that a
+# quantised model keeps as they are
+_NO_FOLD = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli",
+            "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
+_CONTROL = {"If", "Loop", "Scan"}
+
+
+def _subgraphs(node: onnx.NodeProto):
+    for a in node.attribute:
+        if a.type == onnx.AttributeProto.GRAPH:
+            yield a.g
+        yield from a.graphs
+
+
+def _foldable(graph: onnx.GraphProto, outer: set[str]) -> bool:
+    """Whether some node of `graph` (or of a subgraph) computes from constants only, or is an `If` whose
+    condition is a constant: a linear pass that spares the common model a round trip through graphsurgeon."""
+    const = set(outer) | {t.name for t in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    for node in graph.node:
+        if node.op_type == "Constant":
+            const.update(node.output)
+            continue
+        ins = [i for i in node.input if i]
+        if node.op_type not in _NO_FOLD and node.domain in ("", "ai.onnx") and (
+                (ins and all(i in const for i in ins) and not set(node.output) & outputs)
+                or (node.op_type == "If" and ins and ins[0] in const)):
+            return True
+        for sub in _subgraphs(node):
+            if _foldable(sub, const):
+                return True
+    return False
+
+
+def fold_constants(m: onnx.ModelProto) -> onnx.ModelProto:
+    """Fold constant subexpressions with onnx-graphsurgeon (evaluated by ONNX Runtime): exporters write
+    conv biases as `Add(Conv, Reshape(Constant, Constant))` (paddle2onnx at opset 11), which the
+    analyzer would otherwise take for run-time tensors. Nothing over `LARGE` bytes is folded (so no large
+    weight is ever duplicated), shapes are not folded (the model's run-time shape arithmetic stays as it
+    is), random and quantisation ops stay, and graph outputs are never turned into constants. The
+    model's interface, opset and fields are those of `m` (docs/DESIGN.md, "Channel groups")."""
+    if not _foldable(m.graph, set()):
+        return m
+    from .export import finish
+    graph = gs.import_onnx(m)
+    outputs = {t.name for t in graph.outputs}
+
+    def exclude(node) -> bool:
+        return node.op in _NO_FOLD or bool(node.domain not in (None, "", "ai.onnx")) or \
+            any(t.name in outputs for t in node.outputs)
+    logger = gs.logger.G_LOGGER
+    severity = logger.severity
+    try:
+        graph.toposort()
+        logger.severity = logger.ERROR  # a warning per node it cannot evaluate: expected here
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            graph.fold_constants(fold_shapes=False, partitioning="basic", error_ok=True, flatten_subgraphs=True,
+                                 size_threshold=LARGE, should_exclude_node=exclude)
+        graph.cleanup(remove_unused_graph_inputs=False)
+    except Exception:  # folding is an optimisation: a graph it cannot handle is analysed as it is
+        return m
+    finally:
+        logger.severity = severity
+    return finish(graph, m)  # value_info: graphsurgeon exports only the tensors that stay variables
 
 
 def infer_shapes(m: onnx.ModelProto) -> onnx.ModelProto:
