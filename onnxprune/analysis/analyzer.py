@@ -23,6 +23,9 @@ from . import handlers
 from .records import FIXED, Cost, Edit, Group
 
 
+LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
 class Analysis:
     """Channel groups of a model, plus what the rewriter and the cost model need."""
 
@@ -45,6 +48,8 @@ class Analysis:
         # (node, label vector, n): the vector is cut into n equal pieces that must keep equal counts
         self.equal_pieces: list[tuple[str, np.ndarray, int]] = []
         self.deferred: list[Callable[[], None]] = []
+        # node with subgraphs -> number of Conv/ConvTranspose/Gemm/MatMul nodes inside them (not analysed)
+        self.subgraph_layers: dict[str, int] = {}
         self._run()
 
     # ----- union-find over atoms -------------------------------------------------------------
@@ -123,8 +128,30 @@ class Analysis:
     shape = staticmethod(static_shape)
 
     # ----- the pass --------------------------------------------------------------------------
+    def _subgraph_reads(self, node) -> None:
+        """A node with subgraphs (If, Loop, Scan): the subgraphs are not analysed, so every channel-carrying
+        tensor they read from this graph (explicitly or by name from the outer scope) is frozen, and their
+        Conv/Gemm/MatMul layers are counted (docs/DESIGN.md, "Subgraphs")."""
+        reads: dict[str, None] = {}
+        layers = 0
+        stack = [g for g in node.attrs.values() if isinstance(g, gs.Graph)]
+        while stack:
+            sub = stack.pop()
+            for n in sub.nodes:
+                layers += n.op in LAYER_OPS
+                reads.update((t.name, None) for t in n.inputs if not t.is_empty())
+                stack.extend(g for g in n.attrs.values() if isinstance(g, gs.Graph))
+        for name in reads:
+            lab = self.layouts.get(name)
+            if lab is not None:
+                self.freeze(lab, node, f"'{name}' is read inside a subgraph, which onnxprune does not analyse")
+        if layers:
+            self.subgraph_layers[node.name] = layers
+
     def _run(self) -> None:
         for node in self.graph.nodes:
+            if any(isinstance(v, gs.Graph) for v in node.attrs.values()):
+                self._subgraph_reads(node)
             handler = handlers.lookup(node)
             if handler is None:
                 if any(self.layout(t) is not None for t in node.inputs):

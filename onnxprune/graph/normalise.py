@@ -16,6 +16,7 @@ import io
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+import onnxruntime as ort
 
 from .skeleton import LARGE, skeleton, tensor_bytes
 
@@ -77,7 +78,7 @@ def normalise(model: onnx.ModelProto, in_place: bool = False) -> onnx.ModelProto
 # quantised model keeps as they are
 _NO_FOLD = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli",
             "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
-_CONTROL = {"If", "Loop", "Scan"}
+SHARED = 1 << 14
 
 
 def _subgraphs(node: onnx.NodeProto):
@@ -121,22 +122,42 @@ def fold_constants(m: onnx.ModelProto) -> onnx.ModelProto:
     outputs = {t.name for t in graph.outputs}
 
     def exclude(node) -> bool:
+        """Random and quantisation ops, custom domains, graph outputs; and a node reading a weight (a floating
+        constant, or any over `SHARED` bytes) that something else reads too: a slice of a shared weight
+        would be a second copy of it."""
         return node.op in _NO_FOLD or bool(node.domain not in (None, "", "ai.onnx")) or \
-            any(t.name in outputs for t in node.outputs)
+            any(t.name in outputs for t in node.outputs) or \
+            any(isinstance(t, gs.Constant) and len(t.outputs) > 1 and (
+                np.issubdtype(t.dtype, np.floating) or t.values.nbytes > SHARED) for t in node.inputs)
     logger = gs.logger.G_LOGGER
     severity = logger.severity
     try:
         graph.toposort()
         logger.severity = logger.ERROR  # a warning per node it cannot evaluate: expected here
+        ort.set_default_logger_severity(3)  # and ONNX Runtime's optimiser warnings on the folded parts
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            graph.fold_constants(fold_shapes=False, partitioning="basic", error_ok=True, flatten_subgraphs=True,
-                                 size_threshold=LARGE, should_exclude_node=exclude)
+            _fold(graph, exclude)
         graph.cleanup(remove_unused_graph_inputs=False)
     except Exception:  # folding is an optimisation: a graph it cannot handle is analysed as it is
         return m
     finally:
         logger.severity = severity
+        ort.set_default_logger_severity(2)  # ONNX Runtime's default
     return finish(graph, m)  # value_info: graphsurgeon exports only the tensors that stay variables
+
+
+def _fold(graph: gs.Graph, exclude) -> None:
+    """graphsurgeon's folding, recursing into subgraphs here (its own recursion drops `should_exclude_node`):
+    this graph first (its constants become visible inside), then each subgraph, then a pass that inlines
+    the `If`s whose condition is now a constant."""
+    args = dict(fold_shapes=False, partitioning="basic", error_ok=True, size_threshold=LARGE,
+                should_exclude_node=exclude, recurse_subgraphs=False, recurse_functions=False)
+    graph.fold_constants(flatten_subgraphs=False, **args)
+    subs = [sub for node in graph.nodes for sub in node.subgraphs()]
+    for sub in subs:
+        _fold(sub, exclude)
+    if any(node.op == "If" and isinstance(node.inputs[0], gs.Constant) for node in graph.nodes):
+        graph.fold_constants(flatten_subgraphs=True, **args)
 
 
 def infer_shapes(m: onnx.ModelProto) -> onnx.ModelProto:
@@ -153,7 +174,27 @@ def infer_shapes(m: onnx.ModelProto) -> onnx.ModelProto:
     return _infer(m)
 
 
+def _ssi_work(graph: onnx.GraphProto) -> tuple[int, int]:
+    """(nodes, worst-case node visits of ONNX Runtime's symbolic shape inference). It infers both branches
+    of an `If`, and when it knows the condition it first copies the taken branch over the other: nested
+    `If`s whose conditions it can compute (from static shapes) cost twice per level."""
+    nodes = work = 0
+    for node in graph.node:
+        nodes += 1
+        work += 1
+        subs = [_ssi_work(g) for g in _subgraphs(node)]
+        nodes += sum(n for n, _ in subs)
+        if node.op_type == "If" and subs:
+            work += 2 * max(w for _, w in subs)
+        else:
+            work += 2 * sum(w for _, w in subs)  # Loop/Scan bodies may be inferred twice
+    return nodes, work
+
+
 def _infer(m: onnx.ModelProto) -> onnx.ModelProto:
+    nodes, work = _ssi_work(m.graph)
+    if work > 16 * nodes + 4096:  # exponential in the nesting depth: ONNX's own inference is linear
+        return _onnx_infer(m)
     try:
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
@@ -162,6 +203,10 @@ def _infer(m: onnx.ModelProto) -> onnx.ModelProto:
             return out
     except Exception:
         pass
+    return _onnx_infer(m)
+
+
+def _onnx_infer(m: onnx.ModelProto) -> onnx.ModelProto:
     try:
         return onnx.shape_inference.infer_shapes(m, data_prop=True)
     except Exception:
