@@ -245,6 +245,20 @@ class ViewFlattenNet(nn.Module):
         return self.fc(x.view(x.size(0), -1))
 
 
+class PixelShuffleNet(nn.Module):
+    """Super-resolution style: a conv to C·s² channels, PixelShuffle (DepthToSpace, CRD mode), a conv on the
+    upscaled map, PixelUnshuffle (Reshape/Transpose/Reshape) back down, a head."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.up = cbr(3, 8), cbr(8, 16)  # 16 = 4 channels x 2²
+        self.shuffle, self.mid = nn.PixelShuffle(2), cbr(4, 6)
+        self.unshuffle, self.post, self.head = nn.PixelUnshuffle(2), cbr(24, 16, 1), Head(16)
+
+    def forward(self, x):
+        return self.head(self.post(self.unshuffle(self.mid(self.shuffle(self.up(self.stem(x)))))))
+
+
 # --------------------------------------------------------------------------- table
 _CHW = (1, 3, 16, 16)
 _SPECS: dict[str, tuple[Callable[[], nn.Module], tuple, tuple]] = {
@@ -270,6 +284,7 @@ _SPECS: dict[str, tuple[Callable[[], nn.Module], tuple, tuple]] = {
     "nhwc": (NHWCNet, (1, 16, 16, 3), ("output",)),
     "inner_output": (InnerOutputNet, _CHW, ("output", "feat")),
     "view_flatten": (ViewFlattenNet, _CHW, ("output",)),
+    "pixel_shuffle": (PixelShuffleNet, _CHW, ("output",)),
 }
 
 

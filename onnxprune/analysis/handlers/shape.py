@@ -1,10 +1,11 @@
-"""Ops that move channels between axes: Flatten, Reshape, Transpose, Squeeze, Unsqueeze; and Shape."""
+"""Ops that move channels between axes: Flatten, Reshape, Transpose, Squeeze, Unsqueeze, DepthToSpace,
+SpaceToDepth; and Shape."""
 from __future__ import annotations
 
 import numpy as np
 
 from . import handles, shape_expr
-from .base import attr, input_or_attr, labeled_axes
+from .base import attr, axis_labels, input_or_attr, labeled_axes, on_axis
 
 def _collapse(lab: np.ndarray) -> np.ndarray:
     """Drop the repetition of labels along axes where they do not vary."""
@@ -174,6 +175,57 @@ def squeeze(node, ctx):
             return
         out = np.squeeze(lab, axis=axes)
     ctx.set_layout(node.outputs[0], out)
+
+
+def _mode(node) -> str:
+    mode = attr(node, "mode", "DCR")
+    return mode.decode() if isinstance(mode, bytes) else str(mode)
+
+
+def _channels_on_axis_1(node, ctx, lab):
+    shape = ctx.shape(node.inputs[0])
+    c = lab.shape[1] if lab.ndim > 1 and lab.shape[1] > 1 else (shape[1] if shape and len(shape) > 1 else None)
+    vec = axis_labels(lab, 1, c) if c is not None and lab.ndim == 4 else None
+    if vec is None:
+        ctx.freeze(lab, node, "channels are not on axis 1 of a 4-D input")
+    return vec
+
+
+@handles("DepthToSpace")
+def depth_to_space(node, ctx):
+    """(N, C·s², H, W) -> (N, C, H·s, W·s), PyTorch's PixelShuffle: output channel c gathers s² input channels,
+    c·s² + k in CRD mode and k·C + c in DCR mode. Those s² channels are tied (they go or stay together), so
+    the producer is pruned in blocks of s² and the output carries one channel per block."""
+    lab = ctx.layout(node.inputs[0])
+    if lab is None:
+        return
+    vec = _channels_on_axis_1(node, ctx, lab)
+    if vec is None:
+        return
+    s = int(attr(node, "blocksize"))
+    if len(vec) % (s * s):
+        ctx.freeze(lab, node, f"{len(vec)} channels are not a multiple of blocksize² {s * s}")
+        return
+    c = len(vec) // (s * s)
+    blocks = vec.reshape(c, s * s).T if _mode(node) == "CRD" else vec.reshape(s * s, c)
+    for k in range(1, s * s):
+        ctx.unite(blocks[0], blocks[k], node, "DepthToSpace ties a channel to a fixed one")
+    ctx.set_layout(node.outputs[0], on_axis(blocks[0], 1, 4))
+
+
+@handles("SpaceToDepth")
+def space_to_depth(node, ctx):
+    """(N, C, H, W) -> (N, C·s², H/s, W/s): output channel k·C + c is input channel c at block position k,
+    so each channel appears s² times along the output's channel axis (its consumers read s² features per
+    channel, as after Flatten)."""
+    lab = ctx.layout(node.inputs[0])
+    if lab is None:
+        return
+    vec = _channels_on_axis_1(node, ctx, lab)
+    if vec is None:
+        return
+    s = int(attr(node, "blocksize"))
+    ctx.set_layout(node.outputs[0], on_axis(np.tile(vec, s * s), 1, 4))
 
 
 @handles("Shape")
