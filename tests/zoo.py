@@ -259,6 +259,41 @@ class PixelShuffleNet(nn.Module):
         return self.head(self.post(self.unshuffle(self.mid(self.shuffle(self.up(self.stem(x)))))))
 
 
+class YoloHead(nn.Module):
+    """YOLOv8's Detect head as ultralytics exports it: per level a box branch (4·reg_max channels) and a class
+    branch, concatenated and flattened with view(b, no, -1); anchors and strides built from the feature maps'
+    shapes (torch.arange, torch.full: Shape -> Range / ConstantOfShape); box/cls split; DFL (softmax over
+    reg_max and a fixed conv); boxes decoded around the anchors."""
+
+    def __init__(self, nc=3, reg_max=4):
+        super().__init__()
+        self.nc, self.reg_max, self.no, self.strides = nc, reg_max, nc + 4 * reg_max, (4, 8)
+        self.stem, self.p3, self.p4 = cbr(3, 8, 3, 2), cbr(8, 12, 3, 2), cbr(12, 16, 3, 2)
+        self.box = nn.ModuleList(nn.Sequential(cbr(c, 8), nn.Conv2d(8, 4 * reg_max, 1)) for c in (12, 16))
+        self.cls = nn.ModuleList(nn.Sequential(cbr(c, 8), nn.Conv2d(8, nc, 1)) for c in (12, 16))
+        self.dfl = nn.Conv2d(reg_max, 1, 1, bias=False).requires_grad_(False)
+
+    def forward(self, x):
+        f3 = self.p3(self.stem(x))
+        levels = (f3, self.p4(f3))
+        b = f3.shape[0]
+        anchors, strides = [], []
+        for f, s in zip(levels, self.strides):  # make_anchors: from the feature maps' shapes (the batch is the
+            h, w = f.shape[2], f.shape[3]       # dynamic one here, H and W in a dynamic-shape export)
+            sx, sy = torch.arange(w, dtype=f.dtype) + 0.5, torch.arange(h, dtype=f.dtype) + 0.5
+            sy, sx = torch.meshgrid(sy, sx, indexing="ij")
+            anchors.append(torch.stack((sx, sy), -1).view(-1, 2))
+            strides.append(torch.full((f.shape[0], 1, h * w), float(s), dtype=f.dtype))
+        anchor, stride = torch.cat(anchors).transpose(0, 1), torch.cat(strides, 2)
+        feats = [torch.cat([self.box[i](f), self.cls[i](f)], 1) for i, f in enumerate(levels)]
+        box, cls = torch.cat([f.view(b, self.no, -1) for f in feats], 2).split((4 * self.reg_max, self.nc), 1)
+        a = box.shape[2]
+        dist = self.dfl(box.view(b, 4, self.reg_max, a).transpose(2, 1).softmax(1)).view(b, 4, a)
+        lt, rb = dist.chunk(2, 1)
+        x1y1, x2y2 = anchor.unsqueeze(0) - lt, anchor.unsqueeze(0) + rb
+        return torch.cat(((x1y1 + x2y2) / 2 * stride, (x2y2 - x1y1) * stride, cls.sigmoid()), 1)
+
+
 # --------------------------------------------------------------------------- table
 _CHW = (1, 3, 16, 16)
 _SPECS: dict[str, tuple[Callable[[], nn.Module], tuple, tuple]] = {
@@ -285,6 +320,7 @@ _SPECS: dict[str, tuple[Callable[[], nn.Module], tuple, tuple]] = {
     "inner_output": (InnerOutputNet, _CHW, ("output", "feat")),
     "view_flatten": (ViewFlattenNet, _CHW, ("output",)),
     "pixel_shuffle": (PixelShuffleNet, _CHW, ("output",)),
+    "yolo_head": (YoloHead, (1, 3, 32, 32), ("output",)),
 }
 
 
