@@ -245,6 +245,22 @@ class ViewFlattenNet(nn.Module):
         return self.fc(x.view(x.size(0), -1))
 
 
+class GroupedConcatNet(nn.Module):
+    """A grouped Conv (groups=4) on the concatenation of two branches, and a grouped Conv (groups=2) on one
+    Split piece of a tensor whose other piece goes elsewhere."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.a, self.b = cbr(3, 8), cbr(8, 8, 1), cbr(8, 8, 3)
+        self.g, self.c = cbr(16, 16, 3, groups=4), cbr(16, 16, 1)
+        self.g2, self.fuse, self.head = cbr(8, 8, 3, groups=2), cbr(16, 16, 1), Head(16)
+
+    def forward(self, x):
+        x = self.stem(x)
+        p, q = torch.split(self.c(self.g(torch.cat([self.a(x), self.b(x)], 1))), [8, 8], 1)
+        return self.head(self.fuse(torch.cat([self.g2(p), q], 1)))
+
+
 class PixelShuffleNet(nn.Module):
     """Super-resolution style: a conv to C·s² channels, PixelShuffle (DepthToSpace, CRD mode), a conv on the
     upscaled map, PixelUnshuffle (Reshape/Transpose/Reshape) back down, a head."""
@@ -319,6 +335,7 @@ _SPECS: dict[str, tuple[Callable[[], nn.Module], tuple, tuple]] = {
     "nhwc": (NHWCNet, (1, 16, 16, 3), ("output",)),
     "inner_output": (InnerOutputNet, _CHW, ("output", "feat")),
     "view_flatten": (ViewFlattenNet, _CHW, ("output",)),
+    "grouped_concat": (GroupedConcatNet, _CHW, ("output",)),
     "pixel_shuffle": (PixelShuffleNet, _CHW, ("output",)),
     "yolo_head": (YoloHead, (1, 3, 32, 32), ("output",)),
 }

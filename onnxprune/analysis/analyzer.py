@@ -177,13 +177,22 @@ class Analysis:
                 c = link[c]
             return c
 
-        for _, atoms in self.producer_atoms:
-            cls = roots[atoms]
+        def join(cls: np.ndarray) -> None:
             base = find(int(cls[0]))
             for c in cls[1:].tolist():
                 r = find(c)
                 if r != base:
                     link[r] = base
+
+        produced = set()
+        for _, atoms in self.producer_atoms:
+            join(roots[atoms])
+            produced.update(roots[atoms].tolist())
+        for _, labels, _ in self.block_constraints:
+            # a grouped Conv on a concatenation reads several producers' channels in equal-count blocks: one group
+            cls = np.array([c for c in roots[labels].tolist() if c in produced], dtype=np.int64)
+            if len(cls) > 1:
+                join(cls)
         members: dict[int, dict[int, None]] = {}
         prods: dict[int, list[str]] = defaultdict(list)
         for name, atoms in self.producer_atoms:
@@ -242,22 +251,32 @@ class Analysis:
         return parts
 
     def _blocks_for(self, classes: np.ndarray, roots: np.ndarray) -> tuple[np.ndarray, str]:
+        """Blocks of equal kept counts from the grouped Convs that read (or produce) these channels. A grouped
+        Conv reading only part of the group (a Split piece) cuts the rest into cells of its block size too
+        (stricter than needed, but expressible); several grouped Convs refine one another's blocks."""
         blocks = np.zeros(len(classes), dtype=np.int64)
         pos = {c: i for i, c in enumerate(classes.tolist())}
-        assigned = None
         for name, labels, groups in self.block_constraints:
             cls = roots[labels]
             mine = [pos.get(int(c)) for c in cls.tolist()]
             if all(m is None for m in mine):
                 continue
-            if any(m is None for m in mine) or len(set(mine)) != len(mine) or len(mine) != len(classes):
-                return blocks, f"grouped Conv '{name}' reads only part of this group or mixes it with others"
-            this = np.empty(len(classes), dtype=np.int64)
-            this[np.array(mine)] = np.arange(len(mine)) // (len(mine) // groups)
-            if assigned is not None and not np.array_equal(assigned, this):
-                return blocks, f"grouped Conv '{name}' splits these channels differently from another grouped Conv"
-            assigned = this
-        return (assigned if assigned is not None else blocks), ""
+            why = f"grouped Conv '{name}' reads these channels in blocks that cannot keep equal counts"
+            if any(m is None for m in mine) or len(set(mine)) != len(mine) or len(mine) % groups:
+                return blocks, f"grouped Conv '{name}' mixes these channels with ones that cannot change"
+            per = len(mine) // groups
+            this = np.full(len(classes), -1, dtype=np.int64)
+            this[np.array(mine)] = np.arange(len(mine)) // per
+            rest = np.flatnonzero(this < 0)
+            if len(rest) % per:
+                return blocks, why
+            this[rest] = groups + np.arange(len(rest)) // per
+            _, cell = np.unique(blocks * (int(this.max()) + 1) + this, return_inverse=True)
+            sizes = np.bincount(cell)
+            if sizes.min() != sizes.max():
+                return blocks, why
+            blocks = cell.astype(np.int64).reshape(-1)
+        return blocks, ""
 
     def _equal_pieces_for(self, classes: np.ndarray, roots: np.ndarray, blocks: np.ndarray) -> tuple[np.ndarray, str]:
         """Refine `blocks` so that each piece of every equal-pieces constraint on this group keeps the same
