@@ -41,6 +41,10 @@ def _relayout(node, ctx, lab, out_shape_rest):
             if len(long) % len(short) == 0 and (np.array_equal(np.repeat(short, r), long) or
                                                 np.array_equal(np.tile(short, r), long)):
                 return out
+    if len(ins) == 1 and not outs and np.unique(lab).size == 1:
+        # one channel class on every position (channel shuffles tie ShuffleNet's passed-through halves
+        # unit after unit until one class is left): it stays one class whatever the reshape
+        return out
     if len(ins) == 1 and len(outs) == 2 and outs[1] == outs[0] + 1:
         tied = _split_channel_axis(node, ctx, lab.reshape(-1), out_full, outs[0])
         if tied is not None:
