@@ -41,7 +41,7 @@ def _relayout(node, ctx, lab, out_shape_rest):
             if len(long) % len(short) == 0 and (np.array_equal(np.repeat(short, r), long) or
                                                 np.array_equal(np.tile(short, r), long)):
                 return out
-    if len(ins) == 1 and not outs and np.unique(lab).size == 1:
+    if len(ins) <= 1 and not outs and np.unique(lab).size == 1:
         # one channel class on every position (channel shuffles tie ShuffleNet's passed-through halves
         # unit after unit until one class is left): it stays one class whatever the reshape
         return out
