@@ -56,7 +56,8 @@ def paddle_raw_bias(seed=0) -> onnx.ModelProto:
              helper.make_node("Identity", ["shape4"], ["shape4_id"], name="shape_identity")]
     src, cin = "x", 3
     for i, cout in enumerate((8, 12)):
-        nodes += [const_node(f"w{i}", _w(rng, cout, cin, 3, 3, scale=0.3)), const_node(f"b{i}", _w(rng, cout, scale=0.2)),
+        nodes += [const_node(f"w{i}", _w(rng, cout, cin, 3, 3, scale=0.3)),
+                  const_node(f"b{i}", _w(rng, cout, scale=0.2)),
                   helper.make_node("Conv", [src, f"w{i}"], [f"c{i}"], name=f"Conv.{i}", pads=[1, 1, 1, 1]),
                   helper.make_node("Reshape", [f"b{i}", "shape4_id"], [f"rb{i}"], name=f"Reshape.{i}"),
                   helper.make_node("Add", [f"c{i}", f"rb{i}"], [f"a{i}"], name=f"Add.{i}"),
@@ -213,7 +214,8 @@ def network_in_if(seed=0) -> onnx.ModelProto:
 
     def net(tag):
         return _branch(tag, [const_node(f"{tag}_w", _w(rng, 4, 3, 3, 3)),
-                             helper.make_node("Conv", ["x", f"{tag}_w"], [f"{tag}_c"], name=f"{tag}_conv", pads=[1] * 4),
+                             helper.make_node("Conv", ["x", f"{tag}_w"], [f"{tag}_c"], name=f"{tag}_conv",
+                                              pads=[1] * 4),
                              helper.make_node("Relu", [f"{tag}_c"], [f"{tag}_r"], name=f"{tag}_relu"),
                              helper.make_node("GlobalAveragePool", [f"{tag}_r"], [f"{tag}_y"], name=f"{tag}_gap")],
                        [f"{tag}_y"], ["N", 4, 1, 1])
