@@ -22,7 +22,6 @@ from ..graph.params import count_params
 from . import handlers
 from .records import FIXED, Cost, Edit, Group
 
-
 LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
@@ -48,6 +47,8 @@ class Analysis:
         # (node, label vector, n): the vector is cut into n equal pieces that must keep equal counts
         self.equal_pieces: list[tuple[str, np.ndarray, int]] = []
         self.deferred: list[Callable[[], None]] = []
+        # ids of the nodes whose handler checks a shape argument computed at run time (handlers/shape.py)
+        self.shape_checked: set[int] = set()
         # node with subgraphs -> number of Conv/ConvTranspose/Gemm/MatMul nodes inside them (not analysed)
         self.subgraph_layers: dict[str, int] = {}
         self._run()

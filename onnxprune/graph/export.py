@@ -20,7 +20,7 @@ def share_initializers(model: onnx.ModelProto, like: onnx.ModelProto) -> None:
     """graphsurgeon writes every constant a subgraph reads into that subgraph's initializers, so a weight of
     the main graph read in both branches of an `If` would be stored three times. A subgraph initializer that
     is a main-graph initializer of `like`, or that several graphs hold, is kept once, in the main graph
-    (names are unique across scopes, so the subgraphs still find it)."""
+    (names are unique across scopes, so the subgraphs still find it; docs/DESIGN.md, "Subgraphs")."""
     subs = list(_subgraphs(model.graph))
     if not subs:
         return

@@ -114,7 +114,7 @@ def fold_constants(m: onnx.ModelProto) -> onnx.ModelProto:
     analyzer would otherwise take for run-time tensors. Nothing over `LARGE` bytes is folded (so no large
     weight is ever duplicated), shapes are not folded (the model's run-time shape arithmetic stays as it
     is), random and quantisation ops stay, and graph outputs are never turned into constants. The
-    model's interface, opset and fields are those of `m` (docs/DESIGN.md, "Channel groups")."""
+    model's interface, opset and fields are those of `m` (docs/DESIGN.md, "Normalisation")."""
     if not _foldable(m.graph, set()):
         return m
     from .export import finish

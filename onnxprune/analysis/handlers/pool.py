@@ -83,6 +83,7 @@ def resize(node, ctx):
         if sizes is None:
             # run time sizes (paddle2onnx's upsample by size: Concat(Slice(Shape(x), 0:2), [H, W])): left in
             # the graph, they must give the kept count on the channel axis and read no count elsewhere
+            ctx.shape_checked.add(id(node))
             ctx.deferred.append(lambda: _check_runtime_sizes(node, ctx, lab, sizes_t, vecs))
             ctx.set_layout(node.outputs[0], lab)
             return
@@ -106,7 +107,8 @@ def _check_runtime_sizes(node, ctx, lab, sizes_t, vecs) -> None:
         elem = shape_expr.element(ctx, sizes_t, i)
         ok = shape_expr.follows(ctx, elem, vecs[i]) if i in vecs else shape_expr.reads_no_channels(ctx, elem)
         if not ok:
-            ctx.freeze(lab, node, f"output size {i} computed at run time does not follow the channel count")
+            shape_expr.freeze_read(ctx, node, lab, [elem], f"output size {i} computed at run time does not follow "
+                                                           "the channel count")
             return
     if n is None:
         ctx.freeze(lab, node, "output sizes computed at run time, of unknown length")

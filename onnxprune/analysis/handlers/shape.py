@@ -7,6 +7,7 @@ import numpy as np
 from . import handles, shape_expr
 from .base import attr, axis_labels, input_or_attr, labeled_axes, on_axis
 
+
 def _collapse(lab: np.ndarray) -> np.ndarray:
     """Drop the repetition of labels along axes where they do not vary."""
     for ax in range(lab.ndim):
@@ -119,7 +120,8 @@ def reshape(node, ctx):
         for i in range(n_dims or 0):
             other = shape_expr.element(ctx, shape_t, i) if i != b else None
             if other is not None and not shape_expr.reads_no_channels(ctx, other):
-                ctx.freeze(vout, node, f"target dim {i} computed at run time reads a channel count")
+                shape_expr.freeze_read(ctx, node, vout, [other], f"target dim {i} computed at run time reads a "
+                                                                 "channel count")
                 return
         if elem is not None and not elem.dims and elem(None) == -1:
             return
@@ -135,7 +137,9 @@ def reshape(node, ctx):
                 rw.set_const(n, i, new)
             ctx.edit("call", concat, fn=fix)
             return
-        ctx.freeze(vout, node, "target shape computed at run time does not follow the channel count")
+        shape_expr.freeze_read(ctx, node, vout, [shape_expr.element(ctx, shape_t, i) for i in range(n_dims or 0)],
+                               "target shape computed at run time does not follow the channel count")
+    ctx.shape_checked.add(id(node))
     ctx.deferred.append(check)
 
 
@@ -275,9 +279,9 @@ def _follow_counts(ctx, node, lab, out, counted: np.ndarray) -> str | None:
         hit = {i for i, m in enumerate(ins) if m is not None and m.any()}
         if user.op == "Reshape" and hit == {1} or user.op == "Resize" and hit == {3} or \
                 user.op == "Slice" and hit <= {1, 2}:
-            data = user.inputs[0]
-            ctx.deferred.insert(0, lambda user=user, data=data: ctx.layout(data) is not None or ctx.freeze(
-                lab, node, f"the channel count sets the shape of {user.op} node '{user.name}' on an untracked tensor"))
+            ctx.deferred.insert(0, lambda user=user: id(user) in ctx.shape_checked or ctx.freeze(
+                lab, node, f"the channel count sets the shape of {user.op} node '{user.name}', which does not "
+                           "follow it"))
             continue
         mask = _mask_out(ctx, user, ins)
         if mask is None:

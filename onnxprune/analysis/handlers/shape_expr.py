@@ -187,6 +187,16 @@ def reads_no_channels(ctx, expr: Expr | None) -> bool:
     return True
 
 
+def freeze_read(ctx, node, labels, exprs, why: str) -> None:
+    """Freeze `labels` and the channels of every tensor whose dimensions `exprs` read: a shape argument that
+    does not follow the pruning must see the sizes it was computed for."""
+    ctx.freeze(labels, node, why)
+    for expr in exprs:
+        for tensor in (expr.dims.values() if expr is not None else ()):
+            if ctx.layout(tensor) is not None:
+                ctx.freeze(ctx.layout(tensor), node, why)
+
+
 def actual_size(ctx) -> Callable:
     """`size(tensor, axis)` of the unpruned graph (ValueError where shape inference does not know it)."""
     def size(tensor, axis):
