@@ -128,7 +128,7 @@ def fold_constants(m: onnx.ModelProto) -> onnx.ModelProto:
         return node.op in _NO_FOLD or bool(node.domain not in (None, "", "ai.onnx")) or \
             any(t.name in outputs for t in node.outputs) or \
             any(isinstance(t, gs.Constant) and len(t.outputs) > 1 and (
-                np.issubdtype(t.dtype, np.floating) or t.values.nbytes > SHARED) for t in node.inputs)
+                np.issubdtype(t.dtype, np.floating) or t._values.nbytes > SHARED) for t in node.inputs)
     logger = gs.logger.G_LOGGER
     severity = logger.severity
     try:
