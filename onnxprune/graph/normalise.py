@@ -193,7 +193,7 @@ def _ssi_work(graph: onnx.GraphProto) -> tuple[int, int]:
 
 def _infer(m: onnx.ModelProto) -> onnx.ModelProto:
     nodes, work = _ssi_work(m.graph)
-    if work > 16 * nodes + 4096:  # exponential in the nesting depth: ONNX's own inference is linear
+    if work > 4 * nodes + 64:  # exponential in the nesting depth: ONNX's own inference is linear
         return _onnx_infer(m)
     try:
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
