@@ -80,6 +80,21 @@ def load_index(out_dir) -> dict:
     return d
 
 
+def graph_names(framework: str) -> list[str]:
+    """The names of the graphs a full build of `framework` ('tf' or 'paddle') writes."""
+    if framework == "tf":
+        return [f"tf_{name}_op{op}" for name, *_ in tf_models() for op in TF_OPSETS]
+    return [f"paddle_{name}_op{op}" + ("_raw" if raw else "") for name, *_ in paddle_models()
+            for op, raw in PADDLE_EXPORTS]
+
+
+def random_input(entry: dict, batch: int, seed: int) -> dict:
+    """Seeded uniform inputs in the graph's input range (dynamic H and W at DYN_HW), as the builders draw."""
+    rng = np.random.default_rng(seed)
+    shape = (batch, *_concrete(tuple(entry["input"]["shape"][1:])))
+    return {entry["input"]["name"]: rng.uniform(*entry["input_range"], shape).astype(np.float32)}
+
+
 def _write_index(out_dir: pathlib.Path, framework: str, entries: list, failures: list, seconds: float,
                  versions: dict) -> None:
     idx = load_index(out_dir)

@@ -51,6 +51,10 @@ def analyze(model) -> Analysis:
     proto, name = _as_model(model)
     analysis = Analysis(proto, in_place=proto is not model)  # a model loaded here is ours to change
     if not analysis.costs:
+        if analysis.subgraph_layers:
+            where = ", ".join(f"'{n}'" for n in list(analysis.subgraph_layers)[:3])
+            raise UserError(f"{name}: its {sum(analysis.subgraph_layers.values())} Conv, Gemm or MatMul layers all lie "
+                            f"inside subgraphs (of {where}), which onnxprune does not prune")
         raise UserError(f"{name}: has no Conv, Gemm or MatMul layer to prune")
     return analysis
 

@@ -22,6 +22,8 @@ from ..graph.params import count_params
 from . import handlers
 from .records import FIXED, Cost, Edit, Group
 
+LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
 
 class Analysis:
     """Channel groups of a model, plus what the rewriter and the cost model need."""
@@ -45,6 +47,10 @@ class Analysis:
         # (node, label vector, n): the vector is cut into n equal pieces that must keep equal counts
         self.equal_pieces: list[tuple[str, np.ndarray, int]] = []
         self.deferred: list[Callable[[], None]] = []
+        # ids of the nodes whose handler checks a shape argument computed at run time (handlers/shape.py)
+        self.shape_checked: set[int] = set()
+        # node with subgraphs -> number of Conv/ConvTranspose/Gemm/MatMul nodes inside them (not analysed)
+        self.subgraph_layers: dict[str, int] = {}
         self._run()
 
     # ----- union-find over atoms -------------------------------------------------------------
@@ -123,8 +129,30 @@ class Analysis:
     shape = staticmethod(static_shape)
 
     # ----- the pass --------------------------------------------------------------------------
+    def _subgraph_reads(self, node) -> None:
+        """A node with subgraphs (If, Loop, Scan): the subgraphs are not analysed, so every channel-carrying
+        tensor they read from this graph (explicitly or by name from the outer scope) is frozen, and their
+        Conv/Gemm/MatMul layers are counted (docs/DESIGN.md, "Subgraphs")."""
+        reads: dict[str, None] = {}
+        layers = 0
+        stack = [g for g in node.attrs.values() if isinstance(g, gs.Graph)]
+        while stack:
+            sub = stack.pop()
+            for n in sub.nodes:
+                layers += n.op in LAYER_OPS
+                reads.update((t.name, None) for t in n.inputs if not t.is_empty())
+                stack.extend(g for g in n.attrs.values() if isinstance(g, gs.Graph))
+        for name in reads:
+            lab = self.layouts.get(name)
+            if lab is not None:
+                self.freeze(lab, node, f"'{name}' is read inside a subgraph, which onnxprune does not analyse")
+        if layers:
+            self.subgraph_layers[node.name] = layers
+
     def _run(self) -> None:
         for node in self.graph.nodes:
+            if any(isinstance(v, gs.Graph) for v in node.attrs.values()):
+                self._subgraph_reads(node)
             handler = handlers.lookup(node)
             if handler is None:
                 if any(self.layout(t) is not None for t in node.inputs):
@@ -150,13 +178,22 @@ class Analysis:
                 c = link[c]
             return c
 
-        for _, atoms in self.producer_atoms:
-            cls = roots[atoms]
+        def join(cls: np.ndarray) -> None:
             base = find(int(cls[0]))
             for c in cls[1:].tolist():
                 r = find(c)
                 if r != base:
                     link[r] = base
+
+        produced = set()
+        for _, atoms in self.producer_atoms:
+            join(roots[atoms])
+            produced.update(roots[atoms].tolist())
+        for _, labels, _ in self.block_constraints:
+            # a grouped Conv on a concatenation reads several producers' channels in equal-count blocks: one group
+            cls = np.array([c for c in roots[labels].tolist() if c in produced], dtype=np.int64)
+            if len(cls) > 1:
+                join(cls)
         members: dict[int, dict[int, None]] = {}
         prods: dict[int, list[str]] = defaultdict(list)
         for name, atoms in self.producer_atoms:
@@ -215,22 +252,32 @@ class Analysis:
         return parts
 
     def _blocks_for(self, classes: np.ndarray, roots: np.ndarray) -> tuple[np.ndarray, str]:
+        """Blocks of equal kept counts from the grouped Convs that read (or produce) these channels. A grouped
+        Conv reading only part of the group (a Split piece) cuts the rest into cells of its block size too
+        (stricter than needed, but expressible); several grouped Convs refine one another's blocks."""
         blocks = np.zeros(len(classes), dtype=np.int64)
         pos = {c: i for i, c in enumerate(classes.tolist())}
-        assigned = None
         for name, labels, groups in self.block_constraints:
             cls = roots[labels]
             mine = [pos.get(int(c)) for c in cls.tolist()]
             if all(m is None for m in mine):
                 continue
-            if any(m is None for m in mine) or len(set(mine)) != len(mine) or len(mine) != len(classes):
-                return blocks, f"grouped Conv '{name}' reads only part of this group or mixes it with others"
-            this = np.empty(len(classes), dtype=np.int64)
-            this[np.array(mine)] = np.arange(len(mine)) // (len(mine) // groups)
-            if assigned is not None and not np.array_equal(assigned, this):
-                return blocks, f"grouped Conv '{name}' splits these channels differently from another grouped Conv"
-            assigned = this
-        return (assigned if assigned is not None else blocks), ""
+            why = f"grouped Conv '{name}' reads these channels in blocks that cannot keep equal counts"
+            if any(m is None for m in mine) or len(set(mine)) != len(mine) or len(mine) % groups:
+                return blocks, f"grouped Conv '{name}' mixes these channels with ones that cannot change"
+            per = len(mine) // groups
+            this = np.full(len(classes), -1, dtype=np.int64)
+            this[np.array(mine)] = np.arange(len(mine)) // per
+            rest = np.flatnonzero(this < 0)
+            if len(rest) % per:
+                return blocks, why
+            this[rest] = groups + np.arange(len(rest)) // per
+            _, cell = np.unique(blocks * (int(this.max()) + 1) + this, return_inverse=True)
+            sizes = np.bincount(cell)
+            if sizes.min() != sizes.max():
+                return blocks, why
+            blocks = cell.astype(np.int64).reshape(-1)
+        return blocks, ""
 
     def _equal_pieces_for(self, classes: np.ndarray, roots: np.ndarray, blocks: np.ndarray) -> tuple[np.ndarray, str]:
         """Refine `blocks` so that each piece of every equal-pieces constraint on this group keeps the same
