@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
-from helpers import rel_err, run
+from helpers import load_in_ort, rel_err, run_file
 from onnx import TensorProto, helper
 
 from onnxprune.cli import main
@@ -45,13 +45,14 @@ def test_prune_writes_model_report_and_masked_reference(model_path, tmp_path):
     assert r["params_after"] < r["params_before"]
     assert all({"id", "channels", "kept", "gamma"} <= set(g) for g in r["groups"])
     feeds = {"input": np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype(np.float32)}
-    assert rel_err(run(onnx.load(out), feeds), run(onnx.load(masked), feeds)) <= 1e-4
+    assert rel_err(run_file(out, feeds), run_file(masked, feeds)) <= 1e-4
     assert "MACs" in res.stdout
 
 
 def test_eval_json(model_path, tmp_path):
     out = tmp_path / "p.onnx"
     assert invoke("prune", model_path, "-o", out, "--method", "magnitude", "--keep-ratio", "0.5").exit_code == 0
+    load_in_ort(out)
     x = np.random.default_rng(0).standard_normal((20, 3, 16, 16)).astype(np.float32)
     data = tmp_path / "d.npz"
     np.savez(data, input=x, labels=np.arange(20) % 10)
@@ -147,6 +148,7 @@ def test_report_html_and_params_target(model_path, tmp_path):
     res = invoke("prune", model_path, "-o", out, "--calib", tmp_path / "cal.npz", "--params", "0.6", "--report", rep,
                  "-q")
     assert res.exit_code == 0, res.output
+    load_in_ort(out)
     r = json.loads(rep.read_text())
     assert abs(r["params_after"] / r["params_before"] - 0.6) <= 0.02 * 0.6 + 0.02
     assert any(g["curve"] and g["err_calib"] is not None for g in r["groups"])
@@ -180,6 +182,7 @@ def test_image_folder_calibration(tmp_path):
         res = invoke("prune", tmp_path / "m.onnx", "-o", tmp_path / f"o_{preset}.onnx", "--calib", folder,
                      "--preprocess", preset, "--keep-ratio", "0.5", "-q")
         assert res.exit_code == 0, res.output
+        load_in_ort(tmp_path / f"o_{preset}.onnx")
     from onnxprune.calibration import load_calibration
     cal = load_calibration(folder, onnx.load(tmp_path / "m.onnx"), preprocess="imagenet")
     batch = next(b for _, b in cal.batches(12))["x"]

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from helpers import rel_err, run
+from helpers import load_in_ort, rel_err, run, run_file
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxprune.cli import main
@@ -175,7 +175,7 @@ def classify(code, err: str, case_dir: Path, before: set, model_path: Path, out:
     try:
         pruned = onnx.load(str(out))
         onnx.checker.check_model(pruned, full_check=True)
-        ref = onnx.load(str(masked))
+        load_in_ort(out), load_in_ort(masked)  # as a user loads them: from disk, with their external data
     except Exception as exc:
         (case_dir / "why").write_text(f"{type(exc).__name__}: {exc}"[:300])
         return "exit0-invalid-output"
@@ -190,7 +190,7 @@ def classify(code, err: str, case_dir: Path, before: set, model_path: Path, out:
     if not all(np.isfinite(o).all() for o in want_orig):
         return "exit0-nonfinite"
     try:
-        got, want = run(pruned, feeds), run(ref, feeds)
+        got, want = run_file(out, feeds), run_file(masked, feeds)
     except Exception as exc:
         (case_dir / "why").write_text(f"{type(exc).__name__}: {exc}"[:300])
         return "exit0-invalid-output"
@@ -413,7 +413,7 @@ def test_small_external_data_model_saves(zoo_models, tmp_path):
     code, _, err = run_cli(["prune", z.path.name, "-o", "p.onnx", *PRUNE], tmp_path)
     assert code == 0, err[-1500:]
     x = {"input": np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype(np.float32)}
-    assert run(onnx.load(str(tmp_path / "p.onnx")), x)[0].shape == (2, 10)
+    assert run_file(tmp_path / "p.onnx", x)[0].shape == (2, 10)
 
 
 def _tiny_external(d: Path) -> Path:
@@ -478,6 +478,7 @@ def test_same_inputs_give_byte_identical_outputs(zoo_models, tmp_path, name, exp
                              cwd=d, env=env, capture_output=True, text=True, timeout=300)
         assert res.returncode == 0, res.stderr[-2000:]
         outs.append({p.name: p.read_bytes() for p in sorted(d.iterdir())})
+        load_in_ort(d / "p.onnx"), load_in_ort(d / "m.onnx")
     expected = {"p.onnx", "m.onnx", "r.json"} | ({"p.onnx.data", "m.onnx.data"} if external else set())
     assert set(outs[0]) == expected, sorted(outs[0])
     for fname in outs[0]:

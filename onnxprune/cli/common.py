@@ -41,8 +41,11 @@ def user_errors(fn):
             fail(option_message(exc))
         except UserError as exc:
             fail(str(exc))
+        except BrokenPipeError:
+            raise  # standard output was closed (`| head`): click exits quietly
         except OSError as exc:  # unwritable, missing, too long... paths
-            fail(f"{exc.filename or ''}: {exc.strerror or str(exc)}")
+            what = exc.filename if exc.filename is not None else "cannot read or write"
+            fail(f"{what}: {exc.strerror or str(exc)}")
     return wrapper
 
 

@@ -9,6 +9,7 @@ import click
 from .. import api
 from ..errors import UserError
 from ..graph import atomic_write_bytes, check_output_path, path_uses_external_data, save_model
+from ..graph.save import check_collisions
 from ..options import CalibrationOptions, GlobalOptions, OptionError, RefitOptions, SelectionOptions, TargetOptions
 from ..selection.methods import method_names
 from .common import user_errors, write_all
@@ -51,6 +52,9 @@ def command(model, output, calib, keep, report_path, masked_path, quiet, **value
     for path in (output, report_path, masked_path):
         if path:
             check_output_path(path, model)
+    check_collisions({"output": output, "masked reference": masked_path, "report": report_path},
+                     {"input model": model, "calibration data": calib}, models={"input model"},
+                     model_outputs={"output", "masked reference"})
     if all(values[t] is None for t in ("keep_ratio", "flops", "params")):
         raise UserError("give a target: --keep-ratio R, --flops F or --params P")
     flat = {}
