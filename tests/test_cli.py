@@ -104,7 +104,92 @@ BAD = {
     "eval wrong dtype": lambda d, m: ["eval", m, m, "--data", _npz(d, input=np.zeros((2, 3, 16, 16)))],
     "eval nan": lambda d, m: ["eval", m, m, "--data", _npz(d, input=np.full((2, 3, 16, 16), np.nan, np.float32))],
     "eval pickled": lambda d, m: ["eval", m, m, "--data", _npz(d, input=np.array([{"a": 1}], dtype=object))],
+    # issue 16, item 11: collisions between inputs and outputs, and among outputs (resolved paths, inodes)
+    "report is calib": lambda d, m: ["prune", m, "-o", d / "o.onnx", "--keep-ratio", "0.5", "--calib", _calib(d),
+                                     "--report", d / "c.npz"],
+    "report is calib spelt ./": lambda d, m: ["prune", m, "-o", d / "o.onnx", "--keep-ratio", "0.5", "--calib",
+                                              _calib(d), "--report", f"{_mkdir(d / 'sub')}/../c.npz"],
+    "report hard link to calib": lambda d, m: ["prune", m, "-o", d / "o.onnx", "--keep-ratio", "0.5", "--calib",
+                                               _calib(d), "--report", _hard_link(_calib(d), d / "r.json")],
+    "output is calib": lambda d, m: ["prune", m, "-o", _calib(d), "--keep-ratio", "0.5", "--calib", _calib(d)],
+    "output inside calib folder": lambda d, m: ["prune", m, "-o", _calib_dir(d) / "o.onnx", "--keep-ratio", "0.5",
+                                                "--calib", _calib_dir(d)],
+    "report is output": lambda d, m: ["prune", m, "-o", d / "o.onnx", *HALF_MAG, "--report", d / "o.onnx"],
+    "masked is output": lambda d, m: ["prune", m, "-o", d / "o.onnx", *HALF_MAG, "--masked-reference", d / "o.onnx"],
+    "report is masked data": lambda d, m: ["prune", m, "-o", d / "o.onnx", *HALF_MAG, "--masked-reference",
+                                           d / "m.onnx", "--report", d / "m.onnx.data"],
+    "output data is input data": lambda d, m: ["prune", _external_model(d, m, "o.onnx.data"), "-o", d / "o.onnx",
+                                               *HALF_MAG],
+    "output is input via symlink": lambda d, m: ["prune", _symlink(d / "lnk.onnx", m), "-o", m, *HALF_MAG],
+    "output is hard link to input": lambda d, m: ["prune", m, "-o", _hard_link(m, d / "h.onnx"), *HALF_MAG],
+    "html page is report": lambda d, m: ["report", _report_json(d), "-o", d / "r.json"],
+    # issue 16, item 12: outputs are regular files; links, devices and '-' are refused, never replaced
+    "output is symlink": lambda d, m: ["prune", m, "-o", _symlink(d / "o.onnx", _touch(d / "target.onnx")),
+                                       *HALF_MAG],
+    "output is dangling symlink": lambda d, m: ["prune", m, "-o", _symlink(d / "o.onnx", d / "nowhere.onnx"),
+                                                *HALF_MAG],
+    "output is /dev/null": lambda d, m: ["prune", m, "-o", "/dev/null", *HALF_MAG],
+    "output is /dev/stdout": lambda d, m: ["prune", m, "-o", "/dev/stdout", *HALF_MAG],
+    "output is dash": lambda d, m: ["prune", m, "-o", "-", *HALF_MAG],
+    "report is /dev/stdout": lambda d, m: ["prune", m, "-o", d / "o.onnx", *HALF_MAG, "--report", "/dev/stdout"],
+    "html page is /dev/null": lambda d, m: ["report", _report_json(d), "-o", "/dev/null"],
+    "output is fifo": lambda d, m: ["prune", m, "-o", _fifo(d / "o.onnx"), *HALF_MAG],
 }
+
+
+def _calib(d):
+    p = d / "c.npz"
+    if not p.exists():
+        np.savez(p, input=np.random.default_rng(0).standard_normal((16, 3, 16, 16)).astype(np.float32))
+    return p
+
+
+def _calib_dir(d):
+    folder = d / "cal"
+    folder.mkdir(exist_ok=True)
+    np.savez(folder / "a.npz", input=np.random.default_rng(0).standard_normal((16, 3, 16, 16)).astype(np.float32))
+    return folder
+
+
+def _mkdir(p):
+    p.mkdir(exist_ok=True)
+    return p
+
+
+def _hard_link(src, dst):
+    import os
+    os.link(src, dst)
+    return dst
+
+
+def _symlink(link, target):
+    link.symlink_to(target)
+    return link
+
+
+def _touch(p):
+    p.write_bytes(b"precious")
+    return p
+
+
+def _fifo(p):
+    import os
+    os.mkfifo(p)
+    return p
+
+
+def _external_model(d, m, location):
+    """A copy of the model whose weights live in the external data file `location` beside it."""
+    onnx.save_model(onnx.load(str(m)), str(d / "in.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=location, size_threshold=0)
+    return d / "in.onnx"
+
+
+def _report_json(d):
+    p = d / "r.json"
+    p.write_text(json.dumps({"model": "m", "method": "magnitude", "target": {"flops": 0.5}, "macs_before": 10,
+                             "macs_after": 5, "params_before": 4, "params_after": 2, "groups": [], "layers": []}))
+    return p
 
 
 def _truncated(d, m):
@@ -125,19 +210,28 @@ def _npz(d, **arrays):
     return p
 
 
+def _snapshot(folder):
+    """Every entry under `folder`: a link's target, a file's bytes, a folder's presence."""
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        key = str(p.relative_to(folder))
+        out[key] = ("link", str(p.readlink())) if p.is_symlink() else ("file", p.read_bytes()) if p.is_file() \
+            else ("other", None)
+    return out
+
+
 @pytest.mark.parametrize("case", sorted(BAD))
 def test_bad_input_is_one_line_exit_2_no_output(case, model_path, tmp_path):
     work = tmp_path / "work"
     work.mkdir()
-    before = {p.name for p in work.iterdir()}
     args = BAD[case](work, model_path)
-    before = {p.name for p in work.iterdir()}
+    before = _snapshot(work)
     original = model_path.read_bytes()
     res = invoke(*args)
     assert res.exit_code == 2, (res.output, res.stderr)
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
-    assert {p.name for p in work.iterdir()} == before, "no output file may be left behind"
+    assert _snapshot(work) == before, "no output file may be left behind, and no file of the user's changed"
     assert model_path.read_bytes() == original
 
 
@@ -190,3 +284,35 @@ def test_image_folder_calibration(tmp_path):
     from onnxprune.calibration.npy_stream import NpyStream as _NpyStream
     assert all(isinstance(v, _NpyStream) for p in cal.parts for v in p.arrays.values()), \
         "images are decoded once to disk and streamed, not held in memory"
+
+
+def _long_named_chain(path, layers=6, name_len=30_000):
+    """A Conv chain whose node names are long, so that `analyze --json` prints more than a pipe holds."""
+    from onnx import numpy_helper
+    rng = np.random.default_rng(0)
+    nodes, inits, x = [], [], "x"
+    for i in range(layers):
+        inits.append(numpy_helper.from_array(rng.standard_normal((4, 4, 1, 1)).astype(np.float32), f"w{i}"))
+        nodes += [helper.make_node("Conv", [x, f"w{i}"], [f"c{i}"], name=f"{i}" + "c" * name_len),
+                  helper.make_node("Relu", [f"c{i}"], [f"r{i}"], name=f"relu{i}")]
+        x = f"r{i}"
+    nodes.append(helper.make_node("GlobalAveragePool", [x], ["y"]))
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 1, 1])], inits)
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def test_closed_standard_output_ends_quietly(tmp_path):
+    """Issue 16, item 14: `onnxprune analyze M | head -c 10` closes the pipe early: exit 1 and no message (it
+    was `onnxprune: error: : Broken pipe`, exit 2), no traceback."""
+    import subprocess
+    import sys
+    model = _long_named_chain(tmp_path / "m.onnx")
+    proc = subprocess.Popen([sys.executable, "-m", "onnxprune", "analyze", str(model)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.read(10) == str(model).encode()[:10]
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 1
+    assert err == "", err

@@ -1,6 +1,10 @@
 """Loading and saving: external data both ways, refusal of escaping locations, atomic writes; every file
 written here is loaded by ONNX Runtime from disk, with its external data (issue 16, item 1)."""
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import onnx
@@ -119,3 +123,72 @@ def test_external_data_keeps_shape_constants_and_small_tensors_inline(tmp_path):
     assert stored == {"w": True, "scale": False, "axes": False, "shape": False}
     x = {"x": rng.standard_normal((1, 3, 8, 8)).astype(np.float32)}
     assert rel_err(run_file(path, x), run(model, x)) == 0
+
+
+def _wide_model(path, width=4096):
+    """x[N, width] -> MatMul(width x width) -> Relu -> MatMul(width x width): 128 MB of weights, saved with
+    external data, so that writing the pruned model takes long enough to be interrupted."""
+    rng = np.random.default_rng(0)
+    w1 = numpy_helper.from_array(rng.standard_normal((width, width), dtype=np.float32), "w1")
+    w2 = numpy_helper.from_array(rng.standard_normal((width, width), dtype=np.float32), "w2")
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="mm1"), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "w2"], ["y"], name="mm2")]
+    g = helper.make_graph(nodes, "wide", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", width])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", width])], [w1, w2])
+    save_model(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path, external_data=True)
+    return path
+
+
+def _prune_cmd(src, out):
+    return [sys.executable, "-m", "onnxprune", "prune", str(src), "-o", str(out), "--method", "magnitude",
+            "--keep-ratio", "0.5"]
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP"])
+def test_signal_during_the_write_leaves_no_temporary_file(tmp_path, signame):
+    """Issue 16, item 13: SIGTERM or SIGHUP while the output is being written (its temporary folder exists)
+    removes the temporary files, as Ctrl-C does; nothing is left at the output path; exit 128 + signal."""
+    src = _wide_model(tmp_path / "wide.onnx")
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    sig = getattr(signal, signame)
+    caught = False
+    for _ in range(3):  # the write may end before the poll sees it: try again
+        proc = subprocess.Popen(_prune_cmd(src, out_dir / "p.onnx"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        deadline = time.monotonic() + 240
+        while proc.poll() is None and time.monotonic() < deadline:
+            if any(p.name.startswith(".onnxprune-") for p in out_dir.iterdir()):
+                proc.send_signal(sig)
+                caught = True
+                break
+            time.sleep(0.0005)
+        _, err = proc.communicate(timeout=240)
+        if caught:
+            break
+        for p in out_dir.iterdir():
+            p.unlink()
+    assert caught, "the write was never seen in progress"
+    assert proc.returncode == 128 + sig, (proc.returncode, err[-2000:])
+    assert err.strip().splitlines() == [f"onnxprune: terminated by {signame}"], err[-2000:]
+    assert list(out_dir.iterdir()) == [], sorted(p.name for p in out_dir.iterdir())
+
+
+def test_write_error_names_the_file(tmp_path):
+    """Issue 16, item 14: a write that fails for want of space (here: the file size limit, EFBIG, as ENOSPC
+    would) names the file it was writing, in one line, exit 2, and leaves nothing behind."""
+    import resource
+    z = tmp_path / "wide.onnx"
+    _wide_model(z, width=512)
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    res = subprocess.run(_prune_cmd(z, out_dir / "p.onnx"), capture_output=True, text=True, preexec_fn=limit,
+                         timeout=300)
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.returncode == 2 and len(lines) == 1, res.stderr[-2000:]
+    assert lines[0].startswith(f"onnxprune: error: {out_dir / 'p.onnx'}: cannot write (File too large)"), lines
+    assert list(out_dir.iterdir()) == []

@@ -13,7 +13,9 @@ Outputs (docs/DESIGN.md, "Outputs"):
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import stat
 import tempfile
 from collections.abc import Iterable
@@ -156,6 +158,20 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
+@contextlib.contextmanager
+def _signals_held():
+    """Hold SIGINT, SIGTERM and SIGHUP until the block is done (they are delivered after it)."""
+    held = {getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n)}
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 def stays_inline(t: onnx.TensorProto) -> bool:
     """Whether a tensor stays in the model file when the weights go to external data."""
     return not t.HasField("raw_data") or len(t.raw_data) < INLINE_BYTES or t.data_type in _INLINE_TYPES
@@ -190,7 +206,8 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, external_data: b
                     f.write(t.raw_data)
                     stub.graph.initializer.append(ref)
             tmp_model.write_bytes(stub.SerializeToString())
-            os.replace(tmp_data, path.parent / data_name)
-            os.replace(tmp_model, path)
+            with _signals_held():  # the two renames happen together or not at all
+                os.replace(tmp_data, path.parent / data_name)
+                os.replace(tmp_model, path)
     except OSError as exc:
         raise _cannot_write(path, exc) from None
