@@ -136,9 +136,29 @@ class Analysis:
             lab = self.layout(out)
             if lab is not None:
                 self.freeze(lab, None, f"reaches graph output '{out.name}'")
+        self._freeze_constant_outputs()
         for check in self.deferred:
             check()
         self.groups = self._build_groups()
+
+    def _freeze_constant_outputs(self) -> None:
+        """A constant that is also a graph output (a weight exposed as an output) must keep its value: every
+        edit that would slice or scale it freezes the channels it touches (docs/DESIGN.md, "Channel groups")."""
+        outputs = {t.name for t in self.graph.outputs if isinstance(t, gs.Constant)}
+        if not outputs:
+            return
+        nodes = self.graph.nodes
+        for e in self.edits:
+            node = nodes[e.node]
+            if e.kind == "call":
+                exposed = [t.name for t in node.inputs if t.name in outputs]
+                for t in exposed[:1]:
+                    for x in list(node.inputs) + list(node.outputs):
+                        lab = self.layout(x)
+                        if lab is not None:
+                            self.freeze(lab, node, f"its constant '{t}' is a graph output")
+            elif e.input < len(node.inputs) and node.inputs[e.input].name in outputs:
+                self.freeze(e.labels, node, f"its constant '{node.inputs[e.input].name}' is a graph output")
 
     def _build_groups(self) -> list[Group]:
         roots = self.roots()
