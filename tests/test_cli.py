@@ -20,6 +20,20 @@ def model_path(zoo_models, tmp_path):
     return dst
 
 
+@pytest.fixture(autouse=True)
+def devices_are_never_replaced(monkeypatch):
+    """The matrix points outputs at /dev/null and /dev/stdout: a regression must fail the test, not replace the
+    machine's devices (an atomic rename onto them would)."""
+    import os
+    replace = os.replace
+
+    def guarded(src, dst, *a, **k):
+        if os.path.realpath(dst).startswith(("/dev/", "/proc/")) or str(dst).startswith("/dev/"):
+            raise AssertionError(f"onnxprune would replace {dst}")
+        return replace(src, dst, *a, **k)
+    monkeypatch.setattr(os, "replace", guarded)
+
+
 def invoke(*args):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 

@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 
 from ..errors import UserError
+from ..options import OptionError
 from ..graph.inputs import model_inputs
 from .images import IMAGE_SUFFIXES, image_items
 from .npy_stream import NpyStream, npz_streams
@@ -33,6 +34,9 @@ class Calibration:
             raise UserError(f"{what}: holds no samples")
         self.n_holdout = int(round(self.size * holdout)) if self.size >= 10 else 0
         self.n_calib = self.size - self.n_holdout
+        if self.n_calib < 1:
+            raise OptionError("holdout", holdout, f"holds out all {self.size} samples of {what}, leaving none to "
+                              "calibrate on")
 
     def batches(self, batch_size: int, split: str = "all") -> Iterator[tuple[int, dict[str, np.ndarray]]]:
         """(index of first sample, batch) for split 'calib', 'holdout' or 'all'."""

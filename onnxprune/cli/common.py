@@ -9,10 +9,24 @@ import sys
 import click
 
 from ..errors import UserError
-from ..options import OptionError
+from ..options import OptionError, parse_input_shape
+
+INPUT_SHAPE_HELP = ("Shape of a model input with symbolic dimensions, NAME=D0,D1,... batch first (repeatable; "
+                    "the name may be left out for a single input): sizes its layers for their MACs.")
+
+
+def input_shapes(values) -> dict | None:
+    """`--input-shape NAME=D0,D1,...` values (repeatable) as name -> dims."""
+    out: dict = {}
+    for v in values:
+        name, dims = parse_input_shape(v)
+        if name in out:
+            raise OptionError("input_shapes", v, f"input '{name}' is given twice" if name else "given twice")
+        out[name] = dims
+    return out or None
 
 # options whose command-line flag is not the API keyword spelt with dashes
-FLAGS = {"calibration": "--calib"}
+FLAGS = {"calibration": "--calib", "input_shapes": "--input-shape"}
 
 
 def one_line(text: str) -> str:

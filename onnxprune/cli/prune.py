@@ -3,6 +3,7 @@ report and the masked reference)."""
 from __future__ import annotations
 
 import os
+import re
 
 import click
 
@@ -12,7 +13,7 @@ from ..graph import atomic_write_bytes, check_output_path, path_uses_external_da
 from ..graph.save import check_collisions
 from ..options import CalibrationOptions, GlobalOptions, OptionError, RefitOptions, SelectionOptions, TargetOptions
 from ..selection.methods import method_names
-from .common import user_errors, write_all
+from .common import INPUT_SHAPE_HELP, input_shapes, user_errors, write_all
 from .options import options_from, values_of
 
 
@@ -26,7 +27,7 @@ def _parse_keep(values) -> dict[int, int]:
     out = {}
     for v in values:
         gid, _, n = v.partition("=")
-        if not gid.strip().isdigit() or not n.strip().isdigit():
+        if not re.fullmatch(r"\s*[0-9]+\s*", gid) or not re.fullmatch(r"\s*[0-9]+\s*", n):
             raise OptionError("keep", v, "expected GROUP=N with integers")
         out[int(gid)] = int(n)
     return out
@@ -45,9 +46,10 @@ def _parse_keep(values) -> dict[int, int]:
 @click.option("--report", "report_path", type=click.Path(), help="Write the report JSON here.")
 @click.option("--masked-reference", "masked_path", type=click.Path(),
               help="Also write the masked reference (original topology, removed channels zeroed).")
+@click.option("--input-shape", "input_shape", multiple=True, metavar="NAME=D0,D1,...", help=INPUT_SHAPE_HELP)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @user_errors
-def command(model, output, calib, keep, report_path, masked_path, quiet, **values):
+def command(model, output, calib, keep, report_path, masked_path, input_shape, quiet, **values):
     """Prune MODEL to a target and write the smaller model to OUTPUT."""
     for path in (output, report_path, masked_path):
         if path:
@@ -60,7 +62,8 @@ def command(model, output, calib, keep, report_path, masked_path, quiet, **value
     flat = {}
     for group in (TargetOptions, SelectionOptions, RefitOptions, CalibrationOptions, GlobalOptions):
         flat.update(values_of(group, values))
-    pruned, report = api.prune(model, calib, keep=_parse_keep(keep), quiet=quiet, **flat)
+    pruned, report = api.prune(model, calib, keep=_parse_keep(keep), input_shapes=input_shapes(input_shape),
+                               quiet=quiet, **flat)
     external = path_uses_external_data(model) or None  # weights beside the input: same for the output
     writes = [(output, lambda p: save_model(pruned, p, external_data=external))]
     if masked_path:
