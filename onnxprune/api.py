@@ -14,7 +14,7 @@ import os
 import onnx
 
 from .analysis import Analysis
-from .errors import UserError
+from .errors import UnsupportedModel, UserError
 from .graph import check_model, load_model
 from .graph.inputs import symbolic_inputs
 from .options import (
@@ -57,7 +57,10 @@ def analyze(model, input_shapes: dict | None = None) -> Analysis:
 
 
 def _analysis(proto: onnx.ModelProto, model, input_shapes: dict | None) -> Analysis:
-    analysis = Analysis(proto, in_place=proto is not model, input_shapes=input_shapes)  # a model loaded here is ours
+    try:
+        analysis = Analysis(proto, in_place=proto is not model, input_shapes=input_shapes)  # a loaded model is ours
+    except UnsupportedModel as exc:
+        raise UnsupportedModel(f"{_name(model)}: {exc}") from None
     if not analysis.costs:
         raise UserError(f"{_name(model)}: has no Conv, Gemm or MatMul layer to prune")
     return analysis

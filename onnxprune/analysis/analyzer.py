@@ -19,6 +19,7 @@ import onnx_graphsurgeon as gs
 
 from ..graph.inputs import resolve_input_shapes, symbolic_inputs
 from ..graph.normalise import const_value, fixed_shapes, import_graph, normalise, static_shape
+from ..errors import UnsupportedModel
 from ..graph.params import count_params
 from . import handlers
 from .records import FIXED, Cost, Edit, Group
@@ -137,6 +138,7 @@ class Analysis:
 
     # ----- the pass --------------------------------------------------------------------------
     def _run(self) -> None:
+        self._refuse_empty_layers()
         for node in self.graph.nodes:
             handler = handlers.lookup(node)
             if handler is None:
@@ -153,6 +155,17 @@ class Analysis:
         for check in self.deferred:
             check()
         self.groups = self._build_groups()
+
+    def _refuse_empty_layers(self) -> None:
+        """A Conv, Gemm or MatMul whose constant weight has a zero dimension (no output or no input channels)
+        computes an empty tensor: there is nothing to prune, and the channel bookkeeping has no channel to
+        start from. Refused, naming the node."""
+        for node in self.graph.nodes:
+            if node.op in ("Conv", "ConvTranspose", "Gemm", "MatMul") and len(node.inputs) > 1:
+                w = self.const(node.inputs[1])
+                if w is not None and 0 in w.shape:
+                    raise UnsupportedModel(f"{node.op} node '{node.name}': its weight '{node.inputs[1].name}' has "
+                                           f"shape {list(w.shape)}, a layer with no channels; remove it from the model")
 
     def _freeze_constant_outputs(self) -> None:
         """A constant that is also a graph output (a weight exposed as an output) must keep its value: every

@@ -60,7 +60,8 @@ def check_output_path(out: str | os.PathLike, *inputs: str | os.PathLike) -> Pat
         raise UserError(f"{out}: {out.parent} is not a folder")
     for inp in inputs:
         if inp is not None and same_file(out, inp):
-            raise UserError(f"{out}: output path is the input model; refusing to overwrite it")
+            raise UserError(f"{out}: output path is the input {'model' if str(inp).endswith('.onnx') else 'file'} "
+                            f"{inp}; refusing to overwrite it")
     if not os.access(out.parent, os.W_OK):
         raise UserError(f"{out}: output folder is not writable")
     return out
@@ -85,6 +86,8 @@ def _inside(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
 def external_data_files(model_path: str | os.PathLike) -> list[Path]:
     """The external data files a model file refers to (none when it cannot be read: loading says why)."""
     try:
+        if not stat.S_ISREG(os.stat(model_path).st_mode):  # a FIFO or a device: loading says why
+            return []
         m = onnx.load(str(model_path), load_external_data=False)
     except Exception:
         return []
@@ -92,7 +95,7 @@ def external_data_files(model_path: str | os.PathLike) -> list[Path]:
     for t in external_data_helper._get_all_tensors(m):
         if external_data_helper.uses_external_data(t):
             loc = {e.key: e.value for e in t.external_data}.get("location")
-            if loc and "\0" not in loc:
+            if isinstance(loc, str) and loc and "\0" not in loc:  # invalid names: loading says why
                 found[loc] = None
     return [Path(model_path).parent / loc for loc in found]
 
