@@ -94,8 +94,10 @@ def build_report(analysis: Analysis, selection: Selection, pruned: onnx.ModelPro
         idx = selection.kept.get(g.id, np.arange(g.channels))
         gam = selection.gamma.get(g.id, np.ones(len(idx)))
         r = (results or {}).get(g.id)
+        # γ as the model holds it: the rewriter folds float32(γ) into the consumers (and the float64 value's last
+        # digits vary with the BLAS thread count, docs/DESIGN.md, "The report")
         groups.append(GroupReport(g.id, g.channels, len(idx), [int(i) for i in idx],
-                                  [float(x) for x in gam], g.frozen, g.reasons, g.producers, g.consumers,
+                                  [float(np.float32(x)) for x in gam], g.frozen, g.reasons, g.producers, g.consumers,
                                   g.macs / total, None if g.frozen else (r.method if r else method),
                                   r.err_calib if r else None, r.err_holdout if r else None,
                                   list(r.curve) if r else [], r.note if r else "",
