@@ -379,7 +379,8 @@ def _run_time_error(path, op):
     inits = [numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w1"),
              numpy_helper.from_array(rng.standard_normal((4, 8, 1, 1)).astype(np.float32), "w2"),
              numpy_helper.from_array(np.array([3, 7, -1], np.int64), "tail"),
-             numpy_helper.from_array(np.array([0], np.int64), "s0"), numpy_helper.from_array(np.array([1], np.int64), "s1"),
+             numpy_helper.from_array(np.array([0], np.int64), "s0"),
+             numpy_helper.from_array(np.array([1], np.int64), "s1"),
              numpy_helper.from_array(np.array([1, 1, 100000, 100000], np.int64), "reps")]
     first = (helper.make_node("Reshape", ["x", "target"], ["z"], name="bad_reshape") if op == "Reshape" else
              helper.make_node("Tile", ["x", "reps"], ["z"], name="huge_tile"))

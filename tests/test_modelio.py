@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
-from helpers import load_in_ort, rel_err, run, run_file
+from helpers import rel_err, run, run_file
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxprune.cli import main

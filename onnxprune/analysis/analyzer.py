@@ -17,9 +17,9 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from ..errors import UnsupportedModel
 from ..graph.inputs import resolve_input_shapes, symbolic_inputs
 from ..graph.normalise import const_value, fixed_shapes, import_graph, normalise, static_shape
-from ..errors import UnsupportedModel
 from ..graph.params import count_params
 from . import handlers
 from .records import FIXED, Cost, Edit, Group

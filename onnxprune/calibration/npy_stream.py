@@ -11,7 +11,6 @@ import numpy as np
 
 from ..errors import UserError
 
-
 # what a damaged file or zip member raises while it is read (bad CRC, bad deflate stream, cut short)
 _READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError)
 

@@ -16,9 +16,9 @@ import numpy as np
 import onnx
 
 from ..errors import UserError
-from ..options import OptionError
 from ..graph.inputs import model_inputs
 from ..graph.load import check_regular_file
+from ..options import OptionError
 from .images import IMAGE_SUFFIXES, image_items
 from .npy_stream import NpyStream, npz_streams
 from .part import Part

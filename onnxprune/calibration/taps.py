@@ -12,9 +12,9 @@ import onnx
 import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
+from ..errors import UserError
 from ..graph.export import finish
 from ..graph.normalise import import_graph
-from ..errors import UserError
 from ..graph.session import inference_session, runtime_message
 
 log = logging.getLogger("onnxprune")

@@ -76,7 +76,7 @@ def _is(value, kind: str) -> bool:
 def _check_fields(obj, where: str, required: dict, optional: dict) -> None:
     if not isinstance(obj, dict):
         raise ValueError(f"{where} must be {_DICT}, not {type(obj).__name__}")
-    for name, kind in required.items():
+    for name in required:
         if name not in obj:
             raise ValueError(f"{where} has no field '{name}'")
     for name, kind in {**required, **optional}.items():
