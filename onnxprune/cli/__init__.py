@@ -13,6 +13,7 @@ import sys
 
 import click
 
+from ..graph.save import deliver
 from .common import fail
 
 
@@ -30,7 +31,11 @@ _SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(si
 def _on_signal(signum, frame):
     for s in _SIGNALS:  # a second signal must not interrupt the cleanup of the first
         signal.signal(s, signal.SIG_IGN)
-    raise Terminated(signum)
+    deliver(Terminated(signum))  # now, or at the end of a write that must not be cut (graph.save)
+
+
+def _on_interrupt(signum, frame):
+    deliver(KeyboardInterrupt())
 
 
 class _Main(click.Group):
@@ -39,6 +44,7 @@ class _Main(click.Group):
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         try:
             previous = {s: signal.signal(s, _on_signal) for s in _SIGNALS}
+            previous[signal.SIGINT] = signal.signal(signal.SIGINT, _on_interrupt)
         except ValueError:  # not the main thread: signals stay as they are
             previous = {}
         try:

@@ -64,17 +64,16 @@ def user_errors(fn):
 
 
 def write_all(writes) -> None:
-    """Write every output or none: outputs already written are removed if a later one fails."""
-    done = []
+    """Write every output or none: on a failure (or a signal) the files this run created are removed, the
+    one being written included. A file that existed before is never removed (a write replaces it whole
+    or not at all)."""
+    created: list[str] = []
     try:
         for path, write in writes:
-            existed = os.path.exists(path)
+            created += [p for p in (str(path), str(path) + ".data") if not os.path.lexists(p)]
             write(path)
-            if not existed:
-                done.append(path)
     except BaseException:
-        for path in done:
-            for p in (path, str(path) + ".data"):
-                if os.path.exists(p):
-                    os.unlink(p)
+        for p in created:
+            if os.path.lexists(p):
+                os.unlink(p)
         raise

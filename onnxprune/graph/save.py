@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import stat
 import tempfile
@@ -140,39 +141,60 @@ def _cannot_write(path: Path, exc: OSError) -> UserError:
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write to a temporary file in the target folder, then rename: no partial file ever."""
+    """Write to a temporary file in the target folder, then rename: no partial file ever. The temporary
+    file is created with signals held, so that SIGTERM cannot land between its creation and the code that
+    removes it."""
     path = check_output_target(path)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".onnxprune-", suffix=".tmp", dir=path.parent or ".")
-    except OSError as exc:
-        raise _cannot_write(path, exc) from None
+    tmp = None
     umask = os.umask(0)
     os.umask(umask)
     try:
+        with _signals_held():
+            fd, tmp = tempfile.mkstemp(prefix=".onnxprune-", suffix=".tmp", dir=path.parent or ".")
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; outputs get the usual permissions
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
         os.replace(tmp, path)
     except BaseException as exc:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        with _signals_held():
+            if tmp is not None and os.path.exists(tmp):
+                os.unlink(tmp)
         if isinstance(exc, OSError):
             raise _cannot_write(path, exc) from None
         raise
 
 
+_held = 0                            # depth of the sections that hold signals
+_pending: list[BaseException] = []   # what a signal raised while held, raised when the section ends
+
+
 @contextlib.contextmanager
 def _signals_held():
-    """Hold SIGINT, SIGTERM and SIGHUP until the block is done (they are delivered after it)."""
+    """Hold SIGINT, SIGTERM and SIGHUP until the block is done: the operating system keeps them pending
+    (`pthread_sigmask`), and one whose Python handler runs inside the block anyway (it arrived just before)
+    hands its exception to `deliver`, which keeps it until the block ends. So a temporary file is never
+    created or removed halfway, and the two renames of a model and its data happen together."""
+    global _held
     held = {getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n)}
-    if not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    masking = hasattr(signal, "pthread_sigmask")
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, held) if masking else None
+    _held += 1
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        _held -= 1
+        if masking:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    if not _held and _pending:
+        raise _pending.pop()
+
+
+def deliver(exc: BaseException) -> None:
+    """For a signal handler: raise `exc` now, or when the section holding signals ends."""
+    if _held:
+        _pending[:] = [exc]
+        return
+    raise exc
 
 
 def stays_inline(t: onnx.TensorProto) -> bool:
@@ -190,27 +212,33 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, external_data: b
         return
     data_name = path.name + ".data"
     check_output_target(path.parent / data_name)
+    tmpdir = None
     try:
-        with tempfile.TemporaryDirectory(dir=path.parent or ".", prefix=".onnxprune-") as tmpdir:
-            tmp_model, tmp_data = Path(tmpdir) / path.name, Path(tmpdir) / data_name
-            stub = structure(model)  # the weights go to the data file, not into a copy of the model
-            with open(tmp_data, "wb") as f:
-                for t in model.graph.initializer:
-                    if stays_inline(t):
-                        stub.graph.initializer.append(t)
-                        continue
-                    if len(t.raw_data) >= 1 << 20:
-                        f.write(b"\0" * (-f.tell() % 4096))  # large tensors page-aligned, for memory mapping
-                    ref = onnx.TensorProto(name=t.name, dims=t.dims, data_type=t.data_type, doc_string=t.doc_string,
-                                           raw_data=b"")
-                    external_data_helper.set_external_data(ref, data_name, offset=f.tell(), length=len(t.raw_data))
-                    ref.ClearField("raw_data")
-                    ref.data_location = onnx.TensorProto.EXTERNAL
-                    f.write(t.raw_data)
-                    stub.graph.initializer.append(ref)
-            tmp_model.write_bytes(stub.SerializeToString())
-            with _signals_held():  # the two renames happen together or not at all
-                os.replace(tmp_data, path.parent / data_name)
-                os.replace(tmp_model, path)
+        with _signals_held():  # created where the finally below removes it, whenever a signal lands
+            tmpdir = tempfile.mkdtemp(dir=path.parent or ".", prefix=".onnxprune-")
+        tmp_model, tmp_data = Path(tmpdir) / path.name, Path(tmpdir) / data_name
+        stub = structure(model)  # the weights go to the data file, not into a copy of the model
+        with open(tmp_data, "wb") as f:
+            for t in model.graph.initializer:
+                if stays_inline(t):
+                    stub.graph.initializer.append(t)
+                    continue
+                if len(t.raw_data) >= 1 << 20:
+                    f.write(b"\0" * (-f.tell() % 4096))  # large tensors page-aligned, for memory mapping
+                ref = onnx.TensorProto(name=t.name, dims=t.dims, data_type=t.data_type, doc_string=t.doc_string,
+                                       raw_data=b"")
+                external_data_helper.set_external_data(ref, data_name, offset=f.tell(), length=len(t.raw_data))
+                ref.ClearField("raw_data")
+                ref.data_location = onnx.TensorProto.EXTERNAL
+                f.write(t.raw_data)
+                stub.graph.initializer.append(ref)
+        tmp_model.write_bytes(stub.SerializeToString())
+        with _signals_held():  # the two renames happen together or not at all
+            os.replace(tmp_data, path.parent / data_name)
+            os.replace(tmp_model, path)
     except OSError as exc:
         raise _cannot_write(path, exc) from None
+    finally:
+        if tmpdir is not None:
+            with _signals_held():
+                shutil.rmtree(tmpdir, ignore_errors=True)
