@@ -107,3 +107,22 @@ def test_weight_that_is_a_graph_output_is_never_sliced(tmp_path):
     assert rel_err(got[:1], want[:1]) <= 1e-4
     size = lambda model: sum(int(np.prod(t.dims)) for t in model.graph.initializer)  # noqa: E731
     assert size(onnx.load(str(out))) < size(m)
+
+
+def test_shape_constant_that_is_a_graph_output_keeps_its_value(zoo_models, tmp_path):
+    """Issue 16, item 2, for a constant that a rewrite recomputes rather than slices: the zoo's Split sizes
+    exposed as a graph output stay the original sizes, and the channels the Split cuts are frozen."""
+    from helpers import run_file
+    z = next(z for z in zoo_models if z.name == "split" and z.exporter == "ts17")
+    m = onnx.load(str(z.path))
+    split = next(n for n in m.graph.node if n.op_type == "Split")
+    sizes = next((t for t in m.graph.initializer if t.name == split.input[1]), None) or next(
+        n.attribute[0].t for n in m.graph.node if n.op_type == "Constant" and n.output[0] == split.input[1])
+    sizes.name = split.input[1]
+    m.graph.output.append(helper.make_tensor_value_info(sizes.name, sizes.data_type, list(sizes.dims)))
+    a = Analysis(m)
+    assert any(any("is a graph output" in r for r in g.reasons) for g in a.groups)
+    pruned = api.apply_selection(a, select(a, counts_for_ratio(a, 0.5), "random", seed=0))
+    onnx.save(pruned, tmp_path / "p.onnx")
+    got = run_file(tmp_path / "p.onnx", zoo.random_input(z, 2, 0))
+    assert np.array_equal(got[-1], numpy_helper.to_array(sizes))

@@ -176,13 +176,12 @@ class Analysis:
         nodes = self.graph.nodes
         for e in self.edits:
             node = nodes[e.node]
-            if e.kind == "call":
-                exposed = [t.name for t in node.inputs if t.name in outputs]
-                for t in exposed[:1]:
-                    for x in list(node.inputs) + list(node.outputs):
-                        lab = self.layout(x)
-                        if lab is not None:
-                            self.freeze(lab, node, f"its constant '{t}' is a graph output")
+            if e.kind == "call":  # it may rewrite any constant input (a Reshape's target, a Split's sizes)
+                exposed = next((t.name for t in node.inputs if t.name in outputs), None)
+                for x in (list(node.inputs) + list(node.outputs)) if exposed else []:
+                    lab = self.layout(x)
+                    if lab is not None:
+                        self.freeze(lab, node, f"its constant '{exposed}' is a graph output")
             elif e.input < len(node.inputs) and node.inputs[e.input].name in outputs:
                 self.freeze(e.labels, node, f"its constant '{node.inputs[e.input].name}' is a graph output")
 
