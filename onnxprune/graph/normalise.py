@@ -191,6 +191,28 @@ def _ssi_work(graph: onnx.GraphProto) -> tuple[int, int]:
     return nodes, work
 
 
+def fixed_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple]:
+    """The shape of every tensor, inferred with the given inputs fixed to `shapes` (ONNX Runtime's symbolic
+    shape inference, as `infer_shapes`), symbolic dims left as None. The model is not changed: these shapes
+    only size the layers for their MACs (docs/DESIGN.md, "Input shapes")."""
+    m = skeleton(model)  # the structure and the small constants shape inference reads
+    del m.graph.value_info[:]
+    for inp in m.graph.input:
+        if inp.name in shapes:
+            dims = inp.type.tensor_type.shape.dim
+            for d, v in zip(dims, shapes[inp.name]):
+                d.Clear()
+                d.dim_value = int(v)
+    inferred = _infer(m)
+    out: dict[str, tuple] = {}
+    g = inferred.graph
+    for vi in list(g.input) + list(g.value_info) + list(g.output):
+        tt = vi.type.tensor_type
+        if tt.HasField("shape"):
+            out[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)
+    return out
+
+
 def _infer(m: onnx.ModelProto) -> onnx.ModelProto:
     nodes, work = _ssi_work(m.graph)
     if work > 4 * nodes + 64:  # exponential in the nesting depth: ONNX's own inference is linear
