@@ -9,6 +9,7 @@ from ..analysis import Analysis, Group
 from ..analysis.cost import macs
 from ..analysis.cost_model import macs_model, params_model
 from ..errors import UserError
+from ..options import OptionError
 from .allocation import check_reachable, refine
 from .selection import Selection
 
@@ -52,7 +53,7 @@ def counts_for_target(analysis: Analysis, fraction: float, what: str = "flops", 
     cost of `model` (e.g. a latency model), land within `tolerance` of `fraction`, then nudge single groups
     towards the target."""
     if not 0 < fraction <= 1:
-        raise UserError(f"--{what} {fraction}: must be in (0, 1]")
+        raise OptionError(what, fraction, "must be in (0, 1]")
     if model is None:
         model = macs_model(analysis) if what == "flops" else params_model(analysis)
     if model.total <= 0:
