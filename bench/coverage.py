@@ -6,8 +6,8 @@ the rewriter stays exact there.
     python -m bench.coverage --exporter-zoo DIR [--names a,b] [--out bench/results/exporter_zoo.json]
 
 The second form measures the tf2onnx / paddle2onnx graphs that `models/exporter_zoo.py` built in DIR (its
-index.json): the same columns, plus how far ONNX Runtime is from the framework's own output, and MACs
-reached by `keep_ratio=0.5` where the MACs count is 0 (graphs with dynamic H and W).
+index.json): the same columns, plus how far ONNX Runtime is from the framework's own output. Graphs with
+dynamic H and W are sized by their reference input's shape (`input_shapes`) for the MACs.
 
 Per graph (model x exporter):
   channels_prunable      share of channels in unfrozen groups, over all groups
@@ -93,12 +93,13 @@ def floor_fraction(a: Analysis) -> float:
     return macs(a, keep) / max(a.total_macs, 1)
 
 
-def reached(a: Analysis, model: onnx.ModelProto, target: float = 0.5) -> tuple[float, float, str | None]:
+def reached(a: Analysis, model: onnx.ModelProto, target: float = 0.5,
+            input_shapes: dict | None = None) -> tuple[float, float, str | None]:
     """(target used, MACs fraction reached) by magnitude pruning at `target` or the lowest reachable."""
     floor = floor_fraction(a)
     use = target if floor <= target * 1.02 else min(1.0, floor * 1.0 + 1e-9)
     note = None if use == target else f"0.5 unreachable; lowest reachable {floor:.3f}"
-    _, report = api.prune(model, method="magnitude", flops=use)
+    _, report = api.prune(model, method="magnitude", flops=use, input_shapes=input_shapes)
     return use, report.macs_ratio, note
 
 
@@ -183,7 +184,8 @@ def evaluate_exporter(g: ExporterGraph) -> dict:
         ref = np.load(g.path.parent / g.entry["reference"])
         x = {g.entry["input"]["name"]: ref["input"]}
         row["ort_vs_framework"] = rel_err(run(model, x), [ref["output"].astype(np.float64)])
-        a = Analysis(model)
+        shapes = {name: list(v.shape) for name, v in x.items()}  # sizes symbolic dims (dynamic H and W)
+        a = Analysis(model, input_shapes=shapes)
     except Exception as exc:
         row["error"] = f"analysis: {type(exc).__name__}: {exc}"
         return row
@@ -205,7 +207,7 @@ def evaluate_exporter(g: ExporterGraph) -> dict:
         row.setdefault("errors", []).append(f"oracle: {type(exc).__name__}: {str(exc)[:300]}")
     try:
         if a.total_macs:
-            row["flops_target"], row["macs_reached"], note = reached(a, model)
+            row["flops_target"], row["macs_reached"], note = reached(a, model, input_shapes=shapes)
             if note:
                 row["macs_note"] = note
         else:

@@ -12,7 +12,27 @@ from ..graph.params import count_params
 from .analyzer import Analysis
 
 
-class CostModel:
+class CountCost:
+    """What the allocation needs of a cost: called on count vectors (one [groups] or many [k, groups]),
+    `gids` and `channels` (the groups' full widths, in that order), `vector` and `total`. `CostModel` (MACs,
+    parameters) and the latency stage's `LatencyModel` are the two."""
+    gids: list[int]
+    channels: np.ndarray
+
+    def __call__(self, counts: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def vector(self, counts: dict[int, int]) -> np.ndarray:
+        """Per-group counts (missing groups at full width) as a vector in `gids` order."""
+        return np.array([counts.get(g, int(c)) for g, c in zip(self.gids, self.channels)], dtype=np.float64)
+
+    @property
+    def total(self) -> float:
+        """The cost at full width."""
+        return float(self(self.channels))
+
+
+class CostModel(CountCost):
     def __init__(self, analysis: Analysis, terms: list[tuple[float, list[np.ndarray]]]):
         self.analysis = analysis
         groups = analysis.prunable
@@ -55,12 +75,6 @@ class CostModel:
         out = prod @ self.base
         return out if np.ndim(counts) == 2 else out[0]
 
-    def vector(self, counts: dict[int, int]) -> np.ndarray:
-        return np.array([counts.get(g, int(c)) for g, c in zip(self.gids, self.channels)], dtype=np.float64)
-
-    @property
-    def total(self) -> float:
-        return float(self(self.channels))
 
 
 def macs_model(analysis: Analysis) -> CostModel:

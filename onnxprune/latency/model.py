@@ -25,10 +25,11 @@ from __future__ import annotations
 import numpy as np
 
 from ..analysis import Analysis
+from ..analysis.cost_model import CountCost
 from .table import LatencyTable
 
 
-class LatencyModel:
+class LatencyModel(CountCost):
     def __init__(self, analysis: Analysis, table: LatencyTable):
         self.analysis, self.table = analysis, table
         groups = analysis.prunable
@@ -130,12 +131,6 @@ class LatencyModel:
         out = self.table.full_ms + self._terms(counts)[0]
         return out if np.ndim(counts) == 2 else out[0]
 
-    def vector(self, counts: dict[int, int]) -> np.ndarray:
-        return np.array([counts.get(g, int(c)) for g, c in zip(self.gids, self.channels)], dtype=np.float64)
-
-    @property
-    def total(self) -> float:
-        return float(self(self.channels))
 
     def allowed(self, min_channels: int = 1) -> dict[int, np.ndarray]:
         """Per group, the table's fast widths (at least `min_channels`, and the full width)."""
