@@ -17,7 +17,7 @@ import onnxprune
 from onnxprune.cli import main
 from onnxprune.latency import FakeTimer, LatencyModel, Runtime, build_table, feeds
 from onnxprune.latency.subgraph import variant
-from onnxprune.latency.widths import ROUNDINGS, rounded
+from onnxprune.latency.widths import NOT_PAYING_MARGIN, ROUNDINGS, choose, probe_widths, rounded
 from onnxprune.options import OptionError
 from onnxprune.selection.allocation import allocate_by_loss
 
@@ -178,6 +178,24 @@ def test_round_to_auto_never_picks_a_width_slower_than_a_nearby_one(ir_path, mon
     assert rec["measured"]["speedup"] > 1
     kept = {g.id: g.kept_count for g in report.groups if not g.frozen}
     assert all(n % 8 == 0 for n in kept.values()), kept   # here every fast rounding is a multiple of 8
+
+
+def test_round_to_auto_keeps_a_group_whole_only_on_evidence(ir_path):
+    """A group keeps its full width only when the full width measures more than NOT_PAYING_MARGIN faster than
+    its fastest pruned candidate: equal times within the probe's noise prune it (the quick start's first group
+    was kept whole on a 1% difference); a clearly faster full width keeps it whole."""
+    a = onnxprune.analyze(str(ir_path))
+    g = a.prunable[0]
+    k = g.channels // 2
+    widths = probe_widths(a, {g.id: k})[g.id]
+    for full_faster, whole in ((0.01, False), (2 * NOT_PAYING_MARGIN, True)):
+        times = {w: 1.0 for w in widths}
+        times[g.channels] = 1.0 / (1 + full_faster)
+        allowed, record = choose(a, {g.id: k}, {g.id: times})
+        assert record[g.id]["pays"] is (not whole)
+        assert (list(allowed[g.id]) == [g.channels]) is whole
+        if not whole:
+            assert record[g.id]["width"] < g.channels and record[g.id]["width"] in allowed[g.id]
 
 
 def test_round_to_1_can_be_slower_and_auto_is_not(ir_path, monkeypatch):

@@ -6,8 +6,8 @@ rounded up to every rounding in `ROUNDINGS` (k itself, the next multiple of 2, 4
 width (and at the next smaller count, as evidence), interleaved; the width that measures fastest wins (on
 equal times, the smaller). Of the roundings that give it, the coarsest is kept when a smaller width
 measured no faster (alignment matters: the allocation must keep to its multiples), the finest otherwise. A
-group whose fastest candidate is not faster than its full width does not pay for its pruning and keeps its
-full width.
+group whose full width measures faster than its fastest candidate by more than `NOT_PAYING_MARGIN` does not
+pay for its pruning and keeps its full width.
 """
 from __future__ import annotations
 
@@ -16,6 +16,10 @@ import numpy as np
 from ..analysis import Analysis, Group
 
 ROUNDINGS = (1, 2, 4, 8, 16, 32, 64)
+# A group keeps its full width only when that measures this much faster than its fastest pruned candidate:
+# equal times within the probe's noise (a few percent for a sub-millisecond cut on a shared machine) are no
+# evidence that pruning does not pay, and keeping a group whole costs the others channels under a MACs target.
+NOT_PAYING_MARGIN = 0.05
 
 
 def _lowest(group: Group, min_channels: int) -> int:
@@ -73,14 +77,16 @@ def choose(analysis: Analysis, counts: dict[int, int], times: dict[int, dict[int
         if not t:
             widths[gid] = np.array([g.channels], dtype=np.int64)
             continue
-        cands = {r: rounded(g, near(g, k), r) for r in ROUNDINGS}
+        cands = {r: w for r in ROUNDINGS if (w := rounded(g, near(g, k), r)) < g.channels}  # pruned widths
+        if not cands:  # every rounding reaches the full width: nothing to choose
+            cands = {1: g.channels}
         best_w = min(cands.values(), key=lambda w: (t[w], w))   # fastest; on equal times the smaller
         # of the roundings that give it: the coarsest when a smaller width measured no faster (alignment
         # matters, and the allocation must keep it), else the finest (no evidence that it does)
         aligned = any(t[w] >= t[best_w] for w in t if w < best_w)
-        give = [r for r in ROUNDINGS if cands[r] == best_w]
+        give = [r for r in cands if cands[r] == best_w]
         best_r = max(give) if aligned else min(give)
-        pays = t[best_w] < t[g.channels]
+        pays = best_w < g.channels and t[best_w] <= t[g.channels] * (1 + NOT_PAYING_MARGIN)
         record[gid] = {"count": int(k), "rounding": int(best_r) if pays else None, "width": best_w,
                        "ms": {str(w): float(v) for w, v in sorted(t.items())}, "full_ms": float(t[g.channels]),
                        "pays": bool(pays)}
