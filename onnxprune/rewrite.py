@@ -61,7 +61,9 @@ class Rewriter:
         if key in self._private:
             old.values = value
             return
-        name = old.name if len(old.outputs) == 1 else f"{old.name}__{node.name}_{index}"
+        # a computed input (a shape element) becomes a constant of its own name; its producer is cleaned up
+        own = len(old.outputs) == 1 and isinstance(old, gs.Constant)
+        name = old.name if own else f"{old.name}__{node.name}_{index}"
         node.inputs[index] = gs.Constant(name, np.ascontiguousarray(value))
         self._private.add(key)
 

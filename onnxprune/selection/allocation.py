@@ -10,7 +10,7 @@ from ..errors import UserError
 
 
 def _step(group, round_to: int) -> int:
-    return int(np.lcm(max(1, round_to), group.multiple))
+    return group.count_step(round_to)
 
 
 def _lowest(group, min_channels: int, round_to: int) -> int:
