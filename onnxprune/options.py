@@ -64,9 +64,17 @@ class Allocation(Choice):
 
 
 class OutputLossKind(Choice):
-    """The global methods' output discrepancy."""
+    """The global methods' output discrepancy (auto: kl for a class distribution, mse otherwise)."""
+    AUTO = "auto"
     KL = "kl"
     MSE = "mse"
+
+
+class GroupKind(Choice):
+    """Which groups a run prunes: all, attention heads only, or every other group (channels) only."""
+    ALL = "all"
+    HEADS = "heads"
+    CHANNELS = "channels"
 
 
 class Norm(Choice):
@@ -129,6 +137,8 @@ class TargetOptions:
     min_channels: int = field(default=1, metadata=_help("Never keep fewer channels in a group."))
     keep: dict = field(default_factory=dict, metadata=_help(
         "Per-group kept count, GROUP=N (repeatable).", cli=False))
+    group_kind: GroupKind = field(default=GroupKind.ALL, metadata=_help(
+        "Prune only groups of this kind (heads: attention heads); the others keep all their channels."))
 
     def __post_init__(self):
         given = [n for n in ("keep_ratio", "flops", "params") if getattr(self, n) is not None]
@@ -141,6 +151,7 @@ class TargetOptions:
         for gid, n in dict(self.keep or {}).items():
             keep[_int("keep", gid, 0)] = _int("keep", n, 1)
         object.__setattr__(self, "keep", keep)
+        object.__setattr__(self, "group_kind", GroupKind.parse("group_kind", self.group_kind))
 
     def check_one_target(self) -> tuple[str, float]:
         """(kind, fraction) of the one target given: 'keep_ratio', 'flops' or 'params'."""
@@ -160,6 +171,9 @@ class CalibrationOptions:
     preprocess: Preprocess = field(default=Preprocess.NONE, metadata=_help("Preset for image folders."))
     image_size: int | None = field(default=None, metadata=_help(
         "Image side for image folders (default: the model's)."))
+    token_mask_input: str = field(default="attention_mask", metadata=_help(
+        "Model input marking real tokens (1) and padding (0): padding rows are left out of the statistics "
+        "('' to use every row)."))
 
     def __post_init__(self):
         object.__setattr__(self, "batch_size", _int("batch_size", self.batch_size, 1))
@@ -168,6 +182,8 @@ class CalibrationOptions:
         object.__setattr__(self, "holdout", _fraction("holdout", self.holdout, False, 1.0, True))
         object.__setattr__(self, "preprocess", Preprocess.parse("preprocess", self.preprocess))
         object.__setattr__(self, "image_size", _int("image_size", self.image_size, 1, allow_none=True))
+        if not isinstance(self.token_mask_input, str):
+            raise OptionError("token_mask_input", self.token_mask_input, "must be an input name or ''")
 
 
 @dataclass(frozen=True)
@@ -205,8 +221,8 @@ class RefitOptions:
 @dataclass(frozen=True)
 class GlobalOptions:
     """Global imitation: the output discrepancy and what it is measured on."""
-    output_loss: OutputLossKind = field(default=OutputLossKind.KL, metadata=_help(
-        "Global methods: discrepancy of the outputs (kl for classifiers)."))
+    output_loss: OutputLossKind = field(default=OutputLossKind.AUTO, metadata=_help(
+        "Global methods: discrepancy of the outputs (auto: kl for a classifier's outputs, mse otherwise)."))
     global_samples: int = field(default=256, metadata=_help(
         "Global methods: calibration samples the output loss is measured on."))
     taylor_rounds: int = field(default=4, metadata=_help("Backward passes per group for greedy-taylor.",

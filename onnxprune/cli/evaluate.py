@@ -14,15 +14,25 @@ from .common import user_errors
 @click.option("--data", required=True, type=click.Path(), help=".npz: input name -> array, optional 'labels'.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 @click.option("--batch-size", default=256, show_default=True, help="Evaluation batch size.")
+@click.option("--metric", type=click.Choice(["auto", "classification", "cosine"]), default="auto", show_default=True,
+              help="classification: agreement, KL, accuracy; cosine: embeddings' cosine similarity and nearest-"
+                   "neighbour agreement; auto: cosine unless the output is a classifier's.")
 @user_errors
-def command(original, pruned, data, as_json, batch_size):
-    """Top-1 agreement, mean KL and accuracies of PRUNED against ORIGINAL on --data."""
+def command(original, pruned, data, as_json, batch_size, metric):
+    """How closely PRUNED imitates ORIGINAL on --data: top-1 agreement, mean KL and accuracies for a classifier,
+    cosine similarity and nearest-neighbour agreement for an embedding model."""
     from ..report.evaluate import compare
-    res = compare(original, pruned, data, batch_size)
+    res = compare(original, pruned, data, batch_size, metric)
     if as_json:
         click.echo(json.dumps(res, indent=2))
         return
     click.echo(f"samples    {res['samples']}")
+    if res["metric"] == "cosine":
+        click.echo(f"cosine     mean {res['mean_cosine']:.4f}, min {res['min_cosine']:.4f}, "
+                   f"5th percentile {res['p5_cosine']:.4f}")
+        click.echo(f"nearest-neighbour agreement {res['nn_agreement']:.2%}")
+        click.echo(f"metric     cosine ({res['metric_reason']})")
+        return
     click.echo(f"agreement  {res['agreement']:.2%}")
     click.echo(f"mean KL    {res['kl']:.4f}")
     if res["accuracy_original"] is not None:

@@ -1,4 +1,5 @@
-"""Compare two models on data: top-1 agreement, mean KL(original || pruned), accuracies."""
+"""Compare two models on data: for classifiers top-1 agreement, mean KL(original || pruned), accuracies; for
+embedding models mean cosine similarity and nearest-neighbour agreement (docs/DESIGN.md, "Output kind")."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,8 +7,12 @@ import onnx
 import onnxruntime as ort
 
 from ..calibration.datafile import batches, load_npz
+from ..errors import UserError
 from ..graph.load import load_model
+from ..graph.outputs import DISTRIBUTION, output_kind
 from ..graph.session import inference_session
+
+METRICS = ("auto", "classification", "cosine")
 
 
 def session(model: onnx.ModelProto | str, threads: int = 0) -> ort.InferenceSession:
@@ -52,11 +57,51 @@ def output_metrics(a: np.ndarray, b: np.ndarray, labels: np.ndarray | None = Non
     return out
 
 
-def compare(original, pruned, data_path, batch_size: int = 256) -> dict:
-    """Metrics of `pruned` against `original` on an .npz (see `calibration.datafile.load_npz`)."""
+def _unit_rows(e: np.ndarray) -> np.ndarray:
+    e = e.reshape(len(e), -1).astype(np.float64)
+    return e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-300)
+
+
+def nearest_neighbours(e: np.ndarray, block: int = 1024) -> np.ndarray:
+    """Each row's nearest other row by cosine similarity (the lowest index on ties), in row blocks."""
+    u = _unit_rows(e)
+    out = np.empty(len(u), dtype=np.int64)
+    for i in range(0, len(u), block):
+        sim = u[i:i + block] @ u.T
+        sim[np.arange(len(sim)), np.arange(i, i + len(sim))] = -np.inf
+        out[i:i + block] = sim.argmax(1)
+    return out
+
+
+def embedding_metrics(a: np.ndarray, b: np.ndarray) -> dict:
+    """How closely embeddings `b` (pruned) imitate `a` (original) on the same samples, rows = samples: the
+    mean, minimum and 5th percentile of the cosine similarity of each pair, and the nearest-neighbour
+    agreement: the share of samples whose nearest other sample (by cosine) is the same in both spaces."""
+    if len(a) < 2:
+        raise UserError("embedding metrics need at least 2 samples (nearest neighbours)")
+    cos = (_unit_rows(a) * _unit_rows(b)).sum(1)
+    return {"samples": int(len(a)), "metric": "cosine", "mean_cosine": float(cos.mean()),
+            "min_cosine": float(cos.min()), "p5_cosine": float(np.percentile(cos, 5)),
+            "nn_agreement": float((nearest_neighbours(a) == nearest_neighbours(b)).mean())}
+
+
+def compare(original, pruned, data_path, batch_size: int = 256, metric: str = "auto") -> dict:
+    """Metrics of `pruned` against `original` on an .npz (see `calibration.datafile.load_npz`): `metric`
+    'classification' (`output_metrics`), 'cosine' (`embedding_metrics`) or 'auto' (cosine when the
+    original's first output is not a class distribution, `graph.outputs.output_kind`)."""
+    if metric not in METRICS:
+        raise UserError(f"metric '{metric}': choose from {', '.join(METRICS)}")
     original = original if isinstance(original, onnx.ModelProto) else load_model(original)
     pruned = pruned if isinstance(pruned, onnx.ModelProto) else load_model(pruned)
+    why = f"asked for {metric}"
+    if metric == "auto":
+        kind, why = output_kind(original)
+        metric = "classification" if kind == DISTRIBUTION else "cosine"
     inputs, labels = load_npz(data_path, original)
     a = logits(session(original), inputs, batch_size)
     b = logits(session(pruned), inputs, batch_size)
-    return output_metrics(a, b, labels)
+    if a.shape != b.shape:
+        raise UserError(f"the models' first outputs differ in shape: {a.shape} and {b.shape}")
+    out = embedding_metrics(a, b) if metric == "cosine" else {**output_metrics(a, b, labels), "metric": metric}
+    out["metric_reason"] = why
+    return out
