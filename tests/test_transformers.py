@@ -126,6 +126,7 @@ def test_macs_are_the_architecture_s(transformers, name, exp):
 def test_pruned_equals_torch_with_removed_heads_zeroed(transformers, name, exp):
     tm, model = _load(transformers, name, exp)
     a = Analysis(model)
+    assert len(a.prunable) == 2 * _shape(tm)[0], "every layer's heads and MLP width are pruned"
     for seed, ratio in ((0, 0.3), (1, 0.6)):
         sel = select(a, counts_for_ratio(a, ratio), "random", seed=seed)
         keep, gamma = sel.class_arrays(a)
@@ -144,6 +145,7 @@ def test_pruned_equals_torch_with_removed_heads_zeroed(transformers, name, exp):
 def test_pruned_equals_masked_reference_and_keep_all_is_identity(transformers, name, exp):
     tm, model = _load(transformers, name, exp)
     a = Analysis(model)
+    assert len(a.prunable) == 2 * _shape(tm)[0], "every layer's heads and MLP width are pruned"
     for seed, ratio in ((0, 0.3), (1, 0.5), (2, 0.8)):
         sel = select(a, counts_for_ratio(a, ratio), "random", seed=seed, random_gamma=True)
         keep, gamma = sel.class_arrays(a)
@@ -264,7 +266,8 @@ def test_dynamo_scaled_dot_product_attention_freezes_and_says_why(transformers):
     assert any("Reshape" in r and "batch axis" in r for g in a.groups if g.frozen for r in g.reasons)
 
 
-@pytest.mark.parametrize("name,exp", [("minilm_s16", "ts17"), ("vit", "dynamo18")])
+@pytest.mark.parametrize("name,exp", [("minilm_s16", "ts17"), ("minilm_s7", "dynamo18"), ("vit", "ts17"),
+                                      ("vit", "dynamo18")])
 def test_twin_runs_the_transformer_and_its_gates_are_the_masked_reference(transformers, name, exp):
     """Global imitation needs the twin: Erf, LayerNormalization, Softmax, Where/Expand/ConstantOfShape..."""
     from onnxprune.twin import Twin

@@ -119,7 +119,7 @@ def _product(node, ctx, macs: int | None) -> None:
         if axis < rank - 2:  # a batch axis: the other operand must carry the same channels there, or broadcast
             other = 1 - placed[0][0]
             if labs[other] is None and full[other][axis] not in (1, None):
-                why = f"combined with run-time tensor '{node.inputs[other].name}' whose channels are not tracked"
+                why = f"combined with tensor '{node.inputs[other].name}' whose channels are not tracked"
         elif axis != carried[placed[0][0]]:
             why = "MatMul of run-time tensors moves channels"
     if why is not None:
