@@ -252,6 +252,37 @@ def minilm_section(data) -> str:
     return "\n".join(out)
 
 
+def exporter_zoo_section(data) -> str:
+    """The tf2onnx / paddle2onnx graphs of `models/exporter_zoo.py` (`bench/coverage.py --exporter-zoo`)."""
+    if not data:
+        return ""
+
+    def frozen(g) -> str:
+        why = sorted({r.split(": ", 1)[-1] for f in g.get("frozen", []) for r in f["reasons"]
+                      if "reaches graph output" not in r})
+        return "; ".join(why) or "-"
+
+    def reached(g) -> str:
+        if g.get("macs_reached") is None:
+            return "n/a: " + (g.get("macs_note") or "-")
+        note = f" ({g['macs_note']})" if g.get("macs_note") else ""
+        return f"{g['macs_reached']:.3f}{note}"
+    rows = [[g["name"], g["exporter"], g["opset"], f"{100 * g['channels_prunable']:.1f}%", reached(g),
+             f"{g['oracle_err']:.0e}" if g.get("oracle_err") is not None else "-",
+             f"{g['ort_vs_framework']:.0e}", frozen(g)] for g in data["graphs"] if "error" not in g]
+    errors = [f"- {g['name']}: {g['error']}" for g in data["graphs"] if "error" in g]
+    versions = "; ".join(f"{fw}: " + ", ".join(f"{k} {v}" for k, v in b["versions"].items())
+                         for fw, b in data.get("build_times", {}).items())
+    return "\n".join(["### Coverage of the exporter zoo (tf2onnx, paddle2onnx)", "",
+                      f"`python -m bench.coverage --exporter-zoo DIR` on the graphs `models/exporter_zoo.py` "
+                      f"builds ({versions}): share of channels in prunable groups, MACs fraction reached by "
+                      "`--flops 0.5` (magnitude), largest pruned-vs-masked-reference error, ONNX Runtime against "
+                      "the framework's own output (relative), and what freezes besides the classifier or "
+                      f"detection head that reaches the graph output; {data['seconds'] / 60:.0f} min.", "",
+                      _table(["graph", "exporter", "opset", "channels prunable", "MACs reached at 0.5",
+                              "oracle error", "ORT vs framework", "frozen by"], rows), *errors, ""])
+
+
 def main() -> None:
     parts = ["## Results", ""]
     tp = _load("torch_pruning.json")
@@ -271,7 +302,8 @@ def main() -> None:
     parts.append(finetune_section(_load("finetune.json")))
     parts.append(imagenet_section(_load("imagenet.json")))
     parts += [gpu_section(_load("gpu.json")), latency_section(_load("latency.json")),
-              minilm_section(_load("minilm.json")), coverage_section(_load("coverage.json"))]
+              minilm_section(_load("minilm.json")), coverage_section(_load("coverage.json")),
+              exporter_zoo_section(_load("exporter_zoo.json"))]
     section = "\n".join(p for p in parts if p).rstrip() + "\n"
     readme = (ROOT / "README.md").read_text()
     if BEGIN in readme:

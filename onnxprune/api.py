@@ -7,18 +7,21 @@ default, validation and meaning live.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 
 import onnx
 
 from .analysis import Analysis
-from .errors import UserError
+from .errors import UnsupportedModel, UserError
 from .graph import check_model, load_model
+from .graph.inputs import symbolic_inputs
 from .options import (
     CalibrationOptions,
     GlobalOptions,
     GroupKind,
+    ModelOptions,
     OptionError,
     PruneOptions,
     Refit,
@@ -31,7 +34,7 @@ from .rewrite import Rewriter
 from .selection import Selection, counts_for_ratio, counts_for_target, fit_to_target, select
 
 log = logging.getLogger("onnxprune")
-_T, _S, _C, _R, _G = TargetOptions, SelectionOptions, CalibrationOptions, RefitOptions, GlobalOptions
+_T, _S, _C, _R, _G, _M = TargetOptions, SelectionOptions, CalibrationOptions, RefitOptions, GlobalOptions, ModelOptions
 
 
 def _name(model) -> str:
@@ -47,13 +50,40 @@ def _as_model(model) -> tuple[onnx.ModelProto, str]:
     raise UserError(f"model must be a path or an onnx.ModelProto, got {type(model).__name__}")
 
 
-def analyze(model) -> Analysis:
-    """Channel groups of a model (path or ModelProto; a ModelProto is not modified)."""
+def analyze(model, input_shapes: dict | None = None) -> Analysis:
+    """Channel groups of a model (path or ModelProto; a ModelProto is not modified). `input_shapes`
+    (name -> dims, batch first) size the layers whose shapes are symbolic, for their MACs."""
     proto, name = _as_model(model)
-    analysis = Analysis(proto, in_place=proto is not model)  # a model loaded here is ours to change
+    return _analysis(proto, model, ModelOptions(input_shapes).input_shapes)
+
+
+def _analysis(proto: onnx.ModelProto, model, input_shapes: dict | None) -> Analysis:
+    try:
+        analysis = Analysis(proto, in_place=proto is not model, input_shapes=input_shapes)  # a loaded model is ours
+    except UnsupportedModel as exc:
+        raise UnsupportedModel(f"{_name(model)}: {exc}") from None
     if not analysis.costs:
-        raise UserError(f"{name}: has no Conv, Gemm or MatMul layer to prune")
+        if analysis.subgraph_layers:
+            where = ", ".join(f"'{n}'" for n in list(analysis.subgraph_layers)[:3])
+            count = sum(analysis.subgraph_layers.values())
+            raise UserError(f"{_name(model)}: its {count} Conv, Gemm or MatMul layers all lie inside subgraphs "
+                            f"(of {where}), which onnxprune does not prune")
+        raise UserError(f"{_name(model)}: has no Conv, Gemm or MatMul layer to prune")
     return analysis
+
+
+def _calibration_shapes(proto: onnx.ModelProto, cal) -> dict | None:
+    """Shapes of the inputs with symbolic dims, from the calibration data: the model's declared dims where
+    fixed, the data's where symbolic, 1 for a symbolic batch (MACs are per sample)."""
+    need = symbolic_inputs(proto)
+    if not need:
+        return None
+    shapes = {}
+    for name, dims in need.items():
+        data = cal.parts[0].arrays[name].shape
+        shapes[name] = tuple(d if isinstance(d, int) and d > 0 else (1 if i == 0 else int(data[i]))
+                             for i, d in enumerate(dims))
+    return shapes
 
 
 def _overrides(analysis: Analysis, keep: dict) -> dict[int, int]:
@@ -86,7 +116,8 @@ def prune(model, calibration=None, *, method: str = _S.method, refit: str | None
           preprocess: str = _C.preprocess, image_size: int | None = _C.image_size, output_loss: str = _G.output_loss,
           global_samples: int = _G.global_samples, taylor_rounds: int = _G.taylor_rounds,
           exact_limit: int = _G.exact_limit, group_kind: str = _T.group_kind,
-          token_mask_input: str = _C.token_mask_input, quiet: bool = True) -> tuple[onnx.ModelProto, Report]:
+          token_mask_input: str = _C.token_mask_input, input_shapes: dict | None = _M.input_shapes,
+          quiet: bool = True) -> tuple[onnx.ModelProto, Report]:
     """Prune a model (path or ModelProto) to a target; returns the pruned model and its report.
 
     `calibration`: a path (.npz/.npy file or folder, image folder), dict of arrays, iterable of input
@@ -95,13 +126,15 @@ def prune(model, calibration=None, *, method: str = _S.method, refit: str | None
     `allocate`: uniform | loss. `output_loss`: auto | kl | mse, the global methods' output discrepancy,
     measured on `global_samples`. `group_kind`: all | heads | channels, the groups pruned.
     `token_mask_input`: the input whose zeros mark padding tokens left out of the statistics.
-    See `onnxprune.options` for every option."""
+    `input_shapes`: name -> dims (batch first) of inputs with symbolic dims, for the MACs of the layers
+    they size (default: the first calibration batch's shapes); a MACs target is refused while a layer's
+    MACs are unknown. See `onnxprune.options` for every option."""
     options = PruneOptions.from_flat(
         method=method, refit=refit, keep_ratio=keep_ratio, flops=flops, params=params, round_to=round_to,
         min_channels=min_channels, keep=keep or {}, allocate=allocate, norm=norm, seed=seed, batch_size=batch_size,
         max_positions=max_positions, holdout=holdout, ridge=ridge, preprocess=preprocess, image_size=image_size,
         output_loss=output_loss, global_samples=global_samples, taylor_rounds=taylor_rounds, exact_limit=exact_limit,
-        group_kind=group_kind, token_mask_input=token_mask_input)
+        group_kind=group_kind, token_mask_input=token_mask_input, input_shapes=input_shapes)
     return prune_with_options(model, calibration, options, quiet=quiet)
 
 
@@ -120,8 +153,16 @@ def prune_with_options(model, calibration, options: PruneOptions, quiet: bool = 
                           "magnitude or random with refit none prune without data")
     if target.allocate != "uniform" and calibration is None:
         raise OptionError("allocate", target.allocate, "needs calibration data")
-    analysis = analyze(model)
-    name = _name(model)
+    proto, name = _as_model(model)
+    c = options.calibration
+    cal = None
+    if calibration is not None:  # opened first: its first batch sizes inputs with symbolic dims
+        cal = load_calibration(calibration, proto, c.holdout, c.preprocess, c.image_size)
+    shapes = options.model.input_shapes or (_calibration_shapes(proto, cal) if cal is not None else None)
+    analysis = _analysis(proto, model, shapes)
+    if kind == "flops" and analysis.unknown_costs:
+        raise OptionError("input_shapes", None, f"{name}: a MACs target needs every layer's MACs, and "
+                          f"{analysis.unknown_cost_reason()}")
     if not analysis.prunable:
         raise UserError(f"{name}: every channel group is frozen; nothing to prune")
     overrides = _overrides(analysis, target.keep)
@@ -145,10 +186,8 @@ def prune_with_options(model, calibration, options: PruneOptions, quiet: bool = 
             fit_to_target(analysis, selection, selection.scores, fraction, target.min_channels,
                           round_to=target.round_to)
     else:
-        c = options.calibration
-        cal = load_calibration(calibration, analysis.model, c.holdout, c.preprocess, c.image_size)
-        options = PruneOptions(target, options.selection, c, RefitOptions(refit, options.refit.ridge),
-                               options.global_imitation)
+        assert cal is not None
+        options = dataclasses.replace(options, refit=RefitOptions(refit, options.refit.ridge))
         pruner = GreedyPruner(analysis, cal, options, quiet=quiet)
         selection = pruner.run(counts(pruner, target, overrides))
         results, n_cal = pruner.results, cal.size

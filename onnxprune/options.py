@@ -25,9 +25,11 @@ class OptionError(UserError):
         self.option, self.value, self.reason = option, value, reason
         super().__init__(f"{option}={value!r}: {reason}")
 
-    def flag_message(self) -> str:
-        """The same error with the option spelt as a command-line flag."""
-        return f"--{self.option.replace('_', '-')} {_shown(self.value)}: {self.reason}"
+    def flag_message(self, flag: str | None = None) -> str:
+        """The same error with the option spelt as a command-line flag (`flag`, or the name with dashes)."""
+        flag = flag or f"--{self.option.replace('_', '-')}"
+        shown = "" if self.value is None else f" {_shown(self.value)}"
+        return f"{flag}{shown}: {self.reason}"
 
 
 def _shown(value: Any) -> str:
@@ -77,6 +79,13 @@ class GroupKind(Choice):
     CHANNELS = "channels"
 
 
+class EvalMetric(Choice):
+    """What `eval` measures: auto (by the output kind), a classifier's agreement, or embeddings' cosine."""
+    AUTO = "auto"
+    CLASSIFICATION = "classification"
+    COSINE = "cosine"
+
+
 class Norm(Choice):
     """The norm of the magnitude criterion."""
     L1 = "l1"
@@ -93,7 +102,7 @@ def _help(text: str, **cli: Any) -> dict:
     return {"help": text, **cli}
 
 
-def _int(option: str, value: Any, low: int, allow_none: bool = False) -> int | None:
+def _int(option: str, value: Any, low: int, allow_none: bool = False, high: int | None = None) -> int | None:
     if value is None and allow_none:
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
@@ -101,7 +110,15 @@ def _int(option: str, value: Any, low: int, allow_none: bool = False) -> int | N
     value = int(value)
     if value < low:
         raise OptionError(option, value, f"must be an integer >= {low}")
+    if high is not None and value > high:
+        raise OptionError(option, value, f"must be an integer in {low}..{high}")
     return value
+
+
+# an image side above this is a typo, not a resolution: a 3-channel float32 image of it is already 3 GB
+MAX_IMAGE_SIZE = 16384
+# an input dimension above this (2**31 - 1) is out of what ONNX Runtime indexes
+MAX_DIM = 2**31 - 1
 
 
 def _fraction(option: str, value: Any, low_open: bool, high: float, high_open: bool,
@@ -181,7 +198,8 @@ class CalibrationOptions:
         object.__setattr__(self, "max_positions", positions or None)
         object.__setattr__(self, "holdout", _fraction("holdout", self.holdout, False, 1.0, True))
         object.__setattr__(self, "preprocess", Preprocess.parse("preprocess", self.preprocess))
-        object.__setattr__(self, "image_size", _int("image_size", self.image_size, 1, allow_none=True))
+        object.__setattr__(self, "image_size", _int("image_size", self.image_size, 1, allow_none=True,
+                                                    high=MAX_IMAGE_SIZE))
         if not isinstance(self.token_mask_input, str):
             raise OptionError("token_mask_input", self.token_mask_input, "must be an input name or ''")
 
@@ -237,7 +255,77 @@ class GlobalOptions:
         object.__setattr__(self, "exact_limit", _int("exact_limit", self.exact_limit, 0))
 
 
-GROUPS = (TargetOptions, SelectionOptions, CalibrationOptions, RefitOptions, GlobalOptions)
+def parse_input_shape(text: str) -> tuple[str | None, tuple[int, ...]]:
+    """`NAME=D0,D1,...` as (NAME, dims). The conventions of onnxsim's `--overwrite-input-shape`: the name
+    ends at the last separator (`=`, or `:` as onnxsim writes it, so names such as tf2onnx's `input:0`
+    work), and a single-input model may omit it (`1,3,224,224`, the name is then None); Polygraphy's
+    brackets (`NAME:[1,3,224,224]`) are accepted too."""
+    if not isinstance(text, str):
+        raise OptionError("input_shapes", text, "expected NAME=D0,D1,... with positive integers")
+    name, sep, dims = text.rpartition("=")
+    if not sep:
+        name, sep, dims = text.rpartition(":")
+    dims = dims.strip()
+    if dims[:1] + dims[-1:] in ("[]", "()"):
+        dims = dims[1:-1]
+    return (name if sep else None), _dims(text, [d.strip() for d in dims.split(",")])
+
+
+def _dims(shown: Any, dims) -> tuple[int, ...]:
+    out = []
+    for d in dims:
+        if isinstance(d, str):
+            if not d.isascii() or not d.isdigit():
+                raise OptionError("input_shapes", shown, "expected NAME=D0,D1,... with positive integers")
+            d = int(d)
+        if isinstance(d, bool) or not isinstance(d, numbers.Integral) or not 1 <= int(d) <= MAX_DIM:
+            raise OptionError("input_shapes", shown, f"dimensions must be integers in 1..{MAX_DIM}")
+        out.append(int(d))
+    if not out:
+        raise OptionError("input_shapes", shown, "expected NAME=D0,D1,... with positive integers")
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """What the model file may not say: the shapes of inputs whose dimensions are symbolic."""
+    input_shapes: dict | None = field(default=None, metadata=_help(
+        "Shapes of model inputs, name -> dims (batch first), for the MACs of layers whose sizes are symbolic; "
+        "default: the first calibration batch's shape.", cli=False))
+
+    def __post_init__(self):
+        given = self.input_shapes
+        if given is None:
+            return
+        if not isinstance(given, dict):
+            raise OptionError("input_shapes", given, "must map input names to shapes")
+        shapes: dict[str | None, tuple[int, ...]] = {}
+        for name, dims in given.items():
+            shown = f"{name}={dims}"
+            if name is not None and not isinstance(name, str):
+                raise OptionError("input_shapes", shown, "input names must be strings")
+            if isinstance(dims, str):
+                dims = parse_input_shape(dims)[1]
+            elif not isinstance(dims, (list, tuple)):
+                raise OptionError("input_shapes", shown, "a shape is a sequence of integers")
+            shapes[name or None] = _dims(shown, dims)
+        object.__setattr__(self, "input_shapes", shapes or None)
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """`eval`: how the two models are run on the data."""
+    batch_size: int = field(default=256, metadata=_help("Evaluation batch size."))
+    metric: EvalMetric = field(default=EvalMetric.AUTO, metadata=_help(
+        "classification: agreement, KL, accuracy; cosine: embeddings' cosine similarity and nearest-neighbour "
+        "agreement; auto: cosine unless the output is a classifier's."))
+
+    def __post_init__(self):
+        object.__setattr__(self, "batch_size", _int("batch_size", self.batch_size, 1))
+        object.__setattr__(self, "metric", EvalMetric.parse("metric", self.metric))
+
+
+GROUPS = (TargetOptions, SelectionOptions, CalibrationOptions, RefitOptions, GlobalOptions, ModelOptions)
 
 
 @dataclass(frozen=True)
@@ -248,6 +336,7 @@ class PruneOptions:
     calibration: CalibrationOptions = field(default_factory=CalibrationOptions)
     refit: RefitOptions = field(default_factory=RefitOptions)
     global_imitation: GlobalOptions = field(default_factory=GlobalOptions)
+    model: ModelOptions = field(default_factory=ModelOptions)
 
     @classmethod
     def from_flat(cls, **values: Any) -> PruneOptions:
@@ -260,7 +349,7 @@ class PruneOptions:
             groups[owner[name]][name] = value
         return cls(TargetOptions(**groups[TargetOptions]), SelectionOptions(**groups[SelectionOptions]),
                    CalibrationOptions(**groups[CalibrationOptions]), RefitOptions(**groups[RefitOptions]),
-                   GlobalOptions(**groups[GlobalOptions]))
+                   GlobalOptions(**groups[GlobalOptions]), ModelOptions(**groups[ModelOptions]))
 
 
 def flat_defaults() -> dict[str, Any]:

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import UserError
+from ..options import OptionError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 PRESETS: dict[str, dict[str, Any]] = {
@@ -21,7 +22,7 @@ def image_items(files: list[Path], input_name: str, shape: tuple, preprocess: st
     image folder is never held in memory whole)."""
     from PIL import Image
     if preprocess not in PRESETS:
-        raise UserError(f"--preprocess {preprocess}: choose from {', '.join(PRESETS)}")
+        raise OptionError("preprocess", preprocess, f"choose from {', '.join(PRESETS)}")
     p = dict(PRESETS[preprocess])
     if len(shape) != 4:
         raise UserError(f"image calibration needs a model input of rank 4, '{input_name}' has rank {len(shape)}")
@@ -30,7 +31,7 @@ def image_items(files: list[Path], input_name: str, shape: tuple, preprocess: st
     channels = shape[1] if nchw else shape[3]
     size = size or h or w or p["size"]  # the model's input size wins over the preset's
     if size is None:
-        raise UserError("image calibration: model input size is symbolic; give --image-size")
+        raise OptionError("image_size", None, "the model's input size is symbolic: give the image side")
     resize = round(size * p["resize"] / p["size"]) if p["resize"] else size  # imagenet: 256 -> 224 crop ratio
     mean = np.asarray(mean or p["mean"], np.float32)[:channels]
     std = np.asarray(std or p["std"], np.float32)[:channels]

@@ -5,7 +5,9 @@ import json
 
 import click
 
+from ..options import EvalOptions
 from .common import user_errors
+from .options import options_from
 
 
 @click.command("eval")
@@ -13,10 +15,7 @@ from .common import user_errors
 @click.argument("pruned", type=click.Path(dir_okay=True))
 @click.option("--data", required=True, type=click.Path(), help=".npz: input name -> array, optional 'labels'.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
-@click.option("--batch-size", default=256, show_default=True, help="Evaluation batch size.")
-@click.option("--metric", type=click.Choice(["auto", "classification", "cosine"]), default="auto", show_default=True,
-              help="classification: agreement, KL, accuracy; cosine: embeddings' cosine similarity and nearest-"
-                   "neighbour agreement; auto: cosine unless the output is a classifier's.")
+@options_from(EvalOptions)
 @user_errors
 def command(original, pruned, data, as_json, batch_size, metric):
     """How closely PRUNED imitates ORIGINAL on --data: top-1 agreement, mean KL and accuracies for a classifier,

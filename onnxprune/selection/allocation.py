@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..analysis.cost_model import CostModel
-from ..errors import UserError
+from ..options import OptionError
 
 
 def _step(group, round_to: int) -> int:
@@ -50,8 +50,8 @@ def check_reachable(model: CostModel, floor_counts: dict[int, int], fraction: fl
                     tolerance: float) -> None:
     floor = model(model.vector(floor_counts)) / model.total
     if floor > fraction * (1 + tolerance):
-        raise UserError(f"--{what} {fraction}: unreachable; the least this model allows (frozen groups, "
-                        f"--min-channels, --round-to) is {floor:.3f} of the original")
+        raise OptionError(what, fraction, f"unreachable; the least this model allows (frozen groups, min_channels, "
+                          f"round_to) is {floor:.3f} of the original")
 
 
 def allocate_by_loss(model: CostModel, curves: dict[int, np.ndarray], fraction: float, round_to: int,

@@ -9,6 +9,7 @@ from ..analysis import Analysis, Group
 from ..analysis.cost import macs
 from ..analysis.cost_model import macs_model, params_model
 from ..errors import UserError
+from ..options import OptionError
 from .allocation import check_reachable, refine
 from .selection import Selection
 
@@ -39,7 +40,7 @@ def counts_for_target(analysis: Analysis, fraction: float, what: str = "flops", 
     """Search the uniform keep ratio so the kept MACs (what='flops') or parameters (what='params')
     land within `tolerance` of `fraction`, then nudge single groups towards the target."""
     if not 0 < fraction <= 1:
-        raise UserError(f"--{what} {fraction}: must be in (0, 1]")
+        raise OptionError(what, fraction, "must be in (0, 1]")
     model = macs_model(analysis) if what == "flops" else params_model(analysis)
     if model.total <= 0:
         raise UserError("model has no MACs to reduce (no Conv, Gemm or MatMul)")

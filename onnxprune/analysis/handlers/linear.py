@@ -52,16 +52,15 @@ def matmul(node, ctx):
     a_t, b_t = node.inputs[0], node.inputs[1]
     b = ctx.const(b_t)
     a_shape = ctx.shape(a_t)
-    out_shape = ctx.shape(node.outputs[0])
     if b is None or b.ndim != 2 or a_shape is None or len(a_shape) < 2:
-        macs = None
-        if out_shape is not None and a_shape is not None and all(d is not None for d in out_shape[1:]):
-            macs = int(np.prod(out_shape[1:], dtype=np.int64)) * (a_shape[-1] or 0)
-        _product(node, ctx, macs)
+        a_size, out_size = ctx.cost_shape(a_t), ctx.cost_shape(node.outputs[0])
+        known = out_size is not None and a_size is not None and all(d is not None for d in out_size[1:]) \
+            and a_size[-1] is not None
+        _product(node, ctx, int(np.prod(out_size[1:], dtype=np.int64)) * a_size[-1] if known else None)
         return
     k, n = b.shape
-    rows = a_shape[1:-1]
-    macs = int(np.prod([d or 0 for d in rows], dtype=np.int64)) * k * n
+    rows = (ctx.cost_shape(a_t) or a_shape)[1:-1]
+    macs = None if any(d is None for d in rows) else int(np.prod(rows, dtype=np.int64)) * k * n  # None: symbolic
     vec, ok = _features(node, ctx, a_t, len(a_shape) - 1, k)
     if not ok:
         ctx.cost(node, macs)
@@ -91,8 +90,7 @@ def _product(node, ctx, macs: int | None) -> None:
     if why is not None:
         if why:
             ctx.freeze_node(node, why)
-        if macs is not None:
-            ctx.cost(node, macs)
+        ctx.cost(node, macs)  # None: symbolic size, unknown
         return
     rank = len(out_shape)
     labs = [None if lab is None else lab.reshape((1,) * (rank - lab.ndim) + lab.shape) for lab in (la, lb)]
@@ -124,15 +122,13 @@ def _product(node, ctx, macs: int | None) -> None:
             why = "MatMul of run-time tensors moves channels"
     if why is not None:
         ctx.freeze_node(node, why)
-        if macs is not None:
-            ctx.cost(node, macs)
+        ctx.cost(node, macs)
         return
     _, axis, base = placed[0]
     vec = base.reshape(-1)  # one labelled axis: its labels
     for _, _, lab in placed[1:]:
         ctx.unite(vec, lab.reshape(-1), node)
-    if macs is not None:
-        ctx.cost(node, macs, vec)
+    ctx.cost(node, macs, vec)
     ctx.set_layout(node.outputs[0], on_axis(vec, axis, rank))
 
 
