@@ -15,9 +15,10 @@ sentences of models/text_corpus.py's "calib" split and evaluated on `--eval` sen
   heads-only             greedy-local+full pruning attention heads only (--group-kind heads)
   mlp-only               greedy-local+full pruning the MLP widths only (--group-kind channels)
 
-and once, the issue's starting point: the six MLP widths halved (--keep-ratio 0.5 --group-kind channels,
-about 68% of the MACs) by greedy-local+full with the padding tokens in the statistics
-(--token-mask-input '') and without them.
+All rows use --round-to 1 (heads of 32 are multiples of 8 at any count; round-to auto's latency probe
+is not part of these rows), and once, the issue's starting point: the six MLP widths halved
+(--keep-ratio 0.5 --group-kind channels, about 68% of the MACs) by greedy-local+full with the padding
+tokens in the statistics (--token-mask-input '') and without them.
 
 Quality: mean cosine similarity between the original's and the pruned model's embeddings of each
 eval sentence, and nearest-neighbour agreement (each sentence's nearest other eval sentence by cosine,
@@ -112,6 +113,7 @@ def main(argv=None) -> int:
         spec = dict(row)
         data = calib if spec.pop("data", True) else None
         extra = {"global_samples": args.global_samples} if "combined" in spec["method"] else {}
+        spec.setdefault("round_to", 1)
         rec = {"row": name, "flops_target": target, **{k: v for k, v in spec.items()}}
         goal = {"flops": target} if target is not None else {"keep_ratio": 0.5}
         load0, w0, c0 = loadavg(), time.time(), time.process_time()

@@ -191,6 +191,56 @@ def latency_section(data) -> str:
                               "speed-up"], rows), ""])
 
 
+def latency_target_section(data) -> str:
+    """bench/latency_target.py: the latency model's error, targets side by side, accuracy at equal latency."""
+    if not data:
+        return ""
+    m = data["machine"]
+    out = ["### Pruning to a measured latency", "",
+           f"`bench/latency_target.py` (`bench/results/latency_target.json`{_when(data)}), ImageNet MobileNetV2, "
+           f"ONNX Runtime {m.get('onnxruntime')} CPU, {m.get('cpu_model')}, {m.get('cores')} cores shared with other "
+           "jobs (load averages below): wall-clock numbers are noisy.", ""]
+
+    def load(sec):
+        a, b = sec.get("loadavg_before"), sec.get("loadavg_after")
+        return f"{a[0]:.1f} → {b[0]:.1f}" if a and b else "?"
+    if data.get("model"):
+        sec = data["model"]
+        out += ["Latency model against measurement, 20 random allocations of the tables' fast widths, each timed "
+                "interleaved with the original by the same clock (error of the prediction against the fastest "
+                "round, the tables' statistic). *cpu*: CPU time of one intra-op thread, which other jobs do not "
+                f"inflate; *wall*: elapsed time. Load average {load(sec)}.", "",
+                _table(["batch", "clock", "threads", "table build s", "median error", "max error", "mean error",
+                        "additive model median error"],
+                       [[r["batch"], r["clock"], r["threads"], f"{r['build_s']:.0f}", f"{r['median_abs_err']:.1%}",
+                         f"{r['max_abs_err']:.1%}", f"{r['mean_err']:+.1%}", f"{r['median_abs_err_additive']:.1%}"]
+                        for r in sec["rows"]]), ""]
+    if data.get("speed"):
+        sec = data["speed"]
+        out += ["All timed side by side in one run (medians of interleaved rounds; speed-up: median of the paired "
+                "original/pruned ratios; magnitude selection, no calibration: widths do not depend on the method "
+                f"with uniform allocation). Prune s includes the probe, checks and tables. Load average {load(sec)}.",
+                "", _table(["model", "MACs", "batch", "median ms", "speed-up", "prune s"],
+                           [[r["model"], f"{r['macs_ratio']:.3f}", r["batch"], f"{r['median_ms']:.2f}",
+                             f"{r['speedup']:.2f}x", f"{r['prune_s']:.0f}"] for r in sec["rows"]]), ""]
+    if data.get("accuracy"):
+        sec = data["accuracy"]
+        out += ["Top-1 on the ImageNet sample (one photo per even class): calibrate on one fold of classes "
+                "(`--calib` folder, `--preprocess imagenet`), evaluate against the labels on the other; default "
+                "method (greedy-local, full re-fit, round-to auto). The `--latency` rows target the measured "
+                f"latency of the `--flops 0.5` model of the same fold. Load average {load(sec)}.", ""]
+        rows = []
+        for f in sec["folds"]:
+            sp = {(r["model"], r["batch"]): r["speedup"] for r in f["speed"]}
+            rows.append([f"{f['calibration_classes']} → {f['evaluation_classes']}", "original", "1.000",
+                         f"{100 * f['top1_original']:.1f}", "1.00x", "1.00x"])
+            rows += [["", r["row"], f"{r['macs_ratio']:.3f}", f"{100 * r['top1']:.1f}", f"{sp[r['row'], 1]:.2f}x",
+                      f"{sp[r['row'], 32]:.2f}x"] for r in f["rows"]]
+        out += [_table(["calibration → evaluation classes", "model", "MACs", "top-1 %", "speed-up b1",
+                        "speed-up b32"], rows), ""]
+    return "\n".join(out)
+
+
 def coverage_section(data) -> str:
     if not data:
         return ""
@@ -302,7 +352,8 @@ def main() -> None:
     parts.append(finetune_section(_load("finetune.json")))
     parts.append(imagenet_section(_load("imagenet.json")))
     parts += [gpu_section(_load("gpu.json")), latency_section(_load("latency.json")),
-              minilm_section(_load("minilm.json")), coverage_section(_load("coverage.json")),
+              latency_target_section(_load("latency_target.json")), minilm_section(_load("minilm.json")),
+              coverage_section(_load("coverage.json")),
               exporter_zoo_section(_load("exporter_zoo.json"))]
     section = "\n".join(p for p in parts if p).rstrip() + "\n"
     readme = (ROOT / "README.md").read_text()

@@ -18,6 +18,7 @@ from .errors import UnsupportedModel, UserError
 from .graph import check_model, load_model
 from .graph.inputs import symbolic_inputs
 from .options import (
+    AUTO,
     CalibrationOptions,
     GlobalOptions,
     GroupKind,
@@ -31,7 +32,7 @@ from .options import (
 )
 from .report import Report, build_report
 from .rewrite import Rewriter
-from .selection import Selection, counts_for_ratio, counts_for_target, fit_to_target, select
+from .selection import Selection, fit_to_target, select
 
 log = logging.getLogger("onnxprune")
 _T, _S, _C, _R, _G, _M = TargetOptions, SelectionOptions, CalibrationOptions, RefitOptions, GlobalOptions, ModelOptions
@@ -110,7 +111,9 @@ def apply_selection(analysis: Analysis, selection: Selection, masked: bool = Fal
 
 def prune(model, calibration=None, *, method: str = _S.method, refit: str | None = _R.refit,
           keep_ratio: float | None = _T.keep_ratio, flops: float | None = _T.flops, params: float | None = _T.params,
-          round_to: int = _T.round_to, min_channels: int = _T.min_channels, keep: dict | None = None,
+          latency: float | None = _T.latency, round_to: int | str = _T.round_to, min_channels: int = _T.min_channels,
+          keep: dict | None = None, provider: str = _T.provider, latency_batch: int = _T.latency_batch,
+          latency_threads: int | None = _T.latency_threads, latency_fp16: bool = _T.latency_fp16,
           allocate: str = _T.allocate, norm: str = _S.norm, seed: int = _S.seed, batch_size: int = _C.batch_size,
           max_positions: int | None = _C.max_positions, holdout: float = _C.holdout, ridge: float = _R.ridge,
           preprocess: str = _C.preprocess, image_size: int | None = _C.image_size, output_loss: str = _G.output_loss,
@@ -126,11 +129,15 @@ def prune(model, calibration=None, *, method: str = _S.method, refit: str | None
     `allocate`: uniform | loss. `output_loss`: auto | kl | mse, the global methods' output discrepancy,
     measured on `global_samples`. `group_kind`: all | heads | channels, the groups pruned.
     `token_mask_input`: the input whose zeros mark padding tokens left out of the statistics.
-    `input_shapes`: name -> dims (batch first) of inputs with symbolic dims, for the MACs of the layers
-    they size (default: the first calibration batch's shapes); a MACs target is refused while a layer's
-    MACs are unknown. See `onnxprune.options` for every option."""
+    `latency`: keep that fraction of the original's latency, measured with ONNX
+    Runtime on `provider` (cpu | cuda | tensorrt) at `latency_batch`. `round_to`: an integer, or 'auto' (per
+    group, the rounding measured fastest). `input_shapes`: name -> dims (batch first) of inputs with symbolic
+    dims, for the MACs of the layers they size (default: the first calibration batch's shapes); a MACs
+    target is refused while a layer's MACs are unknown. See `onnxprune.options` for every option."""
     options = PruneOptions.from_flat(
-        method=method, refit=refit, keep_ratio=keep_ratio, flops=flops, params=params, round_to=round_to,
+        method=method, refit=refit, keep_ratio=keep_ratio, flops=flops, params=params, latency=latency,
+        round_to=round_to, provider=provider, latency_batch=latency_batch, latency_threads=latency_threads,
+        latency_fp16=latency_fp16,
         min_channels=min_channels, keep=keep or {}, allocate=allocate, norm=norm, seed=seed, batch_size=batch_size,
         max_positions=max_positions, holdout=holdout, ridge=ridge, preprocess=preprocess, image_size=image_size,
         output_loss=output_loss, global_samples=global_samples, taylor_rounds=taylor_rounds, exact_limit=exact_limit,
@@ -142,7 +149,8 @@ def prune_with_options(model, calibration, options: PruneOptions, quiet: bool = 
                        ) -> tuple[onnx.ModelProto, Report]:
     """`prune` with its options already grouped."""
     from .calibration import load_calibration
-    from .pipeline import GreedyPruner, counts
+    from .pipeline import GreedyPruner
+    from .pipeline.budget import plan as plan_counts
     from .selection.methods import get_method
     target = options.target
     kind, fraction = target.check_one_target()
@@ -175,27 +183,26 @@ def prune_with_options(model, calibration, options: PruneOptions, quiet: bool = 
     results = None
     token_mask = output_loss = None
     if calibration is None:
-        if kind == "keep_ratio":
-            group_counts = counts_for_ratio(analysis, fraction, target.round_to, target.min_channels, overrides)
-        else:
-            group_counts = counts_for_target(analysis, fraction, kind, target.round_to, target.min_channels,
-                                             overrides)
-        selection = select(analysis, group_counts, method.name, norm=options.selection.norm,
+        plan = plan_counts(analysis, target, overrides)
+        selection = select(analysis, plan.counts, method.name, norm=options.selection.norm,
                            seed=options.selection.seed)
         if kind == "flops":
             fit_to_target(analysis, selection, selection.scores, fraction, target.min_channels,
-                          round_to=target.round_to)
+                          round_to=1 if target.round_to == AUTO else int(target.round_to), widths=plan.widths)
     else:
         assert cal is not None
         options = dataclasses.replace(options, refit=RefitOptions(refit, options.refit.ridge))
         pruner = GreedyPruner(analysis, cal, options, quiet=quiet)
-        selection = pruner.run(counts(pruner, target, overrides))
+        plan = plan_counts(analysis, target, overrides, pruner)
+        selection = pruner.run(plan.counts)
         results, n_cal = pruner.results, cal.size
         token_mask, output_loss = pruner.token_mask, pruner.output_loss
     pruned = apply_selection(analysis, selection)
+    measured = plan.finish(analysis, pruned)
     report = build_report(analysis, selection, pruned, name, method.name, {kind: fraction}, results)
     report.refit, report.allocate, report.calibration_samples = str(refit), str(target.allocate), n_cal
     report.token_mask, report.output_loss = token_mask, output_loss
+    report.latency = measured
     report.selection, report.analysis = selection, analysis
     return pruned, report
 

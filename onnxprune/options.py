@@ -92,6 +92,13 @@ class Norm(Choice):
     L2 = "l2"
 
 
+class Provider(Choice):
+    """The ONNX Runtime execution provider a latency is measured on."""
+    CPU = "cpu"
+    CUDA = "cuda"
+    TENSORRT = "tensorrt"
+
+
 class Preprocess(Choice):
     """Preprocessing presets for image folders."""
     NONE = "none"
@@ -139,6 +146,20 @@ def _fraction(option: str, value: Any, low_open: bool, high: float, high_open: b
     return value
 
 
+AUTO = "auto"
+
+
+def _round_to(value: Any) -> int | str:
+    """`round_to`: 'auto' or an integer >= 1 (a command-line string of digits is an integer)."""
+    if isinstance(value, str) and value.strip().lower() == AUTO:
+        return AUTO
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        value = int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise OptionError("round_to", value, "must be an integer >= 1 or 'auto'")
+    return int(value)
+
+
 @dataclass(frozen=True)
 class TargetOptions:
     """How much of the model to keep, and how the budget is shared among groups."""
@@ -148,21 +169,37 @@ class TargetOptions:
         "Keep this fraction of the original MACs (within 2%).", target=True))
     params: float | None = field(default=None, metadata=_help(
         "Keep this fraction of the original parameters (within 2%).", target=True))
+    latency: float | None = field(default=None, metadata=_help(
+        "Keep this fraction of the original's latency, measured on --provider at --latency-batch.", target=True))
     allocate: Allocation = field(default=Allocation.UNIFORM, metadata=_help(
         "Spread a --flops/--params target uniformly or by imitation loss per MAC."))
-    round_to: int = field(default=1, metadata=_help("Kept counts are multiples of K (8 suits TensorRT)."))
+    round_to: int | str = field(default=AUTO, metadata=_help(
+        "Kept counts are multiples of K; auto: per group, the rounding measured fastest near its count.",
+        cli_type=str))
     min_channels: int = field(default=1, metadata=_help("Never keep fewer channels in a group."))
     keep: dict = field(default_factory=dict, metadata=_help(
         "Per-group kept count, GROUP=N (repeatable).", cli=False))
     group_kind: GroupKind = field(default=GroupKind.ALL, metadata=_help(
         "Prune only groups of this kind (heads: attention heads); the others keep all their channels."))
+    provider: Provider = field(default=Provider.CPU, metadata=_help(
+        "Execution provider latencies are measured on (--latency, --round-to auto)."))
+    latency_batch: int = field(default=1, metadata=_help("Batch size latencies are measured at."))
+    latency_threads: int | None = field(default=None, metadata=_help(
+        "Intra-op threads latencies are measured with (default: the cores this process may use)."))
+    latency_fp16: bool = field(default=False, metadata=_help(
+        "Measure latencies in fp16 (cuda: the model converted; tensorrt: fp16 kernels allowed)."))
 
     def __post_init__(self):
-        given = [n for n in ("keep_ratio", "flops", "params") if getattr(self, n) is not None]
+        given = [n for n in TARGETS if getattr(self, n) is not None]
         for name in given:
             object.__setattr__(self, name, _fraction(name, getattr(self, name), True, 1.0, False))
         object.__setattr__(self, "allocate", Allocation.parse("allocate", self.allocate))
-        object.__setattr__(self, "round_to", _int("round_to", self.round_to, 1))
+        object.__setattr__(self, "round_to", _round_to(self.round_to))
+        object.__setattr__(self, "provider", Provider.parse("provider", self.provider))
+        object.__setattr__(self, "latency_batch", _int("latency_batch", self.latency_batch, 1))
+        object.__setattr__(self, "latency_threads", _int("latency_threads", self.latency_threads, 1, allow_none=True))
+        if not isinstance(self.latency_fp16, bool):
+            raise OptionError("latency_fp16", self.latency_fp16, "must be True or False")
         object.__setattr__(self, "min_channels", _int("min_channels", self.min_channels, 1))
         keep = {}
         for gid, n in dict(self.keep or {}).items():
@@ -171,11 +208,14 @@ class TargetOptions:
         object.__setattr__(self, "group_kind", GroupKind.parse("group_kind", self.group_kind))
 
     def check_one_target(self) -> tuple[str, float]:
-        """(kind, fraction) of the one target given: 'keep_ratio', 'flops' or 'params'."""
-        given = [n for n in ("keep_ratio", "flops", "params") if getattr(self, n) is not None]
+        """(kind, fraction) of the one target given: 'keep_ratio', 'flops', 'params' or 'latency'."""
+        given = [n for n in TARGETS if getattr(self, n) is not None]
         if len(given) != 1:
-            raise UserError("give exactly one target: keep_ratio, flops or params")
+            raise UserError("give exactly one target: keep_ratio, flops, params or latency")
         return given[0], getattr(self, given[0])
+
+
+TARGETS = ("keep_ratio", "flops", "params", "latency")
 
 
 @dataclass(frozen=True)

@@ -518,7 +518,8 @@ def test_report_html_and_params_target(model_path, tmp_path):
     res = invoke("report", rep, "-o", page)
     assert res.exit_code == 0, res.output
     html = page.read_text()
-    assert html.count("data:image/png;base64,") == 2 and "frozen" in html
+    # loss curves, MACs per layer, and the latency of each group's cut (round_to=auto measured them)
+    assert html.count("data:image/png;base64,") == 3 and "frozen" in html and "round-to auto" in html
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     res = invoke("report", bad, "-o", tmp_path / "x.html")

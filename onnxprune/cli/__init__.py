@@ -78,8 +78,8 @@ def main(quiet):
 
 
 def _register() -> None:
-    from . import analyze, evaluate, prune, report
-    for module in (analyze, prune, evaluate, report):
+    from . import analyze, bench, evaluate, prune, report
+    for module in (analyze, prune, evaluate, report, bench):
         main.add_command(module.command)
 
 

@@ -11,7 +11,15 @@ from .. import api
 from ..errors import UserError
 from ..graph import atomic_write_bytes, check_output_path, path_uses_external_data, save_model
 from ..graph.save import check_collisions
-from ..options import CalibrationOptions, GlobalOptions, OptionError, RefitOptions, SelectionOptions, TargetOptions
+from ..options import (
+    TARGETS,
+    CalibrationOptions,
+    GlobalOptions,
+    OptionError,
+    RefitOptions,
+    SelectionOptions,
+    TargetOptions,
+)
 from ..selection.methods import method_names
 from .common import INPUT_SHAPE_HELP, input_shapes, user_errors, write_all
 from .options import options_from, values_of
@@ -57,8 +65,8 @@ def command(model, output, calib, keep, report_path, masked_path, input_shape, q
     check_collisions({"output": output, "masked reference": masked_path, "report": report_path},
                      {"input model": model, "calibration data": calib}, models={"input model"},
                      model_outputs={"output", "masked reference"})
-    if all(values[t] is None for t in ("keep_ratio", "flops", "params")):
-        raise UserError("give a target: --keep-ratio R, --flops F or --params P")
+    if all(values[t] is None for t in TARGETS):
+        raise UserError("give a target: --keep-ratio R, --flops F, --params P or --latency L")
     flat = {}
     for group in (TargetOptions, SelectionOptions, RefitOptions, CalibrationOptions, GlobalOptions):
         flat.update(values_of(group, values))

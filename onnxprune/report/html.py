@@ -52,10 +52,54 @@ def _layer_macs(layers, plt):
     return fig
 
 
+def _latency_groups(latency, plt):
+    """Latency per group: its cut's measured time against width (a latency target's table; dot: the kept
+    width), or, for round_to=auto, the probe's times at full and at the chosen width."""
+    groups = (latency or {}).get("groups") or {}
+    if not groups:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    if latency.get("kind") == "latency":
+        for gid, g in groups.items():
+            if not g.get("widths"):
+                continue
+            pts = sorted(zip(g["widths"], g["ms"]))
+            line, = ax.plot([w for w, _ in pts], [t for _, t in pts], lw=1, label=f"group {gid}")
+            ax.plot([g["width"]], [g["kept_ms"]], "o", color=line.get_color(), ms=4)
+        ax.set_xlabel("kept channels")
+        ax.set_ylabel("ms (the group's cut)")
+        ax.set_title("Measured latency of each group's cut versus its width (dot: kept width)")
+        if len(groups) <= 12:
+            ax.legend(fontsize=7, ncol=2)
+        return fig
+    ids = list(groups)
+    x = range(len(ids))
+    ax.bar(x, [groups[i]["full_ms"] for i in ids], color="#bbb", label="full width")
+    ax.bar(x, [groups[i]["ms"][str(groups[i]["width"])] for i in ids], color="#37a", label="chosen rounding")
+    ax.set_xticks(list(x), ids, fontsize=7)
+    ax.set_xlabel("group")
+    ax.set_ylabel("ms (the group's cut)")
+    ax.set_title("round-to auto: measured time of each group's cut")
+    ax.legend()
+    return fig
+
+
+def _latency_text(latency) -> str:
+    m = (latency or {}).get("measured")
+    if not m:
+        return ""
+    what = "round-to auto, "
+    if latency.get("kind") == "latency":
+        predicted = latency["predicted_pruned_ms"] / latency["predicted_original_ms"]
+        what = f"target {latency['target']:.3g} of the original's latency, predicted {predicted:.3f}, "
+    return (f"<p>latency ({html.escape(str(latency.get('provider')))}, batch {latency.get('batch')}, "
+            f"{html.escape(str(latency.get('timer')))} timer): {what}measured {m['original_ms']:.3f} ms &rarr; "
+            f"{m['pruned_ms']:.3f} ms ({m['speedup']:.2f}x)</p>")
 _INT, _NUM, _STR, _BOOL, _LIST, _DICT = "an integer", "a number", "a string", "true or false", "a list", "an object"
 _TOP = {"model": _STR, "method": _STR, "target": _DICT, "macs_before": _INT, "macs_after": _INT,
         "params_before": _INT, "params_after": _INT, "groups": _LIST}
-_TOP_OPTIONAL = {"layers": _LIST, "refit": _STR, "allocate": _STR, "calibration_samples": _INT, "macs_unknown": _LIST}
+_TOP_OPTIONAL = {"layers": _LIST, "refit": _STR, "allocate": _STR, "calibration_samples": _INT, "macs_unknown": _LIST,
+                 "latency": _DICT}
 _GROUP = {"id": _INT, "channels": _INT, "kept_count": _INT, "frozen": _BOOL, "reasons": _LIST}
 _GROUP_OPTIONAL = {"method": _STR, "err_calib": _NUM, "err_holdout": _NUM, "macs_share": _NUM, "note": _STR,
                    "curve": _LIST}
@@ -112,7 +156,9 @@ def render(report_path: str | Path) -> str:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    figs = [f for f in (_loss_curves(groups, plt), _layer_macs(layers, plt)) if f is not None]
+    latency = data.get("latency") or {}
+    figs = [f for f in (_loss_curves(groups, plt), _layer_macs(layers, plt), _latency_groups(latency, plt))
+            if f is not None]
     images = "".join(f'<img src="data:image/png;base64,{_png(f)}">' for f in figs)
     plt.close("all")
 
@@ -139,6 +185,7 @@ allocation <b>{esc(data.get('allocate'))}</b>, target {esc(json.dumps(data.get('
 calibration samples {esc(data.get('calibration_samples') or 0)}</p>
 <p>MACs {before:,} &rarr; {after:,} ({after / max(before, 1):.1%}); parameters {params_before:,} &rarr;
 {params_after:,} ({params_after / max(params_before, 1):.1%})</p>{unknown_note}
+{_latency_text(latency)}
 {images}
 <h2>Groups</h2><table><tr><th>id</th><th>channels</th><th>kept</th><th>method</th><th>error (calib)</th>
 <th>error (held out)</th><th>MACs share</th><th>notes</th></tr>{rows}</table></body></html>"""

@@ -50,6 +50,9 @@ class Report:
     allocate: str = "uniform"
     calibration_samples: int = 0
     layers: list[dict] = field(default_factory=list)   # {"node", "op", "macs_before", "macs_after"}
+    # what was measured (round_to=auto: the probe and the check; a latency target: the table, the allocations
+    # measured, the final model against the original); empty when nothing was
+    latency: dict = field(default_factory=dict)
     macs_unknown: list[str] = field(default_factory=list)  # layers whose MACs are unknown (symbolic sizes)
     token_mask: str | None = None    # the input whose padding tokens were left out of the statistics
     output_loss: str | None = None   # the global methods' output loss (kl or mse), when one ran
@@ -75,13 +78,20 @@ class Report:
         prunable = [g for g in self.groups if not g.frozen]
         unknown = (f", {len(self.macs_unknown)} layers of unknown size not counted (symbolic shapes)"
                    if self.macs_unknown else "")
-        return (f"MACs   {self.macs_before:,} -> {self.macs_after:,} ({self.macs_ratio:.1%}){unknown}\n"
+        text = (f"MACs   {self.macs_before:,} -> {self.macs_after:,} ({self.macs_ratio:.1%}){unknown}\n"
                 f"params {self.params_before:,} -> {self.params_after:,} "
                 f"({self.params_after / max(self.params_before, 1):.1%})\n"
-                f"groups {len(prunable)} pruned, {len(self.groups) - len(prunable)} frozen"
-                + (f"\ntokens padding left out of the statistics (input '{self.token_mask}')"
-                   if self.token_mask else "")
-                + (f"\nglobal output loss {self.output_loss}" if self.output_loss else ""))
+                f"groups {len(prunable)} pruned, {len(self.groups) - len(prunable)} frozen")
+        if self.token_mask:
+            text += f"\ntokens padding left out of the statistics (input '{self.token_mask}')"
+        if self.output_loss:
+            text += f"\nglobal output loss {self.output_loss}"
+        m = self.latency.get("measured")
+        if m:
+            text += (f"\nlatency {m['original_ms']:.3f} ms -> {m['pruned_ms']:.3f} ms (medians), speed-up "
+                     f"{m['speedup']:.2f}x (median of paired rounds), measured on {self.latency.get('provider')} at "
+                     f"batch {self.latency.get('batch')}")
+        return text
 
 
 def _jsonable(o):
