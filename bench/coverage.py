@@ -17,7 +17,7 @@ Per graph (model x exporter):
                          attention and MLP hidden channels in unfrozen groups, i.e. the output channels of the
                          MatMul/Gemm layers with a constant weight whose output (after its bias) reaches neither a
                          residual Add nor a graph output (Q, K, V or fused qkv, and MLP input layers)
-  macs_reached           MACs fraction reached by prune(method="magnitude", flops=0.5), or, when 0.5
+  macs_reached           MACs fraction reached by prune(method="magnitude", flops=0.5, round_to=1), or, when 0.5
                          is unreachable, by prune at the lowest reachable fraction (flops_target says which)
   oracle_err             max relative error, pruned vs masked reference (random selection, random γ,
                          seeds 0 and 1, keep ratios 0.3 / 0.6, batches 1 and 3)
@@ -127,7 +127,8 @@ def reached(a: Analysis, model: onnx.ModelProto, target: float = 0.5) -> tuple[f
     floor = floor_fraction(a)
     use = target if floor <= target * 1.02 else min(1.0, floor * 1.0 + 1e-9)
     note = None if use == target else f"0.5 unreachable; lowest reachable {floor:.3f}"
-    _, report = api.prune(model, method="magnitude", flops=use)
+    # round_to=1: what the analysis lets go, not what measures faster (round-to auto's latency check)
+    _, report = api.prune(model, method="magnitude", flops=use, round_to=1)
     return use, report.macs_ratio, note
 
 
