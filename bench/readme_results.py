@@ -284,8 +284,10 @@ def minilm_section(data) -> str:
                      f"load {load[0]:.1f}" if load[0] is not None else ""])
     lat = [[f"{r['flops_target']:.0%}", f"{r['macs_ratio']:.3f}", f"{r['original']['median_ms']:.0f}",
             f"{r['pruned']['median_ms']:.0f}", f"{r['speedup_paired']:.2f}x"] for r in data.get("latency", [])]
+    took = (f"{data['total_s'] / 60:.0f} min" if "total_s" in data else
+            "stopped before its last rows: the rows below are all that ran")
     out = ["### Transformers: all-MiniLM-L6-v2", "",
-           f"`bench/minilm.py` (`bench/results/minilm.json`{_when(data)}, {data['total_s'] / 60:.0f} min on "
+           f"`bench/minilm.py` (`bench/results/minilm.json`{_when(data)}, {took} on "
            f"{m.get('cores')} shared CPU cores): the pretrained sentence encoder ({data['model']}, "
            f"{data['tokens']} tokens, no finetuning) calibrated on {data['calib_sentences']} sentences "
            f"(on average {data['calib_real_tokens_mean']:.0f} real tokens; padding left out of the statistics) "
