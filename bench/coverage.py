@@ -13,7 +13,11 @@ Per graph (model x exporter):
   channels_prunable      share of channels in unfrozen groups, over all groups
   channels_prunable_excl share over the groups that do not reach a graph output
   macs_prunable          share of MACs in nodes that touch at least one unfrozen group
-  macs_reached           MACs fraction reached by prune(method="magnitude", flops=0.5), or, when 0.5
+  attn_mlp_prunable      for graphs with an attention product (a MatMul of two run-time tensors): share of the
+                         attention and MLP hidden channels in unfrozen groups, i.e. the output channels of the
+                         MatMul/Gemm layers with a constant weight whose output (after its bias) reaches neither a
+                         residual Add nor a graph output (Q, K, V or fused qkv, and MLP input layers)
+  macs_reached           MACs fraction reached by prune(method="magnitude", flops=0.5, round_to=1), or, when 0.5
                          is unreachable, by prune at the lowest reachable fraction (flops_target says which)
   oracle_err             max relative error, pruned vs masked reference (random selection, random γ,
                          seeds 0 and 1, keep ratios 0.3 / 0.6, batches 1 and 3)
@@ -71,6 +75,31 @@ def prunable_macs_share(a: Analysis) -> float:
     return hit / total
 
 
+def attn_mlp_prunable(a: Analysis) -> float | None:
+    """Share of attention and MLP hidden channels (see the module docstring) in unfrozen groups."""
+    nodes = {n.name: n for n in a.graph.nodes}
+    if not any(n.op == "MatMul" and all(a.const(t) is None for t in n.inputs) for n in a.graph.nodes):
+        return None
+    outputs = {t.name for t in a.graph.outputs}
+    live = {g.id for g in a.prunable}
+    total = hit = 0
+    for name, atoms in a.producer_atoms:
+        node = nodes[name]
+        if node.op not in ("MatMul", "Gemm"):
+            continue
+        t = node.outputs[0]
+        bias = t.outputs[0] if len(t.outputs) == 1 else None
+        if bias is not None and bias.op == "Add" and any(a.const(x) is not None for x in bias.inputs):
+            t = bias.outputs[0]  # past the bias
+        residual = any(u.op in ("Add", "Sum") and all(a.const(x) is None for x in u.inputs) for u in t.outputs)
+        if residual or t.name in outputs:
+            continue
+        total += len(atoms)
+        if a.group_of_class.get(int(a.class_of[atoms[0]])) in live:
+            hit += len(atoms)
+    return hit / total if total else None
+
+
 def oracle_error(a: Analysis, cm, seeds=(0, 1), ratios=(0.3, 0.6)) -> float:
     """Pruned vs masked reference for random selections with random γ; also runs the checker."""
     return helpers.oracle_error(a, lambda batch, seed: cz.random_input(cm, batch, seed), seeds, ratios)
@@ -99,7 +128,8 @@ def reached(a: Analysis, model: onnx.ModelProto, target: float = 0.5,
     floor = floor_fraction(a)
     use = target if floor <= target * 1.02 else min(1.0, floor * 1.0 + 1e-9)
     note = None if use == target else f"0.5 unreachable; lowest reachable {floor:.3f}"
-    _, report = api.prune(model, method="magnitude", flops=use, input_shapes=input_shapes)
+    # round_to=1: what the analysis lets go, not what measures faster (round-to auto's latency check)
+    _, report = api.prune(model, method="magnitude", flops=use, round_to=1, input_shapes=input_shapes)
     return use, report.macs_ratio, note
 
 
@@ -119,7 +149,7 @@ def evaluate(cm) -> dict:
     row.update(groups=len(a.groups), groups_prunable=len(a.prunable), channels=ch_all,
                channels_prunable=ch_live / max(ch_all, 1),
                channels_prunable_excl=ch_live / max(ch_all - ch_out, 1),
-               macs=a.total_macs, macs_prunable=prunable_macs_share(a))
+               macs=a.total_macs, macs_prunable=prunable_macs_share(a), attn_mlp_prunable=attn_mlp_prunable(a))
     frozen = []
     for g in a.groups:
         if g.frozen:
@@ -282,7 +312,7 @@ def main(argv=None) -> int:
                                 args.names.split(",") if args.names else None)
     t_build = time.perf_counter() - t0
     rows = []
-    head = (f"{'graph':<16} {'exporter':<8} {'ch%':>6} {'ch%xo':>6} {'MACs%':>6} {'reach':>6} "
+    head = (f"{'graph':<16} {'exporter':<8} {'ch%':>6} {'ch%xo':>6} {'MACs%':>6} {'attn+mlp':>8} {'reach':>6} "
             f"{'oracle':>8} {'keepall':>8}  frozen by (excluding the output-facing head)")
     print(head)
     print("-" * len(head))
@@ -293,7 +323,8 @@ def main(argv=None) -> int:
             print(f"{cm.name:<16} {cm.exporter:<8} {row['error']}")
             continue
         print(f"{cm.name:<16} {cm.exporter:<8} {fmt(row['channels_prunable'])} {fmt(row['channels_prunable_excl'])} "
-              f"{fmt(row['macs_prunable'])} {fmt(row['macs_reached'])} {fmt(row['oracle_err'], False):>8} "
+              f"{fmt(row['macs_prunable'])} {fmt(row['attn_mlp_prunable']):>8} {fmt(row['macs_reached'])} "
+              f"{fmt(row['oracle_err'], False):>8} "
               f"{fmt(row['keep_all_err'], False):>8}  {reason_summary(row)}"
               + (f"  [{'; '.join(row['errors'])}]" if row.get("errors") else ""))
     bad = [r for r in rows if "error" in r or r.get("errors") or (r.get("oracle_err") or 0) > 1e-4

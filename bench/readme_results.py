@@ -252,14 +252,56 @@ def coverage_section(data) -> str:
         lo, hi = min(g[key] for g in gs), max(g[key] for g in gs)
         return fmt(lo) if fmt(lo) == fmt(hi) else f"{fmt(lo)}–{fmt(hi)}"
     pct = lambda v: f"{100 * v:.0f}%"  # noqa: E731
+    def attn(gs):
+        have = [g for g in gs if g.get("attn_mlp_prunable") is not None]
+        return span(have, "attn_mlp_prunable", pct) if have else "-"
     rows = [[name, ", ".join(g["exporter"] for g in gs), span(gs, "channels_prunable", pct),
-             span(gs, "macs_prunable", pct), span(gs, "macs_reached", lambda v: f"{v:.2f}"),
+             span(gs, "macs_prunable", pct), attn(gs), span(gs, "macs_reached", lambda v: f"{v:.2f}"),
              f"{max(g['oracle_err'] for g in gs):.0e}"] for name, gs in by_name.items()]
     return "\n".join(["### Coverage of exported architectures", "",
-                      "`bench/coverage.py`: share of channels and MACs in prunable groups, MACs reached at a 50% "
-                      "target, largest pruned-vs-masked-reference error.", "",
-                      _table(["graph", "exporters", "channels prunable", "MACs prunable", "MACs reached",
-                              "oracle error"], rows), ""])
+                      "`bench/coverage.py`: share of channels and MACs in prunable groups (a group of attention "
+                      "heads counts one channel per head), share of the attention (Q/K/V) and MLP hidden channels "
+                      "in prunable groups for graphs with attention, MACs reached at a 50% target, largest "
+                      "pruned-vs-masked-reference error.", "",
+                      _table(["graph", "exporters", "channels prunable", "MACs prunable",
+                              "attention+MLP channels prunable", "MACs reached", "oracle error"], rows), ""])
+
+
+def minilm_section(data) -> str:
+    """bench/minilm.py: the pretrained sentence encoder at each MACs target, side by side."""
+    if not data:
+        return ""
+    m = data["machine"]
+    rows = []
+    for r in data["results"]:
+        target = f"{r['flops_target']:.0%}" if r["flops_target"] is not None else "MLP widths × 0.5"
+        if "error" in r:
+            rows.append([target, r["row"], "-", "-", "-", "-", "-", r["error"][:90]])
+            continue
+        load = r.get("loadavg_before") or [None]
+        rows.append([target, r["row"], f"{r['macs_ratio']:.3f}", f"{r['mean_cosine']:.4f}",
+                     f"{100 * r['nn_agreement']:.1f}", f"{r['prune_wall_s']:.0f}", f"{r['prune_cpu_s']:.0f}",
+                     f"load {load[0]:.1f}" if load[0] is not None else ""])
+    lat = [[f"{r['flops_target']:.0%}", f"{r['macs_ratio']:.3f}", f"{r['original']['median_ms']:.0f}",
+            f"{r['pruned']['median_ms']:.0f}", f"{r['speedup_paired']:.2f}x"] for r in data.get("latency", [])]
+    took = (f"{data['total_s'] / 60:.0f} min" if "total_s" in data else
+            "stopped before its last rows: the rows below are all that ran")
+    out = ["### Transformers: all-MiniLM-L6-v2", "",
+           f"`bench/minilm.py` (`bench/results/minilm.json`{_when(data)}, {took} on "
+           f"{m.get('cores')} shared CPU cores): the pretrained sentence encoder ({data['model']}, "
+           f"{data['tokens']} tokens, no finetuning) calibrated on {data['calib_sentences']} sentences "
+           f"(on average {data['calib_real_tokens_mean']:.0f} real tokens; padding left out of the statistics) "
+           f"and evaluated on {data['eval_sentences']} other sentences: mean cosine similarity of the "
+           "embeddings and nearest-neighbour agreement. Prune time is wall and process CPU seconds with the "
+           "load average of the shared machine when the row started; greedy-combined measures its output "
+           f"loss on {data['global_samples']} sentences.", "",
+           _table(["MACs target", "row", "MACs", "mean cosine", "NN agreement %", "prune wall s", "prune CPU s",
+                   "note"], rows), ""]
+    if lat:
+        out += ["ONNX Runtime CPU latency of the greedy-local+full models, batch 32 × 128 tokens (medians of "
+                "interleaved rounds; speed-up is the median of the paired ratios):", "",
+                _table(["MACs target", "MACs", "original ms", "pruned ms", "speed-up"], lat), ""]
+    return "\n".join(out)
 
 
 def exporter_zoo_section(data) -> str:
@@ -312,7 +354,8 @@ def main() -> None:
     parts.append(finetune_section(_load("finetune.json")))
     parts.append(imagenet_section(_load("imagenet.json")))
     parts += [gpu_section(_load("gpu.json")), latency_section(_load("latency.json")),
-              latency_target_section(_load("latency_target.json")), coverage_section(_load("coverage.json")),
+              latency_target_section(_load("latency_target.json")), minilm_section(_load("minilm.json")),
+              coverage_section(_load("coverage.json")),
               exporter_zoo_section(_load("exporter_zoo.json"))]
     section = "\n".join(p for p in parts if p).rstrip() + "\n"
     readme = (ROOT / "README.md").read_text()

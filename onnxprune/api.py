@@ -21,6 +21,7 @@ from .options import (
     AUTO,
     CalibrationOptions,
     GlobalOptions,
+    GroupKind,
     ModelOptions,
     OptionError,
     PruneOptions,
@@ -117,15 +118,18 @@ def prune(model, calibration=None, *, method: str = _S.method, refit: str | None
           max_positions: int | None = _C.max_positions, holdout: float = _C.holdout, ridge: float = _R.ridge,
           preprocess: str = _C.preprocess, image_size: int | None = _C.image_size, output_loss: str = _G.output_loss,
           global_samples: int = _G.global_samples, taylor_rounds: int = _G.taylor_rounds,
-          exact_limit: int = _G.exact_limit, input_shapes: dict | None = _M.input_shapes,
+          exact_limit: int = _G.exact_limit, group_kind: str = _T.group_kind,
+          token_mask_input: str = _C.token_mask_input, input_shapes: dict | None = _M.input_shapes,
           quiet: bool = True) -> tuple[onnx.ModelProto, Report]:
     """Prune a model (path or ModelProto) to a target; returns the pruned model and its report.
 
     `calibration`: a path (.npz/.npy file or folder, image folder), dict of arrays, iterable of input
     dicts or ONNX Runtime CalibrationDataReader. Needed by the greedy methods and by any re-fit.
     `refit`: none | gamma | full (default: full with calibration, none without).
-    `allocate`: uniform | loss. `output_loss`: kl | mse, the global methods' output discrepancy,
-    measured on `global_samples`. `latency`: keep that fraction of the original's latency, measured with ONNX
+    `allocate`: uniform | loss. `output_loss`: auto | kl | mse, the global methods' output discrepancy,
+    measured on `global_samples`. `group_kind`: all | heads | channels, the groups pruned.
+    `token_mask_input`: the input whose zeros mark padding tokens left out of the statistics.
+    `latency`: keep that fraction of the original's latency, measured with ONNX
     Runtime on `provider` (cpu | cuda | tensorrt) at `latency_batch`. `round_to`: an integer, or 'auto' (per
     group, the rounding measured fastest). `input_shapes`: name -> dims (batch first) of inputs with symbolic
     dims, for the MACs of the layers they size (default: the first calibration batch's shapes); a MACs
@@ -137,7 +141,7 @@ def prune(model, calibration=None, *, method: str = _S.method, refit: str | None
         min_channels=min_channels, keep=keep or {}, allocate=allocate, norm=norm, seed=seed, batch_size=batch_size,
         max_positions=max_positions, holdout=holdout, ridge=ridge, preprocess=preprocess, image_size=image_size,
         output_loss=output_loss, global_samples=global_samples, taylor_rounds=taylor_rounds, exact_limit=exact_limit,
-        input_shapes=input_shapes)
+        group_kind=group_kind, token_mask_input=token_mask_input, input_shapes=input_shapes)
     return prune_with_options(model, calibration, options, quiet=quiet)
 
 
@@ -170,8 +174,14 @@ def prune_with_options(model, calibration, options: PruneOptions, quiet: bool = 
     if not analysis.prunable:
         raise UserError(f"{name}: every channel group is frozen; nothing to prune")
     overrides = _overrides(analysis, target.keep)
+    if target.group_kind != GroupKind.ALL:  # the other kinds keep every channel (docs/DESIGN.md, "Attention heads")
+        others = {g.id: g.channels for g in analysis.prunable if g.kind != target.group_kind}
+        if len(others) == len(analysis.prunable):
+            raise OptionError("group_kind", target.group_kind.value, f"{name} has no prunable group of that kind")
+        overrides = {**others, **overrides}
     n_cal = 0
     results = None
+    token_mask = output_loss = None
     if calibration is None:
         plan = plan_counts(analysis, target, overrides)
         selection = select(analysis, plan.counts, method.name, norm=options.selection.norm,
@@ -186,10 +196,12 @@ def prune_with_options(model, calibration, options: PruneOptions, quiet: bool = 
         plan = plan_counts(analysis, target, overrides, pruner)
         selection = pruner.run(plan.counts)
         results, n_cal = pruner.results, cal.size
+        token_mask, output_loss = pruner.token_mask, pruner.output_loss
     pruned = apply_selection(analysis, selection)
     measured = plan.finish(analysis, pruned)
     report = build_report(analysis, selection, pruned, name, method.name, {kind: fraction}, results)
     report.refit, report.allocate, report.calibration_samples = str(refit), str(target.allocate), n_cal
+    report.token_mask, report.output_loss = token_mask, output_loss
     report.latency = measured
     report.selection, report.analysis = selection, analysis
     return pruned, report

@@ -66,9 +66,24 @@ class Allocation(Choice):
 
 
 class OutputLossKind(Choice):
-    """The global methods' output discrepancy."""
+    """The global methods' output discrepancy (auto: kl for a class distribution, mse otherwise)."""
+    AUTO = "auto"
     KL = "kl"
     MSE = "mse"
+
+
+class GroupKind(Choice):
+    """Which groups a run prunes: all, attention heads only, or every other group (channels) only."""
+    ALL = "all"
+    HEADS = "heads"
+    CHANNELS = "channels"
+
+
+class EvalMetric(Choice):
+    """What `eval` measures: auto (by the output kind), a classifier's agreement, or embeddings' cosine."""
+    AUTO = "auto"
+    CLASSIFICATION = "classification"
+    COSINE = "cosine"
 
 
 class Norm(Choice):
@@ -164,6 +179,8 @@ class TargetOptions:
     min_channels: int = field(default=1, metadata=_help("Never keep fewer channels in a group."))
     keep: dict = field(default_factory=dict, metadata=_help(
         "Per-group kept count, GROUP=N (repeatable).", cli=False))
+    group_kind: GroupKind = field(default=GroupKind.ALL, metadata=_help(
+        "Prune only groups of this kind (heads: attention heads); the others keep all their channels."))
     provider: Provider = field(default=Provider.CPU, metadata=_help(
         "Execution provider latencies are measured on (--latency, --round-to auto)."))
     latency_batch: int = field(default=1, metadata=_help("Batch size latencies are measured at."))
@@ -188,6 +205,7 @@ class TargetOptions:
         for gid, n in dict(self.keep or {}).items():
             keep[_int("keep", gid, 0)] = _int("keep", n, 1)
         object.__setattr__(self, "keep", keep)
+        object.__setattr__(self, "group_kind", GroupKind.parse("group_kind", self.group_kind))
 
     def check_one_target(self) -> tuple[str, float]:
         """(kind, fraction) of the one target given: 'keep_ratio', 'flops', 'params' or 'latency'."""
@@ -210,6 +228,9 @@ class CalibrationOptions:
     preprocess: Preprocess = field(default=Preprocess.NONE, metadata=_help("Preset for image folders."))
     image_size: int | None = field(default=None, metadata=_help(
         "Image side for image folders (default: the model's)."))
+    token_mask_input: str = field(default="attention_mask", metadata=_help(
+        "Model input marking real tokens (1) and padding (0): padding rows are left out of the statistics "
+        "('' to use every row)."))
 
     def __post_init__(self):
         object.__setattr__(self, "batch_size", _int("batch_size", self.batch_size, 1))
@@ -219,6 +240,8 @@ class CalibrationOptions:
         object.__setattr__(self, "preprocess", Preprocess.parse("preprocess", self.preprocess))
         object.__setattr__(self, "image_size", _int("image_size", self.image_size, 1, allow_none=True,
                                                     high=MAX_IMAGE_SIZE))
+        if not isinstance(self.token_mask_input, str):
+            raise OptionError("token_mask_input", self.token_mask_input, "must be an input name or ''")
 
 
 @dataclass(frozen=True)
@@ -256,8 +279,8 @@ class RefitOptions:
 @dataclass(frozen=True)
 class GlobalOptions:
     """Global imitation: the output discrepancy and what it is measured on."""
-    output_loss: OutputLossKind = field(default=OutputLossKind.KL, metadata=_help(
-        "Global methods: discrepancy of the outputs (kl for classifiers)."))
+    output_loss: OutputLossKind = field(default=OutputLossKind.AUTO, metadata=_help(
+        "Global methods: discrepancy of the outputs (auto: kl for a classifier's outputs, mse otherwise)."))
     global_samples: int = field(default=256, metadata=_help(
         "Global methods: calibration samples the output loss is measured on."))
     taylor_rounds: int = field(default=4, metadata=_help("Backward passes per group for greedy-taylor.",
@@ -333,9 +356,13 @@ class ModelOptions:
 class EvalOptions:
     """`eval`: how the two models are run on the data."""
     batch_size: int = field(default=256, metadata=_help("Evaluation batch size."))
+    metric: EvalMetric = field(default=EvalMetric.AUTO, metadata=_help(
+        "classification: agreement, KL, accuracy; cosine: embeddings' cosine similarity and nearest-neighbour "
+        "agreement; auto: cosine unless the output is a classifier's."))
 
     def __post_init__(self):
         object.__setattr__(self, "batch_size", _int("batch_size", self.batch_size, 1))
+        object.__setattr__(self, "metric", EvalMetric.parse("metric", self.metric))
 
 
 GROUPS = (TargetOptions, SelectionOptions, CalibrationOptions, RefitOptions, GlobalOptions, ModelOptions)

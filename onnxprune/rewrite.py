@@ -62,8 +62,9 @@ class Rewriter:
         if key in self._private:
             old.values = value
             return
-        # a constant another node reads, or that is a graph output, keeps its name and value
-        shared = len(old.outputs) != 1 or old.name in self.output_names
+        # a constant another node reads, or that is a graph output, keeps its name and value; a computed
+        # input (a shape element) becomes a constant of its own name (its producer is cleaned up)
+        shared = len(old.outputs) != 1 or old.name in self.output_names or not isinstance(old, gs.Constant)
         name = f"{old.name}__{node.name}_{index}" if shared else old.name
         node.inputs[index] = gs.Constant(name, np.ascontiguousarray(value))
         self._private.add(key)

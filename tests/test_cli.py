@@ -656,4 +656,5 @@ def test_eval_streams_its_data(model_path, tmp_path, monkeypatch):
     assert max(largest) <= 16 * x[0].nbytes, "no read larger than a batch"
     want = output_metrics(run_file(model_path, {"input": x})[0], run_file(out, {"input": x})[0], labels)
     got = json.loads(res.stdout)
+    assert (got.pop("metric"), "comes from" in got.pop("metric_reason")) == ("classification", True)
     assert got == pytest.approx(want, rel=1e-6, abs=1e-9)

@@ -74,3 +74,20 @@ def test_coverage_zoo_exports_all(coverage_zoo):
     """Not a hard requirement (failed exports are skipped above), but a new failure should be seen."""
     assert not cz.EXPORT_FAILURES, cz.EXPORT_FAILURES
     assert len(coverage_zoo) == len(CASES)
+
+
+@pytest.mark.parametrize("exp", cz.EXPORTERS)
+def test_vit_attention_heads_and_mlp_widths_are_prunable(coverage_zoo, exp):
+    """The coverage zoo's ViT (fused qkv projection, class token, pre-norm blocks): every block's heads and
+    MLP width are prunable groups, i.e. all attention (q/k/v) and MLP hidden channels (issue 15: >= 90%;
+    26% before heads were followed). The residual stream stays frozen."""
+    cm, model = _load(coverage_zoo, "vit", exp)
+    a = api.analyze(model)
+    vit = cz.make("vit")
+    blocks, dim = len(vit.layers), vit.layers[0].attn.qkv.in_features
+    heads, mlp = vit.layers[0].attn.heads, vit.layers[0].mlp[0].out_features
+    found = sorted((g.kind, g.channels, g.unit, len(g.producers)) for g in a.prunable)
+    assert found == sorted([("heads", heads, dim // heads, 1)] * blocks + [("channels", mlp, 1, 1)] * blocks)
+    attention_mlp = sum(len(atoms) for name, atoms in a.producer_atoms
+                        if a.group_of_class[int(a.class_of[atoms[0]])] in {g.id for g in a.prunable})
+    assert attention_mlp == blocks * (3 * dim + mlp)

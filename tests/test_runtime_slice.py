@@ -148,10 +148,11 @@ def test_spatial_slice_bounds_from_the_channel_count_freeze():
 
 
 
-def reshape_model(source="r1", extra=None, hw=36, c=8):
+def reshape_model(source="r1", extra=None, hw=36, c=8, shared=False):
     """x -> conv1 (c) -> relu r1 -> Reshape(r1, [N, D, hw]) -> Reshape back to [N, c, 6, 6] (constant) ->
     conv3; x -> conv0 (c) -> conv4 added to conv3. D is computed at run time: Shape(`source`)[1], then
-    `extra` = (op, constant) applied to it."""
+    `extra` = (op, constant) applied to it. `shared`: the same target also reshapes relu(conv0) (and back)
+    before conv4."""
     rng = np.random.default_rng(1)
     scalar = lambda name, v: numpy_helper.from_array(np.array(v, dtype=np.int64), name)  # noqa: E731
     nodes, inits = [], [scalar("gidx0", 0), scalar("gidx1", 1), _int("hw", hw), _int("back", 0, c, 6, 6),
@@ -175,6 +176,12 @@ def reshape_model(source="r1", extra=None, hw=36, c=8):
               helper.make_node("Concat", ["n1", "d_1", "hw"], ["target"], name="target", axis=0),
               helper.make_node("Reshape", ["r1", "target"], ["flat"], name="reshape_rt"),
               helper.make_node("Reshape", ["flat", "back"], ["r1b"], name="reshape_back")]
+    if shared:  # conv4 (nodes[2]) then reads the reshaped relu(conv0), after it in topological order
+        nodes[2].input[0] = "r0b"
+        nodes += [helper.make_node("Relu", ["conv0"], ["r0"], name="relu0"),
+                  helper.make_node("Reshape", ["r0", "target"], ["flat0"], name="reshape_rt0"),
+                  helper.make_node("Reshape", ["flat0", "back"], ["r0b"], name="reshape_back0")]
+        nodes = nodes[:2] + nodes[3:] + [nodes[2]]
     return _finish(nodes, inits, "r1b", c, rng, "rt_reshape")
 
 
@@ -188,11 +195,26 @@ def test_runtime_reshape_target_that_follows_the_channels_prunes():
         assert oracle_error(a, _feeds) <= 1e-4
 
 
-def test_runtime_reshape_target_that_does_not_follow_freezes():
-    """Another tensor's channel count (conv0 has as many channels, pruned on their own), or arithmetic
-    that only gives the count for the original width (max(C, 8)), would break the pruned Reshape: the
-    group is frozen and the reason names the Reshape."""
+def test_runtime_reshape_target_that_does_not_follow_becomes_the_kept_count():
+    """Another tensor's channel count (conv0 has as many channels, pruned on their own) would break the
+    pruned Reshape if it stayed. The target is a Concat that only this Reshape reads, so that element
+    becomes the kept count (docs/DESIGN.md, "Attention heads"): both groups prune and the pruned graph
+    equals the masked reference; so does max(C, 8), shape arithmetic that does not follow the count.
+    Arithmetic the analysis does not understand (C ** 1) still freezes."""
     for source, extra in (("conv0", None), ("r1", ("Max", 8))):
         a = Analysis(reshape_model(source=source, extra=extra))
-        g = _group(a, "conv1")
-        assert g.frozen and any("reshape_rt" in r for r in g.reasons), (source, extra, g.reasons)
+        assert not _group(a, "conv1").frozen and not _group(a, "conv0").frozen, [g.reasons for g in a.groups]
+        assert oracle_error(a, _feeds) <= 1e-4
+    a = Analysis(reshape_model(source="r1", extra=("Pow", 1)))  # Pow is not followed as shape arithmetic
+    g = _group(a, "conv1")
+    assert g.frozen and any("'arith'" in r for r in g.reasons), g.reasons
+
+
+def test_runtime_reshape_target_read_by_two_reshapes_freezes():
+    """The same computed target, Shape(conv0)[1], also reshapes conv0's channels: replacing its element
+    would change the other Reshape too, and conv0's count must not move r1's target: both groups freeze
+    and the reasons name the Reshape of r1."""
+    a = Analysis(reshape_model(source="conv0", shared=True))
+    for producer in ("conv1", "conv0"):
+        g = _group(a, producer)
+        assert g.frozen and any("'reshape_rt'" in r for r in g.reasons), (producer, g.reasons)

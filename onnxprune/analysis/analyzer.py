@@ -53,6 +53,8 @@ class Analysis:
         # (node, label vector, n): the vector is cut into n equal pieces that must keep equal counts
         self.equal_pieces: list[tuple[str, np.ndarray, int]] = []
         self.deferred: list[Callable[[], None]] = []
+        # (one atom per head, channels per head): attention heads tied by a Reshape into [..., H, D]
+        self.heads: list[tuple[np.ndarray, int]] = []
         # ids of the nodes whose handler checks a shape argument computed at run time (handlers/shape.py)
         self.shape_checked: set[int] = set()
         # node with subgraphs -> number of Conv/ConvTranspose/Gemm/MatMul nodes inside them (not analysed)
@@ -273,6 +275,11 @@ class Analysis:
             for c in grp.classes.tolist():
                 class_group[c] = grp.id
         self.group_of_class = class_group
+        for atoms, unit in self.heads:  # docs/DESIGN.md, "Attention heads"
+            for gid in {class_group[c] for c in roots[atoms].tolist() if c in class_group}:
+                grp = groups[gid]
+                grp.unit = unit if grp.kind != "heads" else min(grp.unit, unit)
+                grp.kind = "heads"
         for cost in self.costs:
             touched = {class_group[c] for f in cost.factors for c in np.unique(roots[f]).tolist() if c in class_group}
             for gid in touched:

@@ -50,6 +50,8 @@ class Group:
     macs: int = 0
     proportional: bool = False    # blocks are Split/Slice pieces (kept counts proportional to size);
                                   # otherwise grouped-Conv groups (equal kept counts)
+    kind: str = "channels"        # "heads": each channel is one attention head (docs/DESIGN.md, "Attention heads")
+    unit: int = 1                 # features each channel gives its consumers (a head's D); --round-to counts them
 
     @property
     def channels(self) -> int:
@@ -63,6 +65,12 @@ class Group:
     def multiple(self) -> int:
         """Kept counts must be multiples of this."""
         return 1 if self.proportional else self.n_blocks
+
+    def count_step(self, round_to: int = 1) -> int:
+        """The step of kept counts: a multiple of the block multiple such that count × unit is a multiple of
+        `round_to` (heads of D = 32 meet round_to 8 at any count)."""
+        per = max(1, round_to) // int(np.gcd(max(1, round_to), self.unit))
+        return int(np.lcm(per, self.multiple))
 
     @property
     def fewest(self) -> int:

@@ -18,7 +18,7 @@ import onnx
 from ..errors import UserError
 from ..graph.inputs import model_inputs
 from ..graph.load import check_regular_file
-from ..options import OptionError
+from ..options import CalibrationOptions, OptionError
 from .images import IMAGE_SUFFIXES, image_items
 from .npy_stream import NpyStream, npz_streams
 from .part import Part
@@ -46,9 +46,8 @@ class Calibration:
         for part in self.parts:
             a, b = max(lo - start, 0), min(hi - start, part.size)  # rows of this part in the split
             if a < b:
-                iters = {k: (v.blocks(batch_size, a, b) if isinstance(v, NpyStream) else
-                             (v[i:min(i + batch_size, b)] for i in range(a, b, batch_size)))
-                         for k, v in part.arrays.items()}
+                iters = {k: (v.blocks(batch_size, a, b) if isinstance(v, NpyStream) else _rows(v, a, b, batch_size))
+                         for k, v in part.arrays.items()}  # (a generator expression here would see the last v)
                 for offset in range(a, b, batch_size):
                     yield start + offset, {k: np.ascontiguousarray(next(it)) for k, it in iters.items()}
             start += part.size
@@ -69,6 +68,11 @@ class Calibration:
                 if len(a_shape) != len(shape) or any(s is not None and s != d for s, d in zip(shape[1:], a_shape[1:])):
                     raise UserError(f"{self.what}: input '{name}' has shape {tuple(a_shape)}, the model expects "
                                     f"{tuple('?' if s is None else s for s in shape)}")
+
+
+def _rows(v: np.ndarray, a: int, b: int, batch_size: int) -> Iterator[np.ndarray]:
+    """Row blocks a..b of one in-memory array."""
+    return (v[i:min(i + batch_size, b)] for i in range(a, b, batch_size))
 
 
 def _check_finite(batch: dict, what: str) -> None:
@@ -146,3 +150,21 @@ def checked_batches(cal: Calibration, batch_size: int, split: str = "all"):
     for start, batch in cal.batches(batch_size, split):
         _check_finite(batch, cal.what)
         yield start, batch
+
+
+def token_mask_input(model: onnx.ModelProto, name: str) -> str | None:
+    """The model input whose zeros mark padding tokens (docs/DESIGN.md, "Statistics"): `name` when the model
+    has a 2-D input of that name ([batch, tokens]), None when `name` is '' or is the default and absent."""
+    if not name:
+        return None
+    inputs = model_inputs(model)
+    if name not in inputs:
+        if name == CalibrationOptions.token_mask_input:
+            return None
+        raise OptionError("token_mask_input", name,
+                          f"the model has no input of that name (inputs: {', '.join(inputs)})")
+    _, shape = inputs[name]
+    if len(shape) != 2:
+        raise OptionError("token_mask_input", name,
+                          f"a token mask is [batch, tokens]; this input has rank {len(shape)}")
+    return name

@@ -23,7 +23,8 @@ def command(model, as_json, input_shape):
     a = api.analyze(model, input_shapes=input_shapes(input_shape))
     total = max(a.total_macs, 1)
     groups = [{"id": g.id, "channels": g.channels, "frozen": g.frozen, "reason": "; ".join(g.reasons),
-               "producers": g.producers, "consumers": g.consumers, "macs_share": g.macs / total}
+               "producers": g.producers, "consumers": g.consumers, "macs_share": g.macs / total,
+               "kind": g.kind, "unit": g.unit}
               for g in a.groups]
     unknown = [{"node": c.node, "op": c.op} for c in a.unknown_costs]
     if as_json:
@@ -38,6 +39,8 @@ def command(model, as_json, input_shape):
     click.echo(f"{'id':>4} {'ch':>5} {'MACs%':>6}  {'status':<8} producers -> consumers")
     for g in groups:
         status = "frozen" if g["frozen"] else "prunable"
+        if g["kind"] == "heads":  # docs/DESIGN.md, "Attention heads": each channel is a head
+            status += f" heads of {g['unit']}"
         click.echo(f"{g['id']:>4} {g['channels']:>5} {100 * g['macs_share']:>5.1f}%  {status:<8} "
                    f"{_names(g['producers'])} -> {_names(g['consumers'])}")
         if g["frozen"]:

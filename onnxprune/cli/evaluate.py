@@ -17,14 +17,21 @@ from .options import options_from
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 @options_from(EvalOptions)
 @user_errors
-def command(original, pruned, data, as_json, batch_size):
-    """Top-1 agreement, mean KL and accuracies of PRUNED against ORIGINAL on --data."""
+def command(original, pruned, data, as_json, batch_size, metric):
+    """How closely PRUNED imitates ORIGINAL on --data: top-1 agreement, mean KL and accuracies for a classifier,
+    cosine similarity and nearest-neighbour agreement for an embedding model."""
     from ..report.evaluate import compare
-    res = compare(original, pruned, data, batch_size)
+    res = compare(original, pruned, data, batch_size, metric)
     if as_json:
         click.echo(json.dumps(res, indent=2))
         return
     click.echo(f"samples    {res['samples']}")
+    if res["metric"] == "cosine":
+        click.echo(f"cosine     mean {res['mean_cosine']:.4f}, min {res['min_cosine']:.4f}, "
+                   f"5th percentile {res['p5_cosine']:.4f}")
+        click.echo(f"nearest-neighbour agreement {res['nn_agreement']:.2%}")
+        click.echo(f"metric     cosine ({res['metric_reason']})")
+        return
     click.echo(f"agreement  {res['agreement']:.2%}")
     click.echo(f"mean KL    {res['kl']:.4f}")
     if res["accuracy_original"] is not None:

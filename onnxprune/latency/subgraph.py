@@ -39,6 +39,11 @@ def touching(analysis: Analysis) -> dict[int, list[str]]:
     inits = {t.name for t in analysis.model.graph.initializer}
     nodes = list(analysis.model.graph.node)
     producer = {o: i for i, n in enumerate(nodes) for o in n.output if o}
+    readers: dict[str, set[int]] = {}
+    for i, n in enumerate(nodes):
+        for t in n.input:
+            if t:
+                readers.setdefault(t, set()).add(i)
     members: dict[int, set[int]] = {g.id: set() for g in analysis.groups}
     for i, n in enumerate(nodes):
         for t in list(n.input) + list(n.output):
@@ -57,7 +62,11 @@ def touching(analysis: Analysis) -> dict[int, list[str]]:
                 if j is None or j in inside or t in carried:
                     continue
                 srcs = [s for s in nodes[j].input if s and s not in inits]
-                if srcs and all(producer.get(s) in inside for s in srcs):
+                # a Concat that assembles a shape read only by the inside (TorchScript's Reshape target
+                # `Concat(B, S, 12, 32)` into attention heads) is rewritten with the group's count: its
+                # outside inputs (B, S) become inputs of the cut (docs/DESIGN.md, "Attention heads")
+                private_concat = nodes[j].op_type == "Concat" and readers.get(t, set()) <= inside
+                if private_concat or srcs and all(producer.get(s) in inside for s in srcs):
                     inside.add(j)
                     changed = True
         out[g.id] = [nodes[i].name for i in sorted(inside)]

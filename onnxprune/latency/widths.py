@@ -30,7 +30,7 @@ def _lowest(group: Group, min_channels: int) -> int:
 def multiples(group: Group, rounding: int, min_channels: int = 1) -> np.ndarray:
     """The counts a group may keep with a rounding: multiples of it (and of the group's block multiple)
     from the lowest allowed count, and the full width."""
-    step = int(np.lcm(max(1, rounding), group.multiple))
+    step = group.count_step(rounding)  # kept width (count × unit) a multiple of the rounding
     lo = _lowest(group, min_channels)
     first = int(np.ceil(lo / step)) * step
     return np.array(sorted(set(range(first, group.channels + 1, step)) | {group.channels}), dtype=np.int64)
@@ -38,7 +38,7 @@ def multiples(group: Group, rounding: int, min_channels: int = 1) -> np.ndarray:
 
 def rounded(group: Group, k: int, rounding: int) -> int:
     """k rounded up to the rounding (and the block multiple), at most the full width."""
-    step = int(np.lcm(max(1, rounding), group.multiple))
+    step = group.count_step(rounding)  # kept width (count × unit) a multiple of the rounding
     return int(min(group.channels, int(np.ceil(k / step)) * step))
 
 

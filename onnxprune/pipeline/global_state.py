@@ -2,15 +2,20 @@
 on a calibration subset and on the held-out split (docs/DESIGN.md, "Global imitation")."""
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 
 from ..analysis import Analysis
 from ..calibration import Calibration
-from ..options import CalibrationOptions, GlobalOptions, OptionError
+from ..graph.outputs import DISTRIBUTION, output_kind
+from ..options import CalibrationOptions, GlobalOptions, OptionError, OutputLossKind
 from ..selection import Selection
 from ..selection.global_imitation import OutputLoss
 from ..twin import Twin
+
+log = logging.getLogger("onnxprune")
 
 
 class GlobalImitation:
@@ -23,8 +28,13 @@ class GlobalImitation:
         except NotImplementedError as exc:
             raise OptionError("method", method, f"{exc}; the local methods (greedy-local) need no twin") from None
         kind, samples, batch = options.output_loss, options.global_samples, calibration.batch_size
-        self.calib = OutputLoss(cal, kind, samples, batch, self.device, "calib")
-        self.holdout = OutputLoss(cal, kind, samples, batch, self.device, "holdout")
+        if kind == OutputLossKind.AUTO:  # docs/DESIGN.md, "Output kind"
+            found, why = output_kind(analysis.model)
+            kind = OutputLossKind.KL if found == DISTRIBUTION else OutputLossKind.MSE
+            log.info("global methods: output loss %s (%s)", kind.value, why)
+        self.kind = str(kind)
+        self.calib = OutputLoss(cal, self.kind, samples, batch, self.device, "calib")
+        self.holdout = OutputLoss(cal, self.kind, samples, batch, self.device, "holdout")
         for part in (self.calib, self.holdout):
             part.set_reference(self.original)
 

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from ..analysis import Analysis, Group
 from ..calibration import Calibration
+from ..calibration.source import token_mask_input
 from ..calibration.taps import Tap
 from ..options import PruneOptions, Refit
 from ..rewrite import Rewriter
@@ -24,7 +25,8 @@ from ..selection import Selection, greedy
 from ..selection.baselines import ensure_segments, magnitude_scores, top_k
 from ..selection.methods import Candidate, get_method
 from ..statistics import NotSupported, consumers_of
-from ..statistics.collector import Collector
+from ..statistics.collector import Collector, OutputCache
+from ..statistics.consumer import Consumer
 from .global_state import GlobalImitation
 from .problem import LocalProblem
 from .refit import Outcome, apply_refit
@@ -87,6 +89,16 @@ class GreedyPruner:
         self.results: dict[int, GroupResult] = {}
         self.magnitude = magnitude_scores(analysis, options.selection.norm)
         self._global: GlobalImitation | None = None
+        self.outputs: OutputCache | None = None
+        # docs/DESIGN.md, "Statistics": padding tokens stay out of every consumer's statistics
+        self.token_mask = token_mask_input(analysis.model, options.calibration.token_mask_input)
+        if self.token_mask:
+            log.info("statistics leave out the padding tokens marked by input '%s'", self.token_mask)
+
+    @property
+    def output_loss(self) -> str | None:
+        """The output loss the global methods used (None when none ran)."""
+        return None if self._global is None else self._global.kind
 
     # ----- what the methods' problems ask of the pipeline ---------------------------------------------
     def baseline_scores(self, group: Group, method: str) -> np.ndarray:
@@ -108,14 +120,35 @@ class GreedyPruner:
         return self._global
 
     def collector(self, consumers) -> Collector:
-        return Collector(consumers, self.options.calibration, self.seed, self.quiet)
+        return Collector(consumers, self.options.calibration, self.seed, self.quiet, self.token_mask)
 
     # ----- the sequential pass -------------------------------------------------------------------------
     def run(self, counts: dict[int, int]) -> Selection:
         order = [g for g in visiting_order(self.analysis) if g.id in counts]
+        self.outputs = self._output_cache(order)
         for g in tqdm(order, desc="groups", unit="group", disable=self.quiet or None):
             self._prune_group(g, counts[g.id])
+        self.outputs = None
         return self.sel
+
+    def _output_cache(self, order: list[Group]) -> OutputCache | None:
+        """The original network's outputs of every group's consumers, from one pass, when they fit in
+        `OutputCache.LIMIT` (each group then taps only the network pruned so far)."""
+        consumers: dict[int, Consumer] = {}
+        for g in order:
+            try:
+                consumers.update((c.node, c) for c in consumers_of(self.analysis, g))
+            except NotSupported:
+                continue
+        cons = list(consumers.values())
+        tensors = self.analysis.graph.tensors()
+        shapes = {c.output: self.analysis.shape(tensors[c.output]) for c in cons}
+        size = OutputCache.size(cons, shapes, self.cal.size, self.options.calibration.max_positions)
+        if len(order) < 2 or size is None or size > OutputCache.LIMIT:
+            return None
+        cache = OutputCache(cons, self.options.calibration, self.seed, self.token_mask)
+        cache.run(self.cal, Tap(self.analysis.model, [c.output for c in cons]), self.quiet)
+        return cache
 
     def _prune_group(self, group: Group, k: int) -> None:
         keep, gamma = self.sel.class_arrays(self.analysis)
@@ -130,8 +163,10 @@ class GreedyPruner:
             return
         masked = Rewriter(self.analysis, keep, gamma, masked=True, replace=self.sel.replace).run()
         col = self.collector(consumers)
+        cached = self.outputs is not None and all(c.node in self.outputs.rows["calib"] for c in consumers)
         col.run(self.cal, Tap(masked, [c.input for c in consumers]),
-                Tap(self.analysis.model, [c.output for c in consumers]), f"group {group.id}")
+                None if cached else Tap(self.analysis.model, [c.output for c in consumers]), f"group {group.id}",
+                self.outputs if cached else None)
         problem = LocalProblem(self, group, k, consumers, col, keep, gamma)
         cands = [self._completed(problem, cand) for cand in self.method.candidates(problem)]
         outcomes = [(cand, apply_refit(self.analysis, self.sel, self.dense, problem, cand.kept, cand.gamma,

@@ -66,7 +66,8 @@ def _full_refit(analysis: Analysis, dense: dict[int, np.ndarray], problem, new_k
         fits = [ridge_refit(calib, feats, lam, fixed_bias, prior=current, blocks=blocks) for lam in lams]
         wt = min(fits, key=held.loss) if held is not None else fits[0]
         out.dense[c.node] = wt
-        out.replace[c.node] = to_onnx(c, analysis, wt)
+        for node, values in to_onnx(c, analysis, wt).items():
+            out.replace.setdefault(node, {}).update(values)
         total += calib.loss(wt)
         if held is not None:
             total_h += held.loss(wt)

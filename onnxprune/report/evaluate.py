@@ -1,4 +1,5 @@
-"""Compare two models on data: top-1 agreement, mean KL(original || pruned), accuracies."""
+"""Compare two models on data: for classifiers top-1 agreement, mean KL(original || pruned), accuracies; for
+embedding models mean cosine similarity and nearest-neighbour agreement (docs/DESIGN.md, "Output kind")."""
 from __future__ import annotations
 
 import os
@@ -12,6 +13,7 @@ from ..calibration.datafile import batches, open_data
 from ..errors import UserError
 from ..graph.inputs import model_inputs
 from ..graph.load import load_model
+from ..graph.outputs import DISTRIBUTION, output_kind
 from ..graph.session import inference_session, runtime_message
 from ..options import EvalOptions
 
@@ -61,14 +63,50 @@ def output_metrics(a: np.ndarray, b: np.ndarray, labels: np.ndarray | None = Non
     return out
 
 
-def compare(original, pruned, data_path, batch_size: int = EvalOptions.batch_size) -> dict:
+def _unit_rows(e: np.ndarray) -> np.ndarray:
+    e = e.reshape(len(e), -1).astype(np.float64)
+    return e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-300)
+
+
+def nearest_neighbours(e: np.ndarray, block: int = 1024) -> np.ndarray:
+    """Each row's nearest other row by cosine similarity (the lowest index on ties), in row blocks."""
+    u = _unit_rows(e)
+    out = np.empty(len(u), dtype=np.int64)
+    for i in range(0, len(u), block):
+        sim = u[i:i + block] @ u.T
+        sim[np.arange(len(sim)), np.arange(i, i + len(sim))] = -np.inf
+        out[i:i + block] = sim.argmax(1)
+    return out
+
+
+def embedding_metrics(a: np.ndarray, b: np.ndarray) -> dict:
+    """How closely embeddings `b` (pruned) imitate `a` (original) on the same samples, rows = samples: the
+    mean, minimum and 5th percentile of the cosine similarity of each pair, and the nearest-neighbour
+    agreement: the share of samples whose nearest other sample (by cosine) is the same in both spaces."""
+    if len(a) < 2:
+        raise UserError("embedding metrics need at least 2 samples (nearest neighbours)")
+    cos = (_unit_rows(a) * _unit_rows(b)).sum(1)
+    return {"samples": int(len(a)), "metric": "cosine", "mean_cosine": float(cos.mean()),
+            "min_cosine": float(cos.min()), "p5_cosine": float(np.percentile(cos, 5)),
+            "nn_agreement": float((nearest_neighbours(a) == nearest_neighbours(b)).mean())}
+
+
+def compare(original, pruned, data_path, batch_size: int = EvalOptions.batch_size,
+            metric: str = EvalOptions.metric) -> dict:
     """Metrics of `pruned` against `original` on an .npz (see `calibration.datafile.open_data`), streamed in
-    batches: the data set is never held whole, only the two models' first outputs are."""
-    batch_size = EvalOptions(batch_size).batch_size
+    batches: the data set is never held whole, only the two models' first outputs are. `metric`
+    'classification' (`output_metrics`), 'cosine' (`embedding_metrics`) or 'auto' (cosine when the
+    original's first output is not a class distribution, `graph.outputs.output_kind`)."""
+    opts = EvalOptions(batch_size, metric)  # type: ignore[arg-type]  # parsed by __post_init__
+    batch_size, metric = opts.batch_size, opts.metric.value
     names = (_shown(original, "ORIGINAL"), _shown(pruned, "PRUNED"))
     original = original if isinstance(original, onnx.ModelProto) else load_model(original)
     pruned = pruned if isinstance(pruned, onnx.ModelProto) else load_model(pruned)
     _same_inputs(original, pruned, *names)
+    why = f"asked for {metric}"
+    if metric == "auto":
+        kind, why = output_kind(original)
+        metric = "classification" if kind == DISTRIBUTION else "cosine"
     data, labels = open_data(data_path, original)
     outs = []
     # one pass over the data per model: sessions run one after the other (interleaved, each one's idle
@@ -86,7 +124,12 @@ def compare(original, pruned, data_path, batch_size: int = EvalOptions.batch_siz
     if outs[0].shape != outs[1].shape:
         raise UserError(f"the models' first outputs differ in shape: {names[0]} gives {outs[0].shape[1:]} per "
                         f"sample, {names[1]} {outs[1].shape[1:]}")
-    return output_metrics(outs[0], outs[1], labels)
+    if metric == "cosine":
+        out = embedding_metrics(outs[0], outs[1])
+    else:
+        out = {**output_metrics(outs[0], outs[1], labels), "metric": metric}
+    out["metric_reason"] = why
+    return out
 
 
 def _shown(model, default: str) -> str:

@@ -31,6 +31,8 @@ class GroupReport:
     curve: list[float] = field(default_factory=list)  # relative loss with n = 0, 1, ... channels
     note: str = ""
     candidates: list[dict] = field(default_factory=list)  # a composite method's candidates, best first
+    kind: str = "channels"   # "heads": each channel is an attention head of `unit` features
+    unit: int = 1
 
 
 @dataclass
@@ -52,6 +54,8 @@ class Report:
     # measured, the final model against the original); empty when nothing was
     latency: dict = field(default_factory=dict)
     macs_unknown: list[str] = field(default_factory=list)  # layers whose MACs are unknown (symbolic sizes)
+    token_mask: str | None = None    # the input whose padding tokens were left out of the statistics
+    output_loss: str | None = None   # the global methods' output loss (kl or mse), when one ran
     # what the run decided, for `masked_reference` and further rewrites; not part of the JSON record
     selection: Selection | None = field(default=None, repr=False, compare=False, metadata={"record": False})
     analysis: Analysis | None = field(default=None, repr=False, compare=False, metadata={"record": False})
@@ -78,6 +82,10 @@ class Report:
                 f"params {self.params_before:,} -> {self.params_after:,} "
                 f"({self.params_after / max(self.params_before, 1):.1%})\n"
                 f"groups {len(prunable)} pruned, {len(self.groups) - len(prunable)} frozen")
+        if self.token_mask:
+            text += f"\ntokens padding left out of the statistics (input '{self.token_mask}')"
+        if self.output_loss:
+            text += f"\nglobal output loss {self.output_loss}"
         m = self.latency.get("measured")
         if m:
             text += (f"\nlatency {m['original_ms']:.3f} ms -> {m['pruned_ms']:.3f} ms (medians), speed-up "
@@ -110,7 +118,7 @@ def build_report(analysis: Analysis, selection: Selection, pruned: onnx.ModelPro
                                   g.macs / total, None if g.frozen else (r.method if r else method),
                                   r.err_calib if r else None, r.err_holdout if r else None,
                                   list(r.curve) if r else [], r.note if r else "",
-                                  list(r.candidates) if r else []))
+                                  list(r.candidates) if r else [], g.kind, g.unit))
     roots = analysis.class_of
     layers = [{"node": c.node, "op": c.op, "macs_before": c.macs,
                "macs_after": int(round(c.macs * np.prod([keep[roots[f]].mean() for f in c.factors])))}

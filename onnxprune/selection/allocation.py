@@ -13,7 +13,7 @@ from ..options import OptionError
 
 
 def _step(group, round_to: int) -> int:
-    return int(np.lcm(max(1, round_to), group.multiple))
+    return group.count_step(round_to)
 
 
 def _lowest(group, min_channels: int, round_to: int) -> int:

@@ -15,8 +15,9 @@ from .selection import Selection
 
 
 def _round(n: float, group: Group, round_to: int, min_channels: int) -> int:
-    """Round a channel count up to a multiple of `round_to` (and of the group's block multiple)."""
-    step = int(np.lcm(max(1, round_to), group.multiple))
+    """Round a channel count up to the group's step for `round_to` (`Group.count_step`: kept width a multiple of
+    `round_to`, counts a multiple of the block multiple)."""
+    step = group.count_step(round_to)
     k = int(np.ceil(n / step - 1e-9)) * step
     if k > group.channels:  # the multiple does not fit: fall back to the block multiple
         k = int(np.ceil(n / group.multiple - 1e-9)) * group.multiple
@@ -93,7 +94,7 @@ def fit_to_target(analysis: Analysis, sel: Selection, scores: dict[int, np.ndarr
                 continue
             kept = sel.kept[g.id]
             sc = scores[g.id]
-            step = int(np.lcm(max(1, round_to), g.multiple))
+            step = g.count_step(round_to)
             if widths is not None:
                 near = [w for w in widths[g.id] if (w < len(kept) if err > 0 else w > len(kept))]
                 if not near:

@@ -29,6 +29,9 @@ class Consumer:
     weight_input: int
     labels: np.ndarray         # channel label (atom) of every feature
     conv: dict = field(default_factory=dict)
+    # a MatMul whose only reader is Add(·, constant bias): (Add node index, bias input index); `output` is
+    # then the Add's output and the bias is the consumer's (re-fitted with its weight)
+    bias_add: tuple[int, int] | None = None
 
     def dense(self, w: np.ndarray, bias: np.ndarray | None, attrs: dict) -> tuple[np.ndarray, np.ndarray]:
         """Weight as (out × F) over features, and the bias (out)."""
@@ -66,12 +69,71 @@ class Consumer:
         per = n_out // group
         return [(np.arange(q * per, (q + 1) * per), reads == q) for q in range(group)]
 
-    def features(self, x: np.ndarray, y: np.ndarray, first: int, max_positions: int | None, seed: int):
+    def features(self, x: np.ndarray, y: np.ndarray | None, first: int, max_positions: int | None, seed: int,
+                 tokens: np.ndarray | None = None, outputs: tuple[torch.Tensor, int] | None = None):
         """Rows of features and outputs at sampled positions; sampling depends on the sample index
         only (not on batching). Only the sampled patches are cut out (in the data's precision) and
-        widened to float64, so memory follows the rows kept, not the activation."""
-        xt, yt = torch.from_numpy(np.asarray(x)), torch.from_numpy(np.asarray(y))
+        widened to float64, so memory follows the rows kept, not the activation.
+
+        `tokens` ([N, S], nonzero for real tokens; docs/DESIGN.md, "Statistics"): a Gemm/MatMul input of
+        shape [N, S, F] has one row per token; rows of padding tokens are dropped before sampling.
+        `outputs`: `output_rows(y, ...)` computed before (then `y` is not needed)."""
+        if outputs is None:
+            if y is None:
+                raise ValueError("features needs the outputs y or their rows")
+            outputs = self.output_rows(y, first, max_positions, seed, tokens)
+        rows_y, n_pos = outputs
+        rows_x, x_pos = self._input_rows(torch.from_numpy(np.asarray(x)), first, max_positions, seed, tokens)
+        if x_pos != n_pos or rows_x.shape[0] != rows_y.shape[0]:
+            raise NotSupported(f"{self.name}: input patches do not match output positions")
+        return rows_x.to(torch.float64), rows_y.to(torch.float64)
+
+    def _tokens(self, t: torch.Tensor, tokens) -> np.ndarray | None:
+        """Which rows are real tokens, when `t` ([N, S, ·]) has one row per token of `tokens`."""
+        if tokens is None or self.op == "Conv" or t.ndim != 3 or tuple(tokens.shape) != tuple(t.shape[:2]):
+            return None
+        return np.asarray(tokens) != 0
+
+    def _sample(self, n: int, n_pos: int, first: int, max_positions: int | None, seed: int):
+        if not max_positions or n_pos <= max_positions:
+            return None
+        return torch.from_numpy(np.stack([
+            np.random.default_rng((seed, first + i, self.node)).choice(n_pos, max_positions, replace=False)
+            for i in range(n)]))
+
+    def _token_picks(self, real: np.ndarray, first: int, max_positions: int | None, seed: int) -> torch.Tensor:
+        """Flat row indices of the real tokens, at most `max_positions` per sample drawn among them."""
+        n, s = real.shape
+        picks = []
+        for i in range(n):
+            where = np.flatnonzero(real[i])
+            if max_positions and len(where) > max_positions:
+                where = np.sort(np.random.default_rng((seed, first + i, self.node)).choice(
+                    where, max_positions, replace=False))
+            picks.append(i * s + where)
+        return torch.from_numpy(np.concatenate(picks).astype(np.int64))
+
+    def output_rows(self, y: np.ndarray, first: int, max_positions: int | None, seed: int,
+                    tokens: np.ndarray | None = None) -> tuple[torch.Tensor, int]:
+        """The output rows `features` pairs with its input rows (in the output's precision), and the number
+        of positions per sample they were drawn from (-1 for tokens)."""
+        yt = torch.from_numpy(np.asarray(y))
+        n = yt.shape[0]
+        real = self._tokens(yt, tokens)
+        if real is not None:
+            return yt.reshape(n * yt.shape[1], -1)[self._token_picks(real, first, max_positions, seed)], -1
+        rows = yt.reshape(n, yt.shape[1], -1).transpose(1, 2) if self.op == "Conv" else yt.reshape(n, -1, yt.shape[-1])
+        idx = self._sample(n, rows.shape[1], first, max_positions, seed)
+        n_pos = rows.shape[1]
+        if idx is not None:
+            rows = torch.gather(rows, 1, idx[..., None].expand(-1, -1, rows.shape[2]))
+        return rows.reshape(-1, rows.shape[-1]), n_pos
+
+    def _input_rows(self, xt: torch.Tensor, first: int, max_positions: int | None, seed: int, tokens):
         n = xt.shape[0]
+        real = self._tokens(xt, tokens)
+        if real is not None:
+            return xt.reshape(n * xt.shape[1], -1)[self._token_picks(real, first, max_positions, seed)], -1
         if self.op == "Conv":
             if xt.ndim != 4:
                 raise NotSupported(f"{self.name}: only 2-D convolutions have statistics")
@@ -81,30 +143,20 @@ class Consumer:
             (kh, kw), (sh, sw), (dh, dw) = c["kernel"], c["strides"], c["dilations"]
             hout = (xt.shape[2] - dh * (kh - 1) - 1) // sh + 1
             wout = (xt.shape[3] - dw * (kw - 1) - 1) // sw + 1
-            rows_y = yt.reshape(n, yt.shape[1], -1).transpose(1, 2)  # N, L, out
             n_pos = hout * wout
-        else:
-            rows_x = xt.reshape(n, -1, xt.shape[-1])
-            rows_y = yt.reshape(n, -1, yt.shape[-1])
-            n_pos = rows_x.shape[1]
-        if rows_y.shape[1] != n_pos:
-            raise NotSupported(f"{self.name}: input patches do not match output positions")
-        idx = None
-        if max_positions and n_pos > max_positions:
-            idx = torch.from_numpy(np.stack([
-                np.random.default_rng((seed, first + i, self.node)).choice(n_pos, max_positions, replace=False)
-                for i in range(n)]))
-            rows_y = torch.gather(rows_y, 1, idx[..., None].expand(-1, -1, rows_y.shape[2]))
-        if self.op == "Conv":
+            idx = self._sample(n, n_pos, first, max_positions, seed)
             pos = idx if idx is not None else torch.arange(n_pos).expand(n, -1)
             ih = (pos // wout * sh)[..., None, None] + (torch.arange(kh) * dh)[:, None]   # N, P, kh, 1
             iw = (pos % wout * sw)[..., None, None] + (torch.arange(kw) * dw)[None, :]    # N, P, 1, kw
             patches = xt[torch.arange(n)[:, None, None, None], :, ih, iw]                # N, P, kh, kw, C
-            rows_x = patches.permute(0, 1, 4, 2, 3).reshape(n, pos.shape[1], -1)        # unfold's order
-        elif idx is not None:
-            rows_x = torch.gather(rows_x, 1, idx[..., None].expand(-1, -1, rows_x.shape[2]))
-        return (rows_x.reshape(-1, rows_x.shape[-1]).to(torch.float64),
-                rows_y.reshape(-1, rows_y.shape[-1]).to(torch.float64))
+            rows = patches.permute(0, 1, 4, 2, 3).reshape(n, pos.shape[1], -1)          # unfold's order
+            return rows.reshape(-1, rows.shape[-1]), n_pos
+        rows = xt.reshape(n, -1, xt.shape[-1])
+        n_pos = rows.shape[1]
+        idx = self._sample(n, n_pos, first, max_positions, seed)
+        if idx is not None:
+            rows = torch.gather(rows, 1, idx[..., None].expand(-1, -1, rows.shape[2]))
+        return rows.reshape(-1, rows.shape[-1]), n_pos
 
 
 def consumers_of(analysis: Analysis, group: Group) -> list[Consumer]:
@@ -130,18 +182,53 @@ def consumers_of(analysis: Analysis, group: Group) -> list[Consumer]:
             labels = np.repeat(e.labels, int(np.prod(w.shape[2:])))
         elif node.op not in ("Gemm", "MatMul"):
             raise NotSupported(f"{node.op} '{node.name}' has no statistics")
-        out.append(Consumer(e.node, node.name, node.op, node.inputs[0].name, node.outputs[0].name, e.input,
-                            labels, conv))
+        bias_add = _bias_add(analysis, node) if node.op == "MatMul" else None
+        output = node.outputs[0].name if bias_add is None else analysis.graph.nodes[bias_add[0]].outputs[0].name
+        out.append(Consumer(e.node, node.name, node.op, node.inputs[0].name, output, e.input, labels, conv,
+                            bias_add))
     if not out:
         raise NotSupported("no consumer with statistics")
     return out
 
 
+def _bias_add(analysis: Analysis, node) -> tuple[int, int] | None:
+    """(Add node index, bias input index) when the MatMul's only reader adds a constant vector over its
+    output features (an exported Linear layer: MatMul then Add(bias), either operand order)."""
+    out = node.outputs[0]
+    if len(out.outputs) != 1 or out.name in {t.name for t in analysis.graph.outputs}:
+        return None
+    add = out.outputs[0]
+    if add.op != "Add" or len(add.inputs) != 2:
+        return None
+    i = 1 if add.inputs[0] is out else 0
+    if add.inputs[1 - i] is not out:
+        return None
+    bias = analysis.const(add.inputs[i])
+    n = np.asarray(node.inputs[1].values).shape[-1]
+    shape = analysis.shape(out)
+    if bias is None or bias.size != n or bias.shape[-1] != n or (shape is not None and bias.ndim > len(shape)) \
+            or not np.issubdtype(bias.dtype, np.floating):
+        return None
+    return analysis.index[id(add)], i
+
+
+def _bias_values(consumer: Consumer, analysis: Analysis) -> np.ndarray | None:
+    """The consumer's current constant bias (its own input or its Add's), or None."""
+    if consumer.bias_add is not None:
+        add, i = consumer.bias_add
+        return np.asarray(analysis.graph.nodes[add].inputs[i].values)
+    node = analysis.graph.nodes[consumer.node]
+    if consumer.op in ("Conv", "Gemm") and len(node.inputs) > 2 and not node.inputs[2].is_empty():
+        return np.asarray(node.inputs[2].values)
+    return None
+
+
 def bias_index(consumer: Consumer, analysis: Analysis) -> int | None:
-    """Input index where a re-fitted bias goes, or None when the op cannot take one there."""
+    """Input index where a re-fitted bias goes (of the bias Add for a MatMul with one), or None when the op
+    cannot take one there."""
     node = analysis.graph.nodes[consumer.node]
     if consumer.op == "MatMul":
-        return None
+        return None if consumer.bias_add is None else consumer.bias_add[1]
     if consumer.op == "Gemm" and float(node.attrs.get("beta", 1.0)) == 0.0:
         return None
     if consumer.op == "Gemm" and len(node.inputs) > 2 and not node.inputs[2].is_empty():
@@ -156,15 +243,13 @@ def original_dense(consumer: Consumer, analysis: Analysis) -> np.ndarray:
     """W̃ = [W, b] over features, from the original weights."""
     node = analysis.graph.nodes[consumer.node]
     w = np.asarray(node.inputs[consumer.weight_input].values)
-    bias = None
-    if consumer.op in ("Conv", "Gemm") and len(node.inputs) > 2 and not node.inputs[2].is_empty():
-        bias = np.asarray(node.inputs[2].values)
-    dense, b = consumer.dense(w, bias, node.attrs)
+    dense, b = consumer.dense(w, _bias_values(consumer, analysis), node.attrs)
     return np.concatenate([dense, b[:, None]], 1)
 
 
-def to_onnx(consumer: Consumer, analysis: Analysis, wt: np.ndarray) -> dict[int, np.ndarray]:
-    """Inverse of `Consumer.dense`: ONNX-shaped weight (and bias) for a re-fitted W̃."""
+def to_onnx(consumer: Consumer, analysis: Analysis, wt: np.ndarray) -> dict[int, dict[int, np.ndarray]]:
+    """Inverse of `Consumer.dense`: ONNX-shaped weight (and bias), node index -> input index -> value (the
+    bias of a MatMul goes to its Add)."""
     node = analysis.graph.nodes[consumer.node]
     w0 = np.asarray(node.inputs[consumer.weight_input].values)
     dense, b = wt[:, :-1], wt[:, -1]
@@ -183,9 +268,11 @@ def to_onnx(consumer: Consumer, analysis: Analysis, wt: np.ndarray) -> dict[int,
         b = b / beta
     else:
         w = dense.T
-    out = {consumer.weight_input: w.astype(w0.dtype)}
+    out = {consumer.node: {consumer.weight_input: w.astype(w0.dtype)}}
     idx = bias_index(consumer, analysis)
     if idx is not None:
-        shape = node.inputs[2].values.shape if len(node.inputs) > 2 and not node.inputs[2].is_empty() else b.shape
-        out[idx] = b.reshape(shape).astype(w0.dtype)
+        current = _bias_values(consumer, analysis)
+        shape = current.shape if current is not None else b.shape
+        where = consumer.node if consumer.bias_add is None else consumer.bias_add[0]
+        out.setdefault(where, {})[idx] = b.reshape(shape).astype(w0.dtype)
     return out

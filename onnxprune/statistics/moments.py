@@ -109,8 +109,13 @@ def _ridge_block(A, B, keep_features, ridge, fixed_bias, prior) -> np.ndarray:
     eye = torch.diag(torch.from_numpy(free.astype(np.float64)))
     if prior is not None and reg:
         target = target + reg * free[:, None] * prior[:, k].T
-    sol = torch.linalg.lstsq(Akk + reg * eye, torch.from_numpy(np.ascontiguousarray(target)),
-                             driver="gelsd").solution.numpy()  # |K| × out
+    rhs = torch.from_numpy(np.ascontiguousarray(target))
+    lhs = Akk + reg * eye
+    factor, info = torch.linalg.cholesky_ex(lhs)
+    if reg and not info:  # positive definite (a ridge > 0 on data with rows): a Cholesky solve, ~10x an SVD's speed
+        sol = torch.cholesky_solve(rhs, factor).numpy()
+    else:
+        sol = torch.linalg.lstsq(lhs, rhs, driver="gelsd").solution.numpy()  # |K| × out, minimum norm
     w = np.zeros((B.shape[1], nf + 1))
     w[:, k] = sol.T
     if fixed_bias is not None:

@@ -116,6 +116,6 @@ def layernorm(node, ctx):
         return
     axis = attr(node, "axis", -1) % lab.ndim
     if any(a >= axis for a in labeled_axes(lab)):
-        ctx.freeze(lab, node, "normalises over the channel axis")
-        return
+        # the same channels come out (frozen): a residual stream stays one group, frozen for this reason
+        ctx.freeze(lab, node, "normalises over the channel axis (a hidden size cannot shrink)")
     ctx.set_layout(node.outputs[0], lab)

@@ -46,12 +46,107 @@ def _relayout(node, ctx, lab, out_shape_rest):
         # one channel class on every position (channel shuffles tie ShuffleNet's passed-through halves
         # unit after unit until one class is left): it stays one class whatever the reshape
         return out
+    consecutive = len(outs) >= 2 and outs == list(range(outs[0], outs[0] + len(outs)))
+    if len(ins) == 1 and consecutive:
+        heads = _split_into_heads(node, ctx, lab.reshape(-1), out_full, outs)
+        if heads is not None:
+            return heads
     if len(ins) == 1 and len(outs) == 2 and outs[1] == outs[0] + 1:
         tied = _split_channel_axis(node, ctx, lab.reshape(-1), out_full, outs[0])
         if tied is not None:
             return tied
     ctx.freeze(lab, node, "moves channels across axes in a way onnxprune does not follow")
     return None
+
+
+def _split_grid(vin, out_full, outs):
+    """The channels' atoms as a grid over the new axes `outs` (None unless they are `vin` in order)."""
+    moved = np.moveaxis(out_full, outs, range(len(outs)))
+    grid = moved[(slice(None),) * len(outs) + (0,) * (out_full.ndim - len(outs))]
+    return grid if np.array_equal(grid.reshape(-1), vin) else None
+
+
+def _split_into_heads(node, ctx, vin, out_full, outs):
+    """C channels reshaped to (..., H, D) ahead of an attention product (docs/DESIGN.md, "Attention heads"):
+    the axis that becomes a batch axis of a MatMul of two run-time tensors holds the heads. Every atom of
+    head h (its D channels, and those of the other new axes, e.g. the q/k/v pieces of a fused projection)
+    is tied into one channel, so pruning keeps or removes whole heads and the reshape stays [..., H', D]."""
+    grid = _split_grid(vin, out_full, outs)
+    if grid is None:
+        return None
+    j = _head_axis(ctx, node.outputs[0], outs)
+    if j is None:
+        return None
+    per_head = np.moveaxis(grid, j, 0).reshape(grid.shape[j], -1)
+    for col in range(1, per_head.shape[1]):
+        ctx.unite(per_head[:, 0], per_head[:, col], node, "a head's channels go or stay together")
+    unit = int(np.prod(grid.shape[j + 1:], dtype=np.int64))
+    ctx.heads.append((per_head[:, 0].copy(), unit))
+    shape = [1] * out_full.ndim
+    shape[outs[j]] = grid.shape[j]
+    return per_head[:, 0].reshape(shape)
+
+
+_SAME_AXES = ("Split", "Slice", "Identity", "Cast", "Softmax", "Relu", "Sigmoid", "Tanh", "Erf", "Neg")
+_BROADCAST = ("Add", "Sub", "Mul", "Div")
+
+
+def _head_axis(ctx, tensor, outs: list[int], limit: int = 64) -> int | None:
+    """Which of the new axes `outs` of `tensor` is the head axis: follow the axes through Transpose,
+    Squeeze/Unsqueeze, Split/Slice/Gather and elementwise ops to the MatMuls of two run-time tensors they
+    reach; each must find exactly one of them (of size > 1) among its batch axes, the same one."""
+    found: set = set()
+    frontier = [(tensor, list(outs))]
+    seen = 0
+    while frontier and seen < limit:
+        t, pos = frontier.pop()
+        shape = ctx.shape(t)
+        if shape is None:
+            return None
+        rank = len(shape)
+        for user in t.outputs:
+            seen += 1
+            op = user.op
+            new: list | None = None
+            if op == "Transpose":
+                perm = list(attr(user, "perm", None) or reversed(range(rank)))
+                new = [None if p is None else perm.index(p) for p in pos]
+            elif op in ("Squeeze", "Unsqueeze"):
+                axes, ok = input_or_attr(user, ctx, 1, "axes")
+                if not ok or axes is None:
+                    continue
+                if op == "Squeeze":
+                    gone = {int(a) % rank for a in np.atleast_1d(axes)}
+                    new = [None if p is None or p in gone else p - sum(g < p for g in gone) for p in pos]
+                else:
+                    out_rank = rank + len(np.atleast_1d(axes))
+                    added = sorted(int(a) % out_rank for a in np.atleast_1d(axes))
+                    kept = [i for i in range(out_rank) if i not in added]
+                    new = [None if p is None else kept[p] for p in pos]
+            elif op == "Gather" and user.inputs[0] is t:
+                idx = ctx.const(user.inputs[1])
+                axis = attr(user, "axis", 0) % rank
+                if idx is None:
+                    continue
+                new = pos if np.ndim(idx) == 1 else \
+                    [None if p is None or p == axis else p - (p > axis) for p in pos]
+            elif op in _SAME_AXES:
+                new = pos
+            elif op in _BROADCAST:
+                out_shape = ctx.shape(user.outputs[0])
+                if out_shape is None:
+                    continue
+                new = [None if p is None else p + len(out_shape) - rank for p in pos]
+            elif op == "MatMul":
+                other = user.inputs[1] if user.inputs[0] is t else user.inputs[0]
+                if ctx.const(other) is not None or rank < 3:
+                    continue  # a linear layer: not an attention product
+                batch = [i for i, p in enumerate(pos) if p is not None and p < rank - 2 and shape[p] != 1]
+                found.add(batch[0] if len(batch) == 1 else None)
+                continue
+            if new is not None:
+                frontier.extend((o, new) for o in user.outputs)
+    return found.pop() if len(found) == 1 and None not in found else None
 
 
 def _split_channel_axis(node, ctx, vin, out_full, b):
@@ -115,8 +210,9 @@ def reshape(node, ctx):
     def check(elem=elem, vout=vout, b=b):
         """A run-time target dim follows the pruning when, for any selection, it computes the kept count
         (or is -1): evaluated at every count the pruned axis can have. A constant written into the target
-        by a Concat (Keras 3's Flatten) is set to the kept count instead. The other dims must not read any
-        channel count."""
+        by a Concat (Keras 3's Flatten, TorchScript's `view(b, s, heads, d)`) is set to the kept count
+        instead; so is an element computed at run time (a size read from another tensor) when its Concat
+        is read by this Reshape only. The other dims must not read any channel count."""
         for i in range(n_dims or 0):
             other = shape_expr.element(ctx, shape_t, i) if i != b else None
             if other is not None and not shape_expr.reads_no_channels(ctx, other):
@@ -137,10 +233,28 @@ def reshape(node, ctx):
                 rw.set_const(n, i, new)
             ctx.edit("call", concat, fn=fix)
             return
+        slot = shape_expr.concat_slot(ctx, shape_t, b, node)
+        if slot is not None and _evaluates(ctx, elem) == len(vout):
+            concat, index = slot
+
+            def fix_elem(n, rw, vout=vout, index=index):
+                rw.set_const(n, index, np.array([int(rw.keep_mask(vout).sum())], dtype=np.int64))
+            ctx.edit("call", concat, fn=fix_elem)
+            return
         shape_expr.freeze_read(ctx, node, vout, [shape_expr.element(ctx, shape_t, i) for i in range(n_dims or 0)],
                                "target shape computed at run time does not follow the channel count")
     ctx.shape_checked.add(id(node))
     ctx.deferred.append(check)
+
+
+def _evaluates(ctx, elem) -> int | None:
+    """The value of a shape expression in the unpruned graph, or None."""
+    if elem is None:
+        return None
+    try:
+        return int(elem(shape_expr.actual_size(ctx)))
+    except (TypeError, ValueError, ZeroDivisionError, OverflowError):
+        return None
 
 
 @handles("Transpose")

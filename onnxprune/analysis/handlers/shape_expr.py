@@ -265,3 +265,23 @@ def follows(ctx, expr: Expr | None, vec: np.ndarray) -> bool:
         return all(expr(sizes(times * k)) == times * k for k in range(1, len(classes) + 1))
     except (TypeError, ValueError, ZeroDivisionError, OverflowError):
         return False
+
+
+def concat_slot(ctx, tensor, idx: int, reader) -> tuple | None:
+    """(Concat node, input index) of the one-element input that gives element `idx` of `tensor`, when
+    `tensor` is that Concat's output (along axis 0) and `reader` is its only reader: the element can then
+    be replaced by a constant without changing anything else."""
+    if tensor is None or not tensor.inputs or len(tensor.outputs) != 1 or tensor.outputs[0] is not reader \
+            or ctx.const(tensor) is not None:
+        return None
+    node = tensor.inputs[0]
+    if node.op != "Concat" or attr(node, "axis", 0) != 0:
+        return None
+    for i, t in enumerate(node.inputs):
+        n = length(ctx, t)
+        if n is None:
+            return None
+        if idx < n:
+            return (node, i) if n == 1 else None
+        idx -= n
+    return None
