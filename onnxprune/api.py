@@ -17,6 +17,7 @@ from .errors import UserError
 from .graph import check_model, load_model
 from .options import (
     CalibrationOptions,
+    DistillOptions,
     GlobalOptions,
     OptionError,
     PruneOptions,
@@ -31,6 +32,7 @@ from .selection import Selection, counts_for_ratio, counts_for_target, fit_to_ta
 
 log = logging.getLogger("onnxprune")
 _T, _S, _C, _R, _G = TargetOptions, SelectionOptions, CalibrationOptions, RefitOptions, GlobalOptions
+_D = DistillOptions
 
 
 def _name(model) -> str:
@@ -82,21 +84,28 @@ def prune(model, calibration=None, *, method: str = _S.method, refit: str | None
           round_to: int = _T.round_to, min_channels: int = _T.min_channels, keep: dict | None = None,
           allocate: str = _T.allocate, norm: str = _S.norm, seed: int = _S.seed, batch_size: int = _C.batch_size,
           max_positions: int | None = _C.max_positions, holdout: float = _C.holdout, ridge: float = _R.ridge,
-          preprocess: str = _C.preprocess, image_size: int | None = _C.image_size, output_loss: str = _G.output_loss,
+          preprocess: str = _C.preprocess, image_size: int | None = _C.image_size, augment: int = _C.augment,
+          output_loss: str = _G.output_loss,
           global_samples: int = _G.global_samples, taylor_rounds: int = _G.taylor_rounds,
-          exact_limit: int = _G.exact_limit, quiet: bool = True) -> tuple[onnx.ModelProto, Report]:
+          exact_limit: int = _G.exact_limit, distill: bool = _D.distill, distill_time: float = _D.distill_time,
+          distill_epochs: int = _D.distill_epochs, distill_lr: float = _D.distill_lr,
+          distill_features: float = _D.distill_features, distill_patience: int = _D.distill_patience,
+          quiet: bool = True) -> tuple[onnx.ModelProto, Report]:
     """Prune a model (path or ModelProto) to a target; returns the pruned model and its report.
 
     `calibration`: a path (.npz/.npy file or folder, image folder), dict of arrays, iterable of input
     dicts or ONNX Runtime CalibrationDataReader. Needed by the greedy methods and by any re-fit.
     `refit`: none | gamma | full (default: full with calibration, none without).
-    `allocate`: uniform | loss. `output_loss`: kl | mse, the global methods' output discrepancy,
-    measured on `global_samples`. See `onnxprune.options` for every option."""
+    `allocate`: uniform | loss | output. `distill`: label-free distillation after pruning. `output_loss`:
+    kl | mse, the global methods' output discrepancy, measured on `global_samples`. See `onnxprune.options`
+    for every option."""
     options = PruneOptions.from_flat(
         method=method, refit=refit, keep_ratio=keep_ratio, flops=flops, params=params, round_to=round_to,
         min_channels=min_channels, keep=keep or {}, allocate=allocate, norm=norm, seed=seed, batch_size=batch_size,
         max_positions=max_positions, holdout=holdout, ridge=ridge, preprocess=preprocess, image_size=image_size,
-        output_loss=output_loss, global_samples=global_samples, taylor_rounds=taylor_rounds, exact_limit=exact_limit)
+        augment=augment, output_loss=output_loss, global_samples=global_samples, taylor_rounds=taylor_rounds,
+        exact_limit=exact_limit, distill=distill, distill_time=distill_time, distill_epochs=distill_epochs,
+        distill_lr=distill_lr, distill_features=distill_features, distill_patience=distill_patience)
     return prune_with_options(model, calibration, options, quiet=quiet)
 
 
@@ -115,6 +124,8 @@ def prune_with_options(model, calibration, options: PruneOptions, quiet: bool = 
                           "magnitude or random with refit none prune without data")
     if target.allocate != "uniform" and calibration is None:
         raise OptionError("allocate", target.allocate, "needs calibration data")
+    if options.distill.distill and calibration is None:
+        raise OptionError("distill", True, "needs calibration data")
     analysis = analyze(model)
     name = _name(model)
     if not analysis.prunable:
@@ -135,14 +146,23 @@ def prune_with_options(model, calibration, options: PruneOptions, quiet: bool = 
                           round_to=target.round_to)
     else:
         c = options.calibration
-        cal = load_calibration(calibration, analysis.model, c.holdout, c.preprocess, c.image_size)
+        cal = load_calibration(calibration, analysis.model, c.holdout, c.preprocess, c.image_size,
+                               augment=c.augment, seed=options.selection.seed)
         options = PruneOptions(target, options.selection, c, RefitOptions(refit, options.refit.ridge),
-                               options.global_imitation)
+                               options.global_imitation, options.distill)
         pruner = GreedyPruner(analysis, cal, options, quiet=quiet)
         selection = pruner.run(counts(pruner, target, overrides))
         results, n_cal = pruner.results, cal.size
     pruned = apply_selection(analysis, selection)
+    distilled = None
+    if options.distill.distill:  # after the layer-wise pruning: docs/DESIGN.md, "Distillation"
+        from .distill import distill, feature_channels
+        feats = feature_channels(analysis, selection, pruned)
+        pruned, record = distill(analysis.model, pruned, cal, options.distill, feats, options.calibration.batch_size,
+                                 options.selection.seed, quiet=quiet)
+        distilled = record.to_dict()
     report = build_report(analysis, selection, pruned, name, method.name, {kind: fraction}, results)
+    report.distill = distilled
     report.refit, report.allocate, report.calibration_samples = str(refit), str(target.allocate), n_cal
     report.selection, report.analysis = selection, analysis
     return pruned, report

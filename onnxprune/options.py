@@ -61,6 +61,7 @@ class Allocation(Choice):
     """How a MACs/params target is shared among groups."""
     UNIFORM = "uniform"
     LOSS = "loss"
+    OUTPUT = "output"
 
 
 class OutputLossKind(Choice):
@@ -124,7 +125,8 @@ class TargetOptions:
     params: float | None = field(default=None, metadata=_help(
         "Keep this fraction of the original parameters (within 2%).", target=True))
     allocate: Allocation = field(default=Allocation.UNIFORM, metadata=_help(
-        "Spread a --flops/--params target uniformly or by imitation loss per MAC."))
+        "Spread a --flops/--params target uniformly, by local imitation loss per MAC (loss), or by the "
+        "network's output loss per MAC when each group alone is pruned (output)."))
     round_to: int = field(default=1, metadata=_help("Kept counts are multiples of K (8 suits TensorRT)."))
     min_channels: int = field(default=1, metadata=_help("Never keep fewer channels in a group."))
     keep: dict = field(default_factory=dict, metadata=_help(
@@ -160,6 +162,9 @@ class CalibrationOptions:
     preprocess: Preprocess = field(default=Preprocess.NONE, metadata=_help("Preset for image folders."))
     image_size: int | None = field(default=None, metadata=_help(
         "Image side for image folders (default: the model's)."))
+    augment: int = field(default=0, metadata=_help(
+        "Image folders: N random-resized, randomly flipped crops per image besides its centre crop "
+        "(seeded by --seed); held-out samples are whole images."))
 
     def __post_init__(self):
         object.__setattr__(self, "batch_size", _int("batch_size", self.batch_size, 1))
@@ -168,6 +173,7 @@ class CalibrationOptions:
         object.__setattr__(self, "holdout", _fraction("holdout", self.holdout, False, 1.0, True))
         object.__setattr__(self, "preprocess", Preprocess.parse("preprocess", self.preprocess))
         object.__setattr__(self, "image_size", _int("image_size", self.image_size, 1, allow_none=True))
+        object.__setattr__(self, "augment", _int("augment", self.augment, 0))
 
 
 @dataclass(frozen=True)
@@ -221,7 +227,39 @@ class GlobalOptions:
         object.__setattr__(self, "exact_limit", _int("exact_limit", self.exact_limit, 0))
 
 
-GROUPS = (TargetOptions, SelectionOptions, CalibrationOptions, RefitOptions, GlobalOptions)
+@dataclass(frozen=True)
+class DistillOptions:
+    """Label-free distillation after the layer-wise pruning (docs/DESIGN.md, "Distillation")."""
+    distill: bool = field(default=False, metadata=_help(
+        "Train the pruned model's weights to match the original's outputs on the calibration data, with "
+        "early stopping on the held-out calibration images; no labels.", flag=True))
+    distill_time: float = field(default=300.0, metadata=_help(
+        "Distillation: stop after this many seconds (the best held-out state is kept)."))
+    distill_epochs: int = field(default=30, metadata=_help(
+        "Distillation: at most this many epochs (one fresh crop of every calibration image each, for "
+        "image folders)."))
+    distill_lr: float = field(default=1e-4, metadata=_help("Distillation: Adam learning rate."))
+    distill_features: float = field(default=1.0, metadata=_help(
+        "Distillation: weight of the intermediate-feature MSE (consumer outputs, normalised) beside the "
+        "KL of the outputs (0: outputs only)."))
+    distill_patience: int = field(default=2, metadata=_help(
+        "Distillation: stop after this many epochs without a lower held-out loss.", cli=False))
+
+    def __post_init__(self):
+        if not isinstance(self.distill, bool):
+            raise OptionError("distill", self.distill, "must be true or false")
+        for name in ("distill_time", "distill_lr", "distill_features"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v < 0:
+                raise OptionError(name, v, "must be a number >= 0")
+            object.__setattr__(self, name, float(v))
+        if self.distill_time == 0:
+            raise OptionError("distill_time", self.distill_time, "must be > 0")
+        object.__setattr__(self, "distill_epochs", _int("distill_epochs", self.distill_epochs, 1))
+        object.__setattr__(self, "distill_patience", _int("distill_patience", self.distill_patience, 1))
+
+
+GROUPS = (TargetOptions, SelectionOptions, CalibrationOptions, RefitOptions, GlobalOptions, DistillOptions)
 
 
 @dataclass(frozen=True)
@@ -232,6 +270,7 @@ class PruneOptions:
     calibration: CalibrationOptions = field(default_factory=CalibrationOptions)
     refit: RefitOptions = field(default_factory=RefitOptions)
     global_imitation: GlobalOptions = field(default_factory=GlobalOptions)
+    distill: DistillOptions = field(default_factory=DistillOptions)
 
     @classmethod
     def from_flat(cls, **values: Any) -> PruneOptions:
@@ -244,7 +283,7 @@ class PruneOptions:
             groups[owner[name]][name] = value
         return cls(TargetOptions(**groups[TargetOptions]), SelectionOptions(**groups[SelectionOptions]),
                    CalibrationOptions(**groups[CalibrationOptions]), RefitOptions(**groups[RefitOptions]),
-                   GlobalOptions(**groups[GlobalOptions]))
+                   GlobalOptions(**groups[GlobalOptions]), DistillOptions(**groups[DistillOptions]))
 
 
 def flat_defaults() -> dict[str, Any]:
