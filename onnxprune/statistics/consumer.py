@@ -77,7 +77,8 @@ class Consumer:
                 raise NotSupported(f"{self.name}: only 2-D convolutions have statistics")
             c = self.conv
             pads = c["pads"]
-            xt = F.pad(xt, (pads[1], pads[3], pads[0], pads[2]))
+            if any(pads):
+                xt = F.pad(xt, (pads[1], pads[3], pads[0], pads[2]))
             (kh, kw), (sh, sw), (dh, dw) = c["kernel"], c["strides"], c["dilations"]
             hout = (xt.shape[2] - dh * (kh - 1) - 1) // sh + 1
             wout = (xt.shape[3] - dw * (kw - 1) - 1) // sw + 1
