@@ -3,7 +3,9 @@
 A keep ratio gives counts directly. A MACs/params fraction is shared either by one uniform ratio, or by
 loss (`allocate=loss`): one profiling pass over the calibration data on the original network gives
 every group's relative imitation loss at every kept count, along the method's own channel order and
-with the chosen re-fit, and channels go where the loss rises least per unit of cost saved. MACs targets
+with the chosen re-fit, and channels go where the loss rises least per unit of cost saved; or by output
+loss (`allocate=output`, `sensitivity.py`): the same, with the network's output loss when each group
+alone is pruned to a few widths. MACs targets
 are then measured on a stand-in selection and moved within 2%.
 """
 from __future__ import annotations
@@ -20,6 +22,7 @@ from ..selection.allocation import allocate_by_loss, check_reachable
 from ..statistics import NotSupported, consumers_of
 from ..statistics.moments import refit_curve
 from .problem import LocalProblem
+from .sensitivity import output_curves
 from .terms import member
 
 if TYPE_CHECKING:
@@ -52,7 +55,8 @@ def _allocate(pruner: GreedyPruner, kind: str, fraction: float, target: TargetOp
     if not 0 < fraction <= 1:
         raise OptionError(kind, fraction, "must be in (0, 1]")
     check_reachable(model, counts_for_ratio(a, 0.0, round_to, min_channels, overrides), fraction, kind, 0.02)
-    curves = loss_curves(pruner)
+    curves = output_curves(pruner, round_to, min_channels) if target.allocate == Allocation.OUTPUT \
+        else loss_curves(pruner)
     fixed = dict(overrides)
     for g in a.prunable:  # groups without statistics keep the uniform share
         if g.id not in curves and g.id not in fixed:

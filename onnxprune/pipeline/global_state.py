@@ -2,6 +2,8 @@
 on a calibration subset and on the held-out split (docs/DESIGN.md, "Global imitation")."""
 from __future__ import annotations
 
+from functools import cached_property
+
 import numpy as np
 import torch
 
@@ -22,11 +24,23 @@ class GlobalImitation:
             self.original = Twin(analysis, device=self.device)
         except NotImplementedError as exc:
             raise OptionError("method", method, f"{exc}; the local methods (greedy-local) need no twin") from None
-        kind, samples, batch = options.output_loss, options.global_samples, calibration.batch_size
-        self.calib = OutputLoss(cal, kind, samples, batch, self.device, "calib")
-        self.holdout = OutputLoss(cal, kind, samples, batch, self.device, "holdout")
-        for part in (self.calib, self.holdout):
-            part.set_reference(self.original)
+        self._cal, self._batch = cal, calibration.batch_size
+
+    def _subset(self, split: str) -> OutputLoss:
+        part = OutputLoss(self._cal, self.options.output_loss, self.options.global_samples, self._batch,
+                          self.device, split)
+        part.set_reference(self.original)
+        return part
+
+    @cached_property
+    def calib(self) -> OutputLoss:
+        """The output loss on the first `global_samples` calibration samples (built when first used)."""
+        return self._subset("calib")
+
+    @cached_property
+    def holdout(self) -> OutputLoss:
+        """The output loss on the held-out split (built when first used)."""
+        return self._subset("holdout")
 
     def twin_for(self, sel: Selection):
         """The twin and the gates that make it the masked reference of `sel`."""

@@ -1,0 +1,61 @@
+"""Output-aware allocation (issue 13): each group's output loss at its candidate widths, measured through the
+twin from a state shared by all groups, equals the KL recomputed here in ONNX Runtime on the masked
+reference of that group alone; the interpolated curves and the allocation that uses them."""
+import numpy as np
+import onnx
+import pytest
+import zoo
+from helpers import run
+
+from onnxprune import apply_selection, prune
+from onnxprune.analysis import Analysis
+from onnxprune.calibration import load_calibration
+from onnxprune.options import PruneOptions
+from onnxprune.pipeline import GreedyPruner
+from onnxprune.pipeline.sensitivity import candidate_widths, interpolate, output_trials
+
+
+def _log_softmax(z):
+    z = z.reshape(len(z), -1).astype(np.float64)
+    z = z - z.max(1, keepdims=True)
+    return z - np.log(np.exp(z).sum(1, keepdims=True))
+
+
+@pytest.mark.parametrize("name,refit", [("mbv3_se", "full"), ("basic_res", "gamma"), ("concat", "full")])
+def test_output_losses_equal_brute_force(zoo_models, name, refit):
+    z = next(z for z in zoo_models if z.name == name and z.exporter == "ts17")
+    x = zoo.random_input(z, 40, 1)["input"]
+    a = Analysis(onnx.load(z.path))
+    cal = load_calibration({"input": x}, a.model, holdout=0.25)
+    pruner = GreedyPruner(a, cal, PruneOptions.from_flat(flops=0.5, refit=refit, batch_size=8))
+    trials = output_trials(pruner)
+    held = x[cal.n_calib:]
+    ref = _log_softmax(run(a.model, {"input": held})[0])
+    assert trials and all(len(t) >= 2 for t in trials.values())
+    for gid, group_trials in trials.items():
+        g = a.groups[gid]
+        assert [n for n, _, _ in group_trials] == candidate_widths(g, 1, 1)
+        for n, sel, value in group_trials:
+            assert set(sel.kept) == {gid} and len(sel.kept[gid]) == n
+            out = _log_softmax(run(apply_selection(a, sel, masked=True), {"input": held})[0])
+            kl = float((np.exp(ref) * (ref - out)).sum(1).mean())
+            assert value == pytest.approx(kl, rel=1e-3, abs=1e-7), (gid, n)
+
+
+def test_interpolated_curve_passes_the_points_and_never_rises():
+    curve = interpolate(16, [2, 4, 8, 12], [0.5, 0.2, 0.25, 0.01])
+    assert len(curve) == 17 and curve[16] == 0.0
+    assert curve[2] == pytest.approx(0.5) and curve[12] == pytest.approx(0.01)
+    assert curve[4] == pytest.approx(0.25), "a rise towards more channels is flattened (never lower with fewer)"
+    assert np.all(np.diff(curve) <= 1e-12)
+    assert curve[0] >= curve[2]
+
+
+def test_output_allocation_reaches_the_target_and_differs_from_uniform(zoo_models):
+    z = next(z for z in zoo_models if z.name == "mbv3_se" and z.exporter == "ts17")
+    x = zoo.random_input(z, 48, 3)["input"]
+    _, rep = prune(str(z.path), {"input": x}, flops=0.5, allocate="output", batch_size=16)
+    _, uni = prune(str(z.path), {"input": x}, flops=0.5, allocate="uniform", batch_size=16)
+    assert abs(rep.macs_ratio - 0.5) <= 0.02 * 0.5 + 1e-9
+    assert rep.allocate == "output"
+    assert [g.kept_count for g in rep.groups] != [g.kept_count for g in uni.groups]
