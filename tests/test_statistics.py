@@ -132,6 +132,31 @@ def test_ridge_refit_pulls_towards_the_prior():
     assert np.abs(ridge_refit(st, keep, 1e9)[:, k]).max() < 1e-5
 
 
+def test_infinite_ridge_is_the_least_squares_bias_correction():
+    """Planted Y = X W + b: with the kept weights fixed at W, the least-squares bias is b plus what the
+    removed inputs gave on average (checked against an explicit fit of the bias alone); the infinite ridge
+    is also the limit of large finite ones."""
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((500, 8)) + rng.uniform(-2, 2, 8)   # inputs with non-zero means
+    W = rng.standard_normal((8, 3))
+    b = rng.standard_normal(3)
+    Y = X @ W + b
+    st = Stats(8, 3)
+    st.add(torch.from_numpy(X), torch.from_numpy(Y))
+    keep = np.array([1, 0, 1, 1, 0, 1, 0, 1], bool)
+    prior = np.concatenate([W.T, b[:, None]], 1)
+    w = ridge_refit(st, keep, np.inf, prior=prior)
+    np.testing.assert_array_equal(w[:, :8][:, keep], W.T[:, keep])
+    assert np.all(w[:, :8][:, ~keep] == 0)
+    resid = Y - X[:, keep] @ W[keep]
+    explicit = np.linalg.lstsq(np.ones((500, 1)), resid, rcond=None)[0][0]
+    np.testing.assert_allclose(w[:, 8], explicit, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(w[:, 8], b + X[:, ~keep].mean(0) @ W[~keep], rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(ridge_refit(st, keep, 1e9, prior=prior), w, rtol=1e-5, atol=1e-6)
+    fixed = ridge_refit(st, keep, np.inf, fixed_bias=np.zeros(3), prior=prior)
+    assert np.all(fixed[:, 8] == 0)
+
+
 @pytest.mark.parametrize("k,s,d,p,mp", [(1, 1, 1, 0, 7), (3, 2, 1, 1, 10), (3, 1, 2, 2, None), (5, 2, 2, 2, 4),
                                         (3, 1, 1, 1, 10**6)])
 def test_conv_features_are_unfold_patches_at_the_sampled_positions(k, s, d, p, mp):

@@ -157,6 +157,9 @@ class GreedyPruner:
                        f"ridge-regularised; give at least {feats} rows (samples x sampled positions)")
             log.warning("group %d: %s", group.id, warning)
             note = "; ".join(x for x in (note, warning) if x)
+        if out.ridge:
+            note = "; ".join(x for x in (note, "ridge " + ", ".join(f"{k}: {v:g}" for k, v in out.ridge.items()))
+                             if x)
         self.results[group.id] = GroupResult(self.method.label(cand.method), out.err_calib, out.err_holdout,
                                              cand.curve, note, compared)
 
