@@ -9,7 +9,15 @@ import click
 from .. import api
 from ..errors import UserError
 from ..graph import atomic_write_bytes, check_output_path, path_uses_external_data, save_model
-from ..options import CalibrationOptions, GlobalOptions, OptionError, RefitOptions, SelectionOptions, TargetOptions
+from ..options import (
+    CalibrationOptions,
+    DistillOptions,
+    GlobalOptions,
+    OptionError,
+    RefitOptions,
+    SelectionOptions,
+    TargetOptions,
+)
 from ..selection.methods import method_names
 from .common import user_errors, write_all
 from .options import options_from, values_of
@@ -41,6 +49,7 @@ def _parse_keep(values) -> dict[int, int]:
 @options_from(RefitOptions)
 @options_from(CalibrationOptions)
 @options_from(GlobalOptions)
+@options_from(DistillOptions)
 @click.option("--report", "report_path", type=click.Path(), help="Write the report JSON here.")
 @click.option("--masked-reference", "masked_path", type=click.Path(),
               help="Also write the masked reference (original topology, removed channels zeroed).")
@@ -54,7 +63,7 @@ def command(model, output, calib, keep, report_path, masked_path, quiet, **value
     if all(values[t] is None for t in ("keep_ratio", "flops", "params")):
         raise UserError("give a target: --keep-ratio R, --flops F or --params P")
     flat = {}
-    for group in (TargetOptions, SelectionOptions, RefitOptions, CalibrationOptions, GlobalOptions):
+    for group in (TargetOptions, SelectionOptions, RefitOptions, CalibrationOptions, GlobalOptions, DistillOptions):
         flat.update(values_of(group, values))
     pruned, report = api.prune(model, calib, keep=_parse_keep(keep), quiet=quiet, **flat)
     external = path_uses_external_data(model) or None  # weights beside the input: same for the output
