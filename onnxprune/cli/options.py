@@ -33,8 +33,9 @@ def options_from(cls, choices: dict[str, typing.Sequence[str]] | None = None):
             kind = _base_type(hints[f.name])
             kw: dict = {"help": meta["help"]}
             default = f.default
-            if meta.get("flag"):  # a switch: --name turns it on
-                fn = click.option("--" + f.name.replace("_", "-"), f.name, is_flag=True, default=f.default,
+            if meta.get("flag"):  # a switch: --name / --no-name
+                flag = f.name.replace("_", "-")
+                fn = click.option(f"--{flag}/--no-{flag}", f.name, default=f.default, show_default=True,
                                   help=meta["help"])(fn)
                 continue
             if isinstance(kind, type) and issubclass(kind, enum.Enum):

@@ -178,4 +178,5 @@ class GreedyPruner:
     def _output_loss(self, group: Group, out: Outcome) -> float:
         trial = Selection(dict(self.sel.kept), dict(self.sel.gamma), {**self.sel.replace, **out.replace})
         trial.kept[group.id], trial.gamma[group.id] = out.kept, out.gamma
-        return self.global_imitation().output_loss(trial, held=True)
+        start = min(c.node for c in consumers_of(self.analysis, group))
+        return self.global_imitation().output_loss(trial, held=True, start=start)

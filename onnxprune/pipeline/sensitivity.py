@@ -135,8 +135,11 @@ def output_trials(pruner: GreedyPruner, round_to: int = 1, min_channels: int = 1
         state = pruner.global_imitation()
     except OptionError as exc:
         raise OptionError("allocate", "output", exc.reason) from None
+    t0 = time.perf_counter()
     loss = state.holdout if state.holdout.samples else state.calib
+    t1 = time.perf_counter()
     groups, collectors = profile_collectors(pruner)
+    t2 = time.perf_counter()
     alive = np.ones(len(a.class_of), bool)
     ones = np.ones(len(alive))
     trials: dict[int, list[tuple[int, Selection, torch.Tensor, dict]]] = {}
@@ -158,6 +161,7 @@ def output_trials(pruner: GreedyPruner, round_to: int = 1, min_channels: int = 1
                        for node, values in out.replace.items() for i, v in values.items()}
             trials[gid].append((n, sel, gates, weights))
     del collectors
+    t3 = time.perf_counter()
     first = {gid: min(c.node for c in cs) for gid, cs in groups.items()}
     totals = {gid: np.zeros(len(t)) for gid, t in trials.items()}
     with torch.no_grad():
@@ -168,6 +172,8 @@ def output_trials(pruner: GreedyPruner, round_to: int = 1, min_channels: int = 1
                 for j, (_, _, gates, weights) in enumerate(trials[gid]):
                     totals[gid][j] += float(loss._loss(twin.resume(st, gates, weights=weights)[0], ref))
     n_samples = max(loss.samples, 1)
+    log.info("output-aware curves: held-out subset %.0fs, profiling %.0fs, re-fits %.0fs, %d trials on %d samples "
+             "%.0fs", t1 - t0, t2 - t1, t3 - t2, sum(map(len, trials.values())), loss.samples, time.perf_counter() - t3)
     return {gid: [(n, sel, float(v) / n_samples) for (n, sel, _, _), v in zip(t, totals[gid])]
             for gid, t in trials.items()}
 
