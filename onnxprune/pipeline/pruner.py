@@ -25,6 +25,8 @@ from ..selection.baselines import ensure_segments, magnitude_scores, top_k
 from ..selection.methods import Candidate, get_method
 from ..statistics import NotSupported, consumers_of
 from ..statistics.collector import Collector
+from ..statistics.consumer import Consumer
+from ..statistics.output_cache import OutputCache
 from .global_state import GlobalImitation
 from .problem import LocalProblem
 from .refit import Outcome, apply_refit
@@ -87,6 +89,7 @@ class GreedyPruner:
         self.results: dict[int, GroupResult] = {}
         self.magnitude = magnitude_scores(analysis, options.selection.norm)
         self._global: GlobalImitation | None = None
+        self._outputs: OutputCache | None = None
 
     # ----- what the methods' problems ask of the pipeline ---------------------------------------------
     def baseline_scores(self, group: Group, method: str) -> np.ndarray:
@@ -111,8 +114,26 @@ class GreedyPruner:
         return Collector(consumers, self.options.calibration, self.seed, self.quiet)
 
     # ----- the sequential pass -------------------------------------------------------------------------
+    def output_cache(self, groups: list[Group]) -> OutputCache | None:
+        """The original network's consumer outputs at the sampled positions, for every group's statistics, or
+        None when they cannot be cached (docs/DESIGN.md, "Statistics")."""
+        consumers: dict[int, Consumer] = {}
+        for g in groups:
+            try:
+                consumers.update({c.node: c for c in consumers_of(self.analysis, g)})
+            except NotSupported:
+                continue
+        shapes = {t.name: t.shape for t in self.analysis.graph.tensors().values()}
+        o = self.options.calibration
+        plan = OutputCache.plan(list(consumers.values()), shapes, o.max_positions, self.cal.size)
+        if plan is None or not consumers:
+            return None
+        return OutputCache.build(self.cal, self.analysis.model, list(consumers.values()), shapes, plan,
+                                 o.batch_size, o.max_positions, self.seed)
+
     def run(self, counts: dict[int, int]) -> Selection:
         order = [g for g in visiting_order(self.analysis) if g.id in counts]
+        self._outputs = self.output_cache(order)
         for g in tqdm(order, desc="groups", unit="group", disable=self.quiet or None):
             self._prune_group(g, counts[g.id])
         return self.sel
@@ -130,8 +151,9 @@ class GreedyPruner:
             return
         masked = Rewriter(self.analysis, keep, gamma, masked=True, replace=self.sel.replace).run()
         col = self.collector(consumers)
-        col.run(self.cal, Tap(masked, [c.input for c in consumers]),
-                Tap(self.analysis.model, [c.output for c in consumers]), f"group {group.id}")
+        outputs = self._outputs if self._outputs is not None and all(c.node in self._outputs for c in consumers) \
+            else Tap(self.analysis.model, [c.output for c in consumers])
+        col.run(self.cal, Tap(masked, [c.input for c in consumers]), outputs, f"group {group.id}")
         problem = LocalProblem(self, group, k, consumers, col, keep, gamma)
         cands = [self._completed(problem, cand) for cand in self.method.candidates(problem)]
         outcomes = [(cand, apply_refit(self.analysis, self.sel, self.dense, problem, cand.kept, cand.gamma,

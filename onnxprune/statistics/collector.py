@@ -11,6 +11,7 @@ from ..errors import UserError
 from ..options import CalibrationOptions
 from .consumer import Consumer
 from .moments import Stats
+from .output_cache import OutputCache
 
 SPLITS = ("calib", "holdout")
 
@@ -23,15 +24,22 @@ class Collector:
         self.consumers, self.options, self.seed, self.quiet = consumers, options, seed, quiet
         self.stats: dict[str, dict[int, Stats]] = {split: {} for split in SPLITS}
 
-    def run(self, cal: Calibration, tap_in: Tap, tap_out: Tap, desc: str) -> None:
-        """Inputs from `tap_in` (the network pruned so far), outputs from `tap_out` (the original)."""
+    def run(self, cal: Calibration, tap_in: Tap, tap_out: Tap | OutputCache, desc: str) -> None:
+        """Inputs from `tap_in` (the network pruned so far), outputs from `tap_out` (the original), or their
+        sampled rows from an `OutputCache` of the original's consumer outputs."""
         bar = tqdm(total=cal.size, desc=desc, unit="sample", leave=False, disable=self.quiet or None)
+        mp = self.options.max_positions
         for split in SPLITS:
             for first, batch in checked_batches(cal, self.options.batch_size, split):
                 xs = tap_in(batch)
-                ys = xs if tap_out is tap_in else tap_out(batch)
-                for c in self.consumers:
-                    x, y = c.features(xs[c.input], ys[c.output], first, self.options.max_positions, self.seed)
+                n = len(next(iter(batch.values())))
+                if isinstance(tap_out, OutputCache):
+                    pairs = [c.features(xs[c.input], None, first, mp, self.seed, y_rows=tap_out.rows(c.node, first, n))
+                             for c in self.consumers]
+                else:
+                    ys = xs if tap_out is tap_in else tap_out(batch)
+                    pairs = [c.features(xs[c.input], ys[c.output], first, mp, self.seed) for c in self.consumers]
+                for c, (x, y) in zip(self.consumers, pairs):
                     if not (np.isfinite(x.numpy()).all() and np.isfinite(y.numpy()).all()):
                         raise UserError(f"{cal.what}: activations at '{c.name}' are NaN or Inf")
                     st = self.stats[split].get(c.node)

@@ -66,12 +66,16 @@ class Consumer:
         per = n_out // group
         return [(np.arange(q * per, (q + 1) * per), reads == q) for q in range(group)]
 
-    def features(self, x: np.ndarray, y: np.ndarray, first: int, max_positions: int | None, seed: int):
+    def features(self, x: np.ndarray, y: np.ndarray | None, first: int, max_positions: int | None, seed: int,
+                 y_rows: torch.Tensor | None = None):
         """Rows of features and outputs at sampled positions; sampling depends on the sample index
         only (not on batching). Only the sampled patches are cut out (in the data's precision) and
-        widened to float64, so memory follows the rows kept, not the activation."""
-        xt, yt = torch.from_numpy(np.asarray(x)), torch.from_numpy(np.asarray(y))
+        widened to float64, so memory follows the rows kept, not the activation. `y_rows` instead of `y`:
+        the output rows already sampled (`output_rows`, e.g. from an `OutputCache`)."""
+        xt = torch.from_numpy(np.asarray(x))
+        yt = None if y is None else torch.from_numpy(np.asarray(y))
         n = xt.shape[0]
+        rows_y = None
         if self.op == "Conv":
             if xt.ndim != 4:
                 raise NotSupported(f"{self.name}: only 2-D convolutions have statistics")
@@ -82,19 +86,18 @@ class Consumer:
             (kh, kw), (sh, sw), (dh, dw) = c["kernel"], c["strides"], c["dilations"]
             hout = (xt.shape[2] - dh * (kh - 1) - 1) // sh + 1
             wout = (xt.shape[3] - dw * (kw - 1) - 1) // sw + 1
-            rows_y = yt.reshape(n, yt.shape[1], -1).transpose(1, 2)  # N, L, out
+            if yt is not None:
+                rows_y = yt.reshape(n, yt.shape[1], -1).transpose(1, 2)  # N, L, out
             n_pos = hout * wout
         else:
             rows_x = xt.reshape(n, -1, xt.shape[-1])
-            rows_y = yt.reshape(n, -1, yt.shape[-1])
+            if yt is not None:
+                rows_y = yt.reshape(n, -1, yt.shape[-1])
             n_pos = rows_x.shape[1]
-        if rows_y.shape[1] != n_pos:
+        if rows_y is not None and rows_y.shape[1] != n_pos:
             raise NotSupported(f"{self.name}: input patches do not match output positions")
-        idx = None
-        if max_positions and n_pos > max_positions:
-            idx = torch.from_numpy(np.stack([
-                np.random.default_rng((seed, first + i, self.node)).choice(n_pos, max_positions, replace=False)
-                for i in range(n)]))
+        idx = self._positions(n, n_pos, first, max_positions, seed)
+        if idx is not None and rows_y is not None:
             rows_y = torch.gather(rows_y, 1, idx[..., None].expand(-1, -1, rows_y.shape[2]))
         if self.op == "Conv":
             pos = idx if idx is not None else torch.arange(n_pos).expand(n, -1)
@@ -104,8 +107,33 @@ class Consumer:
             rows_x = patches.permute(0, 1, 4, 2, 3).reshape(n, pos.shape[1], -1)        # unfold's order
         elif idx is not None:
             rows_x = torch.gather(rows_x, 1, idx[..., None].expand(-1, -1, rows_x.shape[2]))
-        return (rows_x.reshape(-1, rows_x.shape[-1]).to(torch.float64),
-                rows_y.reshape(-1, rows_y.shape[-1]).to(torch.float64))
+        xs = rows_x.reshape(-1, rows_x.shape[-1]).to(torch.float64)
+        if rows_y is not None:
+            return xs, rows_y.reshape(-1, rows_y.shape[-1]).to(torch.float64)
+        if y_rows is None or len(y_rows) != len(xs):
+            raise NotSupported(f"{self.name}: input patches do not match output positions")
+        return xs, y_rows.to(torch.float64)
+
+    def output_rows(self, y: np.ndarray, first: int, max_positions: int | None, seed: int) -> torch.Tensor:
+        """The output rows `features` pairs with its feature rows (same sampled positions), in y's precision."""
+        yt = torch.from_numpy(np.asarray(y))
+        n = yt.shape[0]
+        rows_y = yt.reshape(n, yt.shape[1], -1).transpose(1, 2) if self.op == "Conv" else \
+            yt.reshape(n, -1, yt.shape[-1])
+        idx = self._positions(n, rows_y.shape[1], first, max_positions, seed)
+        if idx is not None:
+            rows_y = torch.gather(rows_y, 1, idx[..., None].expand(-1, -1, rows_y.shape[2]))
+        return rows_y.reshape(-1, rows_y.shape[-1])
+
+    def sampled_positions(self, n_pos: int, max_positions: int | None) -> int:
+        return min(n_pos, max_positions) if max_positions else n_pos
+
+    def _positions(self, n: int, n_pos: int, first: int, max_positions: int | None, seed: int):
+        if not (max_positions and n_pos > max_positions):
+            return None
+        return torch.from_numpy(np.stack([
+            np.random.default_rng((seed, first + i, self.node)).choice(n_pos, max_positions, replace=False)
+            for i in range(n)]))
 
 
 def consumers_of(analysis: Analysis, group: Group) -> list[Consumer]:
