@@ -89,7 +89,7 @@ class GreedyPruner:
         self.results: dict[int, GroupResult] = {}
         self.magnitude = magnitude_scores(analysis, options.selection.norm)
         self._global: GlobalImitation | None = None
-        self._outputs: OutputCache | None = None
+        self._outputs: OutputCache | bool | None = None   # None: not built yet; False: cannot be cached
 
     # ----- what the methods' problems ask of the pipeline ---------------------------------------------
     def baseline_scores(self, group: Group, method: str) -> np.ndarray:
@@ -114,9 +114,14 @@ class GreedyPruner:
         return Collector(consumers, self.options.calibration, self.seed, self.quiet)
 
     # ----- the sequential pass -------------------------------------------------------------------------
-    def output_cache(self, groups: list[Group]) -> OutputCache | None:
-        """The original network's consumer outputs at the sampled positions, for every group's statistics, or
-        None when they cannot be cached (docs/DESIGN.md, "Statistics")."""
+    def output_cache(self) -> OutputCache | None:
+        """The original network's consumer outputs at the sampled positions, for every group's statistics (built
+        once, on first use), or None when they cannot be cached (docs/DESIGN.md, "Statistics")."""
+        if self._outputs is None:
+            self._outputs = self._build_output_cache(visiting_order(self.analysis)) or False
+        return self._outputs if isinstance(self._outputs, OutputCache) else None
+
+    def _build_output_cache(self, groups: list[Group]) -> OutputCache | None:
         consumers: dict[int, Consumer] = {}
         for g in groups:
             try:
@@ -133,7 +138,6 @@ class GreedyPruner:
 
     def run(self, counts: dict[int, int]) -> Selection:
         order = [g for g in visiting_order(self.analysis) if g.id in counts]
-        self._outputs = self.output_cache(order)
         for g in tqdm(order, desc="groups", unit="group", disable=self.quiet or None):
             self._prune_group(g, counts[g.id])
         return self.sel
@@ -151,7 +155,8 @@ class GreedyPruner:
             return
         masked = Rewriter(self.analysis, keep, gamma, masked=True, replace=self.sel.replace).run()
         col = self.collector(consumers)
-        outputs = self._outputs if self._outputs is not None and all(c.node in self._outputs for c in consumers) \
+        cache = self.output_cache()
+        outputs = cache if cache is not None and all(c.node in cache for c in consumers) \
             else Tap(self.analysis.model, [c.output for c in consumers])
         col.run(self.cal, Tap(masked, [c.input for c in consumers]), outputs, f"group {group.id}")
         problem = LocalProblem(self, group, k, consumers, col, keep, gamma)

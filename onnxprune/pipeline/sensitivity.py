@@ -65,22 +65,27 @@ def profile_collectors(pruner: GreedyPruner) -> tuple[dict[int, list[Consumer]],
             return 1 << 22
         return 4 * int(np.prod(shape[1:], dtype=np.int64))
 
+    cached = pruner.output_cache() is not None
     chunks: list[list[int]] = []
     size = 0
     for gid, cs in groups.items():
-        cost = batch * sum(nbytes(c.input) + nbytes(c.output) for c in cs)
+        cost = batch * sum(nbytes(c.input) + (0 if cached else nbytes(c.output)) for c in cs)
         if not chunks or size + cost > TAP_BUDGET:
             chunks.append([])
             size = 0
         chunks[-1].append(gid)
         size += cost
     collectors: dict[int, Collector] = {}
+    cache = pruner.output_cache()  # the original's outputs, shared with the sequential pass
     for n, chunk in enumerate(chunks):
         consumers = {c.node: c for gid in chunk for c in groups[gid]}
         col = pruner.collector(list(consumers.values()))
-        names = [c.input for c in consumers.values()] + [c.output for c in consumers.values()]
-        tap = Tap(a.model, names)
-        col.run(pruner.cal, tap, tap, f"profiling {n + 1}/{len(chunks)}")
+        if cache is not None and all(node in cache for node in consumers):
+            col.run(pruner.cal, Tap(a.model, [c.input for c in consumers.values()]), cache,
+                    f"profiling {n + 1}/{len(chunks)}")
+        else:
+            tap = Tap(a.model, [c.input for c in consumers.values()] + [c.output for c in consumers.values()])
+            col.run(pruner.cal, tap, tap, f"profiling {n + 1}/{len(chunks)}")
         for gid in chunk:
             collectors[gid] = col
     return groups, collectors
