@@ -10,9 +10,10 @@ the original's mean square there. No labels and no training set: only the calibr
   random-resized, flipped crop of every calibration image (crop indices after those the statistics used,
   seeded), so the distillation never sees the same sample twice; other sources are read as they are.
 - Early stopping: after every epoch the output KL on the held-out split (whole held-out images, fixed
-  crops) is measured; the weights with the lowest held-out KL are kept, the run stops after
-  `distill_patience` epochs without improvement, at `distill_epochs`, or when `distill_time` seconds
-  have passed. If no epoch beats the model as it came, the model is returned unchanged.
+  crops) is measured; the weights with the lowest held-out KL are kept. An epoch that does not improve
+  it goes back to the best weights and divides the learning rate by 3; the run stops after
+  `distill_patience` such epochs in a row, at `distill_epochs`, or when `distill_time` seconds have
+  passed. If no epoch beats the model as it came, the model is returned unchanged.
 - The teacher runs in ONNX Runtime on the CPU, or as the original's twin on CUDA.
 """
 from __future__ import annotations
@@ -155,7 +156,8 @@ def distill(original: onnx.ModelProto, pruned: onnx.ModelProto, cal: Calibration
     best = held_out_kl()
     rec.held_out_kl_before = rec.held_out_kl_best = best
     best_state = {k: p.detach().clone() for k, p in tr.params.items()}
-    opt = torch.optim.Adam(list(tr.params.values()), lr=options.distill_lr)
+    lr = options.distill_lr
+    opt = torch.optim.Adam(list(tr.params.values()), lr=lr)
     since_best, rec.stopped = 0, "epochs"
     budget = options.distill_time
     for epoch in range(options.distill_epochs):
@@ -186,15 +188,20 @@ def distill(original: onnx.ModelProto, pruned: onnx.ModelProto, cal: Calibration
         value = held_out_kl()
         rec.epochs = epoch + 1
         rec.history.append({"epoch": epoch + 1, "train_loss": total / max(n_seen, 1), "held_out_kl": value,
-                            "seconds": time.perf_counter() - t0})
+                            "lr": lr, "seconds": time.perf_counter() - t0})
         if not quiet:
             log.info("distill epoch %d: train %.4f held-out KL %.4f (%.0fs)", epoch + 1, total / max(n_seen, 1),
                      value, time.perf_counter() - t0)
         if value < best:
             best, since_best, rec.best_epoch = value, 0, epoch + 1
             best_state = {k: p.detach().clone() for k, p in tr.params.items()}
-        else:
+        else:  # back to the best state with a third of the step (a rate chosen on held-out images, not by hand)
             since_best += 1
+            lr /= 3
+            with torch.no_grad():
+                for k, p in tr.params.items():
+                    p.copy_(best_state[k])
+            opt = torch.optim.Adam(list(tr.params.values()), lr=lr)
         if out_of_time:
             rec.stopped = "time"
             break

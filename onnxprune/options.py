@@ -243,7 +243,8 @@ class DistillOptions:
         "Distillation: weight of the intermediate-feature MSE (consumer outputs, normalised) beside the "
         "KL of the outputs (0: outputs only)."))
     distill_patience: int = field(default=2, metadata=_help(
-        "Distillation: stop after this many epochs without a lower held-out loss.", cli=False))
+        "Distillation: stop after this many epochs in a row without a lower held-out loss (each goes back "
+        "to the best weights with a third of the learning rate).", cli=False))
 
     def __post_init__(self):
         if not isinstance(self.distill, bool):

@@ -101,6 +101,7 @@ def test_distillation_stops_early_and_returns_the_model_unchanged_when_it_never_
     d = rep.distill
     assert d["stopped"] == "patience" and d["epochs"] == 2 and not d["applied"] and d["best_epoch"] == 0
     assert all(h["held_out_kl"] > d["held_out_kl_before"] for h in d["history"])
+    assert [h["lr"] for h in d["history"]] == pytest.approx([1e4, 1e4 / 3]), "each miss divides the rate by 3"
     for a, b in zip(plain.graph.initializer, same.graph.initializer):
         assert a.name == b.name and np.array_equal(numpy_helper.to_array(a), numpy_helper.to_array(b))
 
