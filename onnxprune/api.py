@@ -132,7 +132,7 @@ def prune_with_options(model, calibration, options: PruneOptions, quiet: bool = 
         raise UserError(f"{name}: every channel group is frozen; nothing to prune")
     overrides = _overrides(analysis, target.keep)
     n_cal = 0
-    results = None
+    results, allocation = None, None
     if calibration is None:
         if kind == "keep_ratio":
             group_counts = counts_for_ratio(analysis, fraction, target.round_to, target.min_channels, overrides)
@@ -152,7 +152,7 @@ def prune_with_options(model, calibration, options: PruneOptions, quiet: bool = 
                                options.global_imitation, options.distill)
         pruner = GreedyPruner(analysis, cal, options, quiet=quiet)
         selection = pruner.run(counts(pruner, target, overrides))
-        results, n_cal = pruner.results, cal.size
+        results, n_cal, allocation = pruner.results, cal.size, pruner.allocation
     pruned = apply_selection(analysis, selection)
     distilled = None
     if options.distill.distill:  # after the layer-wise pruning: docs/DESIGN.md, "Distillation"
@@ -162,7 +162,7 @@ def prune_with_options(model, calibration, options: PruneOptions, quiet: bool = 
                                  options.selection.seed, quiet=quiet)
         distilled = record.to_dict()
     report = build_report(analysis, selection, pruned, name, method.name, {kind: fraction}, results)
-    report.distill = distilled
+    report.distill, report.allocation = distilled, allocation
     report.refit, report.allocate, report.calibration_samples = str(refit), str(target.allocate), n_cal
     report.selection, report.analysis = selection, analysis
     return pruned, report

@@ -90,6 +90,7 @@ class GreedyPruner:
         self.magnitude = magnitude_scores(analysis, options.selection.norm)
         self._global: GlobalImitation | None = None
         self._outputs: OutputCache | bool | None = None   # None: not built yet; False: cannot be cached
+        self.allocation: dict | None = None   # allocate=output: the stand-ins' held-out losses and the choice
 
     # ----- what the methods' problems ask of the pipeline ---------------------------------------------
     def baseline_scores(self, group: Group, method: str) -> np.ndarray:

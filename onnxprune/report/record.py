@@ -49,6 +49,7 @@ class Report:
     calibration_samples: int = 0
     layers: list[dict] = field(default_factory=list)   # {"node", "op", "macs_before", "macs_after"}
     distill: dict | None = None   # the distillation's record (`onnxprune.distill.DistillRecord`), if it ran
+    allocation: dict | None = None  # allocate=output: {"chosen", "held_out_output_loss": {candidate: loss}}
     # what the run decided, for `masked_reference` and further rewrites; not part of the JSON record
     selection: Selection | None = field(default=None, repr=False, compare=False, metadata={"record": False})
     analysis: Analysis | None = field(default=None, repr=False, compare=False, metadata={"record": False})

@@ -176,13 +176,14 @@ class Twin(torch.nn.Module):
             env[name] = x.to(self.device)
         return TwinState(env, 0)
 
-    def advance(self, state: TwinState, stop: int, gates: torch.Tensor | None = None) -> TwinState:
+    def advance(self, state: TwinState, stop: int, gates: torch.Tensor | None = None,
+                weights: dict[tuple[int, int], torch.Tensor] | None = None) -> TwinState:
         """The state before step `stop`: the steps from `state`'s up to `stop` run once, and only the
         tensors that later steps (or the graph outputs) read are kept. Running the rest many times from
         it (`resume`) costs only the rest: every candidate of a group shares the network before the group."""
         need = {r[1] for step in self.steps[stop:] for r in step.inputs if r is not None and r[0] == "var"}
         need |= {r[1] for r in self.output_refs if r[0] == "var"}
-        env = self._run(dict(state.env), state.step, stop, self._gate_vector(gates), None, need)
+        env = self._run(dict(state.env), state.step, stop, self._gate_vector(gates), weights, need)
         return TwinState({k: v for k, v in env.items() if k in need}, stop)
 
     def resume(self, state: TwinState, gates: torch.Tensor | None = None, outputs: list[str] | None = None,
