@@ -1,7 +1,13 @@
 """ImageNet MobileNetV2 on real ImageNet photos, pruned without labels and evaluated with them (issue 13).
 
-    python -m bench.imagenet_sample [--folds A,B] [--levels 0.9,0.7,0.5] [--rows today,default,magfull,tp-l1,tp-taylor]
-                                    [--augment 3] [--out bench/results/imagenet_sample.json] [--merge] [--replot]
+    python -m bench.imagenet_sample [--folds A,B] [--levels 0.9,0.7,0.5] [--rows default,output,...]
+                                    [--quick] [--augment 3] [--out bench/results/imagenet_sample.json] [--merge]
+                                    [--replot]
+
+One prune of MobileNetV2 takes 10-35 minutes on 2 busy CPU cores (allocate=output is the slow one), so the
+full grid (2 folds x 3 levels x 6 rows) is a night's run; --quick runs fold B at 70% MACs, default and
+allocate=output only, and --folds/--levels/--rows pick any other part (--merge keeps the earlier rows of
+the JSON that this run does not redo).
 
 Data: ../shared/imagenet-sample/ (500 ImageNet photos, one per even class; bench/lib/imagenet_sample.py),
 never copied: a fold's calibration folder is a temporary folder of links. Fold A calibrates on the 250
@@ -14,14 +20,15 @@ centre crops of the calibration images themselves ("calib top-1", the over-fitti
 used by any row.
 
 Rows (--rows; all side by side in one run, every row in a fresh subprocess under /usr/bin/time -v for
-its prune wall time, process CPU time and peak RSS):
-- today: greedy-local + full re-fit, uniform allocation, the re-fit's ridge grid as before issue 13
-  (1e-4 .. 10): the pipeline's default before this change, on the same calibration samples.
-- default: `onnxprune.prune` with every option at its default (the defaults of this version).
-- magfull: magnitude selection + full re-fit, uniform allocation (ridge grid of this version).
-- Ablations, each one feature on top of `today`: grid (the wider ridge grid with the bias-only limit),
-  output (allocate=output), distill (distillation), combined (greedy-combined), and all (every
-  feature that the default has, but with greedy-combined).
+its prune wall time, process CPU time and peak RSS; default: default,output,output-distill,magfull,tp-l1,tp-taylor):
+- default: `onnxprune.prune` with every option at its default: greedy-local + full re-fit, uniform
+  allocation. Issue 13 changed no default, so this is also the pipeline before it.
+- magfull: magnitude selection + full re-fit, uniform allocation.
+- One feature each on top of the default: grid (the re-fit's ridge grid widened to 1e3 and the
+  bias-only limit, chosen per consumer on held-out images), output (allocate=output), distill
+  (distillation with its default options), combined (greedy-combined).
+- Together: output-distill (allocate=output + distill), all (output + distill + greedy-combined + the
+  wide grid).
 - tp-l1 / tp-taylor: Torch-Pruning 1.6.1 (bench/lib/torch_pruning.py: one uniform ratio bisected to the
   MACs, final Linear kept, BN kept, no finetune); Taylor's gradients are those of the cross-entropy
   against the original's top-1 on the same 1000 calibration samples (no labels).
@@ -46,21 +53,25 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "bench", "results", "imagenet_sample.json")
 LEVELS = (0.9, 0.7, 0.5)
 OLD_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)   # pipeline/refit.RIDGE_GRID before issue 13
-TODAY = dict(method="greedy-local", refit="full", allocate="uniform")
+WIDE_GRID = OLD_GRID + (100.0, 1000.0, float("inf"))   # up to the bias-only correction (infinite ridge)
 ROWS: dict[str, dict] = {
-    "today": dict(label="greedy-local+full (uniform), before", opts=TODAY, grid=OLD_GRID),
-    "default": dict(label="default", opts={}),
+    # the defaults did not change in issue 13: `default` is also the pipeline before it
+    "default": dict(label="default (greedy-local+full, uniform)", opts={}),
     "magfull": dict(label="magnitude+full (uniform)", opts=dict(method="magnitude", refit="full", allocate="uniform")),
-    "grid": dict(label="today + ridge grid to bias-only", opts=TODAY),
-    "output": dict(label="today + allocate output", opts=dict(TODAY, allocate="output"), grid=OLD_GRID),
-    "distill": dict(label="today + distill", opts=dict(TODAY, distill=True), grid=OLD_GRID),
-    "combined": dict(label="greedy-combined+full (uniform)", opts=dict(TODAY, method="greedy-combined"),
-                     grid=OLD_GRID),
-    "all": dict(label="default + greedy-combined", opts=dict(method="greedy-combined")),
+    # one feature each on top of the default
+    "grid": dict(label="default + ridge grid to bias-only", opts={}, grid=WIDE_GRID),
+    "output": dict(label="default + allocate output", opts=dict(allocate="output")),
+    "distill": dict(label="default + distill", opts=dict(distill=True)),
+    "combined": dict(label="greedy-combined+full (uniform)", opts=dict(method="greedy-combined")),
+    # together
+    "output-distill": dict(label="allocate output + distill", opts=dict(allocate="output", distill=True)),
+    "all": dict(label="output + distill + combined + wide grid",
+                opts=dict(allocate="output", distill=True, method="greedy-combined"), grid=WIDE_GRID),
     "tp-l1": dict(label="torch-pruning-l1 (uniform ratio)", tp="l1"),
     "tp-taylor": dict(label="torch-pruning-taylor (uniform ratio)", tp="taylor"),
 }
-DEFAULT_ROWS = "today,default,magfull,tp-l1,tp-taylor"
+DEFAULT_ROWS = "default,output,output-distill,magfull,tp-l1,tp-taylor"
+QUICK = dict(folds="B", levels="0.7", rows="default,output")   # --quick: one fold, one level, two rows
 
 
 # ------------------------------------------------------------------------------ child: one prune
@@ -198,9 +209,11 @@ def table(results) -> str:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--folds", default="A,B")
-    ap.add_argument("--levels", default=",".join(map(str, LEVELS)))
-    ap.add_argument("--rows", default=DEFAULT_ROWS, help=f"comma-separated keys of {list(ROWS)}")
+    ap.add_argument("--folds", default="A,B", help="comma-separated folds, A and/or B (A,B)")
+    ap.add_argument("--levels", default=",".join(map(str, LEVELS)), help="MACs fractions to keep (0.9,0.7,0.5)")
+    ap.add_argument("--rows", default=DEFAULT_ROWS, help=f"comma-separated keys of {', '.join(ROWS)} "
+                    f"({DEFAULT_ROWS})")
+    ap.add_argument("--quick", action="store_true", help="fold B, 70%% MACs, rows default and output only")
     ap.add_argument("--augment", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2, help="torch threads in each prune (2)")
     ap.add_argument("--out", default=OUT)
@@ -210,6 +223,13 @@ def main():
     args = ap.parse_args()
     if args.child:
         return _child(args.child)
+    if args.quick:
+        args.folds, args.levels, args.rows = QUICK["folds"], QUICK["levels"], QUICK["rows"]
+    unknown = [k for k in args.rows.split(",") if k not in ROWS]
+    folds = [f for f in args.folds.split(",") if f not in ("A", "B")]
+    if unknown or folds:
+        ap.error(f"unknown rows {unknown} (choose from {', '.join(ROWS)})" if unknown else
+                 f"unknown folds {folds} (A or B)")
     os.chdir(ROOT)
     plot_path = os.path.splitext(args.out)[0] + ".png"
     old = json.load(open(args.out)) if os.path.exists(args.out) else {}
@@ -256,7 +276,7 @@ def _save(args, info, results, old, t_all, plot_path):
     info = dict(info, loadavg_end=loadavg())
     doc = {"machine": info, "total_s": time.perf_counter() - t_all, "augment": args.augment,
            "rows": {k: {kk: vv for kk, vv in v.items()} for k, v in ROWS.items()},
-           "old_ridge_grid": OLD_GRID, "results": results}
+           "old_ridge_grid": OLD_GRID, "wide_ridge_grid": [str(v) for v in WIDE_GRID], "results": results}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(doc, f, indent=1, default=float)
