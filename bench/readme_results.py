@@ -240,6 +240,56 @@ def latency_section(data) -> str:
                               "speed-up"], rows), ""])
 
 
+def latency_target_section(data) -> str:
+    """bench/latency_target.py: the latency model's error, targets side by side, accuracy at equal latency."""
+    if not data:
+        return ""
+    m = data["machine"]
+    out = ["### Pruning to a measured latency", "",
+           f"`bench/latency_target.py` (`bench/results/latency_target.json`{_when(data)}), ImageNet MobileNetV2, "
+           f"ONNX Runtime {m.get('onnxruntime')} CPU, {m.get('cpu_model')}, {m.get('cores')} cores shared with other "
+           "jobs (load averages below): wall-clock numbers are noisy.", ""]
+
+    def load(sec):
+        a, b = sec.get("loadavg_before"), sec.get("loadavg_after")
+        return f"{a[0]:.1f} → {b[0]:.1f}" if a and b else "?"
+    if data.get("model"):
+        sec = data["model"]
+        out += ["Latency model against measurement, 20 random allocations of the tables' fast widths, each timed "
+                "interleaved with the original by the same clock (error of the prediction against the fastest "
+                "round, the tables' statistic). *cpu*: CPU time of one intra-op thread, which other jobs do not "
+                f"inflate; *wall*: elapsed time. Load average {load(sec)}.", "",
+                _table(["batch", "clock", "threads", "table build s", "median error", "max error", "mean error",
+                        "additive model median error"],
+                       [[r["batch"], r["clock"], r["threads"], f"{r['build_s']:.0f}", f"{r['median_abs_err']:.1%}",
+                         f"{r['max_abs_err']:.1%}", f"{r['mean_err']:+.1%}", f"{r['median_abs_err_additive']:.1%}"]
+                        for r in sec["rows"]]), ""]
+    if data.get("speed"):
+        sec = data["speed"]
+        out += ["All timed side by side in one run (medians of interleaved rounds; speed-up: median of the paired "
+                "original/pruned ratios; magnitude selection, no calibration: widths do not depend on the method "
+                f"with uniform allocation). Prune s includes the probe, checks and tables. Load average {load(sec)}.",
+                "", _table(["model", "MACs", "batch", "median ms", "speed-up", "prune s"],
+                           [[r["model"], f"{r['macs_ratio']:.3f}", r["batch"], f"{r['median_ms']:.2f}",
+                             f"{r['speedup']:.2f}x", f"{r['prune_s']:.0f}"] for r in sec["rows"]]), ""]
+    if data.get("accuracy"):
+        sec = data["accuracy"]
+        out += ["Top-1 on the ImageNet sample (one photo per even class): calibrate on one fold of classes "
+                "(`--calib` folder, `--preprocess imagenet`), evaluate against the labels on the other; default "
+                "method (greedy-local, full re-fit, round-to auto). The `--latency` rows target the measured "
+                f"latency of the `--flops 0.5` model of the same fold. Load average {load(sec)}.", ""]
+        rows = []
+        for f in sec["folds"]:
+            sp = {(r["model"], r["batch"]): r["speedup"] for r in f["speed"]}
+            rows.append([f"{f['calibration_classes']} → {f['evaluation_classes']}", "original", "1.000",
+                         f"{100 * f['top1_original']:.1f}", "1.00x", "1.00x"])
+            rows += [["", r["row"], f"{r['macs_ratio']:.3f}", f"{100 * r['top1']:.1f}", f"{sp[r['row'], 1]:.2f}x",
+                      f"{sp[r['row'], 32]:.2f}x"] for r in f["rows"]]
+        out += [_table(["calibration → evaluation classes", "model", "MACs", "top-1 %", "speed-up b1",
+                        "speed-up b32"], rows), ""]
+    return "\n".join(out)
+
+
 def coverage_section(data) -> str:
     if not data:
         return ""
@@ -259,6 +309,37 @@ def coverage_section(data) -> str:
                       "target, largest pruned-vs-masked-reference error.", "",
                       _table(["graph", "exporters", "channels prunable", "MACs prunable", "MACs reached",
                               "oracle error"], rows), ""])
+
+
+def exporter_zoo_section(data) -> str:
+    """The tf2onnx / paddle2onnx graphs of `models/exporter_zoo.py` (`bench/coverage.py --exporter-zoo`)."""
+    if not data:
+        return ""
+
+    def frozen(g) -> str:
+        why = sorted({r.split(": ", 1)[-1] for f in g.get("frozen", []) for r in f["reasons"]
+                      if "reaches graph output" not in r})
+        return "; ".join(why) or "-"
+
+    def reached(g) -> str:
+        if g.get("macs_reached") is None:
+            return "n/a: " + (g.get("macs_note") or "-")
+        note = f" ({g['macs_note']})" if g.get("macs_note") else ""
+        return f"{g['macs_reached']:.3f}{note}"
+    rows = [[g["name"], g["exporter"], g["opset"], f"{100 * g['channels_prunable']:.1f}%", reached(g),
+             f"{g['oracle_err']:.0e}" if g.get("oracle_err") is not None else "-",
+             f"{g['ort_vs_framework']:.0e}", frozen(g)] for g in data["graphs"] if "error" not in g]
+    errors = [f"- {g['name']}: {g['error']}" for g in data["graphs"] if "error" in g]
+    versions = "; ".join(f"{fw}: " + ", ".join(f"{k} {v}" for k, v in b["versions"].items())
+                         for fw, b in data.get("build_times", {}).items())
+    return "\n".join(["### Coverage of the exporter zoo (tf2onnx, paddle2onnx)", "",
+                      f"`python -m bench.coverage --exporter-zoo DIR` on the graphs `models/exporter_zoo.py` "
+                      f"builds ({versions}): share of channels in prunable groups, MACs fraction reached by "
+                      "`--flops 0.5` (magnitude), largest pruned-vs-masked-reference error, ONNX Runtime against "
+                      "the framework's own output (relative), and what freezes besides the classifier or "
+                      f"detection head that reaches the graph output; {data['seconds'] / 60:.0f} min.", "",
+                      _table(["graph", "exporter", "opset", "channels prunable", "MACs reached at 0.5",
+                              "oracle error", "ORT vs framework", "frozen by"], rows), *errors, ""])
 
 
 def main() -> None:
@@ -281,7 +362,8 @@ def main() -> None:
     parts.append(imagenet_sample_section(_load("imagenet_sample.json")))
     parts.append(imagenet_section(_load("imagenet.json")))
     parts += [gpu_section(_load("gpu.json")), latency_section(_load("latency.json")),
-              coverage_section(_load("coverage.json"))]
+              latency_target_section(_load("latency_target.json")), coverage_section(_load("coverage.json")),
+              exporter_zoo_section(_load("exporter_zoo.json"))]
     section = "\n".join(p for p in parts if p).rstrip() + "\n"
     readme = (ROOT / "README.md").read_text()
     if BEGIN in readme:

@@ -7,9 +7,21 @@
     Reshape(x, [-1, H*W*C]).
   * paddle2onnx (PaddlePaddle, NCHW inputs): paddle.vision.models mobilenet_v2, resnet18,
     shufflenet_v2_x0_5 (pretrained=False), a tiny DB-style text detector (conv backbone with biases,
-    nearest upsample + concat neck, ConvTranspose head) and a tiny CRNN-style recognizer
-    (convs, height pooled away, BiLSTM or FC head). At opset 11 paddle2onnx writes conv biases as
-    Add(Conv, Reshape(bias, shape)).
+    nearest-upsample FPN neck with add + concat, ConvTranspose head) and a tiny CRNN-style recognizer
+    (convs, height pooled away, BiLSTM or FC head), at opsets 11 and 13 through `paddle.onnx.export`
+    (Polygraphy constant folding: conv biases become Add(Conv, initializer [1, C, 1, 1])) and at opset
+    11 "raw" (`paddle2onnx --optimize_tool None`: weights stay Constant nodes, conv biases are
+    Add(Conv, Reshape(Constant, Constant))). `*_dynhw` graphs have dynamic H and W as well as batch.
+  * `tiny_db_scale` upsamples with scale_factor as PaddleOCR's DB neck does; paddle 3.3.x programs
+    fail to convert there ("the 0th elementwise MUST be ir::FloatAttribute", paddle2onnx 2.0.1 and 2.1.0
+    alike), paddle 3.0.0 - 3.2.2 convert it.
+
+Versions used (Python 3.11): tensorflow-cpu 2.21.0 + tf2onnx 1.17.0 + tf-keras 2.21.0 (keras 3.15.1);
+paddlepaddle 3.2.2 + paddle2onnx 2.1.0 (pins onnx <= 1.17.0). paddle2onnx 2.0.1 optimises with
+onnxoptimizer instead of Polygraphy by default: its `paddle.onnx.export` graphs look like the raw ones
+here (Constant-node weights, Reshape'd biases). tf2onnx's from_keras needs a Keras 3 model whose output
+names match its layers' (a Functional model with a named output layer; a Sequential model fails
+with KeyError 'keras_tensor_N').
 
 Weights are random (seeded): conv / dense biases are random, BatchNorm gamma / beta are random and the
 moving statistics are first calibrated on a seeded random batch (one training-mode pass with momentum 0,
@@ -28,6 +40,10 @@ Graphs already in the index with their files present are skipped unless --force.
 
 Importing this module imports neither TensorFlow nor Paddle (only numpy and the standard library);
 each framework is imported inside its own builder functions. `load_index(DIR)` reads the manifest.
+Build one framework per process: where both are installed, importing paddle after tensorflow in one
+process segfaults (paddle 3.x, TF 2.21); the other order, and torch with either, import fine.
+A full build takes about 1.5-3 min for tf (most of it ResNet50, DenseNet121, EfficientNetB0) and
+about 15 s for paddle on a 2-core machine; the cache holds about 570 MB (ResNet50 is 94 MB a file).
 """
 from __future__ import annotations
 
@@ -50,6 +66,7 @@ INDEX = "index.json"
 TF_OPSETS = (13, 17)
 PADDLE_EXPORTS = ((11, False), (13, False), (11, True))  # (opset, raw)
 TF_SIZE = 96       # Keras applications accept >= 32 with weights=None; 96 keeps a 3x3 last feature map
+DYN_HW = 64        # H = W of the reference input of the graphs exported with dynamic spatial dims (*_dynhw)
 
 
 # ----------------------------------------------------------------------------------------------- manifest
@@ -61,6 +78,21 @@ def load_index(out_dir) -> dict:
     d = json.loads(p.read_text())
     d.setdefault("graphs", []), d.setdefault("failures", []), d.setdefault("build_times", {})
     return d
+
+
+def graph_names(framework: str) -> list[str]:
+    """The names of the graphs a full build of `framework` ('tf' or 'paddle') writes."""
+    if framework == "tf":
+        return [f"tf_{name}_op{op}" for name, *_ in tf_models() for op in TF_OPSETS]
+    return [f"paddle_{name}_op{op}" + ("_raw" if raw else "") for name, *_ in paddle_models()
+            for op, raw in PADDLE_EXPORTS]
+
+
+def random_input(entry: dict, batch: int, seed: int) -> dict:
+    """Seeded uniform inputs in the graph's input range (dynamic H and W at DYN_HW), as the builders draw."""
+    rng = np.random.default_rng(seed)
+    shape = (batch, *_concrete(tuple(entry["input"]["shape"][1:])))
+    return {entry["input"]["name"]: rng.uniform(*entry["input_range"], shape).astype(np.float32)}
 
 
 def _write_index(out_dir: pathlib.Path, framework: str, entries: list, failures: list, seconds: float,
@@ -172,6 +204,11 @@ def _op_summary(path: pathlib.Path) -> tuple[dict, list]:
     return dict(sorted(ops.items())), flat
 
 
+def _concrete(shape: tuple) -> tuple:
+    """The reference / calibration shape of an input shape whose spatial dims may be None (dynamic)."""
+    return tuple(DYN_HW if d is None else d for d in shape)
+
+
 # --------------------------------------------------------------------------------------- TensorFlow
 def tf_models() -> list[tuple[str, str, tuple, tuple, str]]:
     """(name, keras flavour, NHWC input shape, input range, notes) of the tf2onnx graphs."""
@@ -184,6 +221,10 @@ def tf_models() -> list[tuple[str, str, tuple, tuple, str]]:
         ("densenet121", "keras3", s, (-1.0, 1.0), "keras.applications.DenseNet121"),
         ("mobilenet_v3_small", "keras3", s, (0.0, 255.0),
          "keras.applications.MobileNetV3Small(alpha=0.75) (Rescaling preprocessing inside)"),
+        ("mobilenet_v2_dynhw", "keras3", (None, None, 3), (-1.0, 1.0),
+         f"keras.applications.MobileNetV2(alpha=0.35, include_top=False, pooling='avg', input_shape=(None, None, 3)) "
+         f"+ Dense(10): dynamic H and W "
+         f"(reference input {DYN_HW}x{DYN_HW})"),
         ("tiny_cnn", "keras3", (32, 32, 3), (-1.0, 1.0),
          "Conv/BN/ReLU x2, Flatten, Dense/ReLU, Dense; Keras 3 Flatten -> Reshape(x, Concat(Slice(Shape(x)), [C]))"),
         ("tiny_cnn_k2", "keras2", (32, 32, 3), (-1.0, 1.0),
@@ -201,6 +242,9 @@ def _tf_build(name: str, flavour: str, shape: tuple):
     app = keras.applications
     if name == "mobilenet_v2":
         return keras, app.MobileNetV2(alpha=0.35, **common)
+    if name == "mobilenet_v2_dynhw":  # include_top needs a static input shape: pooled base + Dense head
+        base = app.MobileNetV2(alpha=0.35, include_top=False, pooling="avg", weights=None, input_shape=shape)
+        return keras, keras.Model(base.input, keras.layers.Dense(10, name="predictions")(base.output), name=name)
     if name == "resnet50":
         return keras, app.ResNet50(**common)
     if name == "efficientnet_b0":
@@ -284,8 +328,8 @@ def build_tf(out_dir, names=None, opsets=TF_OPSETS, force: bool = False) -> tupl
         if not todo:
             continue
         rng = np.random.default_rng(SEED)
-        calib = rng.uniform(*low_high, (CALIB_BATCH, *shape)).astype("float32")
-        x = rng.uniform(*low_high, (REF_BATCH, *shape)).astype("float32")
+        calib = rng.uniform(*low_high, (CALIB_BATCH, *_concrete(shape))).astype("float32")
+        x = rng.uniform(*low_high, (REF_BATCH, *_concrete(shape))).astype("float32")
         log = out_dir / "logs" / f"tf_{name}.log"
         log.unlink(missing_ok=True)
         try:
@@ -335,6 +379,12 @@ def paddle_models() -> list[tuple[str, tuple, tuple, str]]:
         ("tiny_db", (3, 64, 64), (-1.0, 1.0),
          "DB-style detector: conv backbone (biases) + nearest upsample (by size) + add/concat FPN neck + "
          "ConvTranspose head"),
+        ("tiny_db_scale", (3, 64, 64), (-1.0, 1.0),
+         "tiny_db upsampling with F.interpolate(scale_factor=2.0 / 4.0) as PaddleOCR's DB FPN does"),
+        ("tiny_db_dynhw", (3, None, None), (-1.0, 1.0),
+         f"tiny_db with dynamic H and W, as OCR detectors are exported (reference input {DYN_HW}x{DYN_HW})"),
+        ("resnet18_dynhw", (3, None, None), (-1.0, 1.0),
+         f"paddle.vision.models.resnet18 with dynamic H and W (reference input {DYN_HW}x{DYN_HW})"),
         ("tiny_crnn_lstm", (3, 32, 64), (-1.0, 1.0),
          "CRNN-style recognizer: convs, height pooled to 1, [N,C,1,W] -> [N,W,C], BiLSTM, Linear"),
         ("tiny_crnn_fc", (3, 32, 64), (-1.0, 1.0),
@@ -350,7 +400,7 @@ def _paddle_build(name: str):
     vm = paddle.vision.models
     if name == "mobilenet_v2":
         return vm.mobilenet_v2(pretrained=False, num_classes=10)
-    if name == "resnet18":
+    if name in ("resnet18", "resnet18_dynhw"):
         return vm.resnet18(pretrained=False, num_classes=10)
     if name == "shufflenet_v2_x0_5":
         return vm.shufflenet_v2_x0_5(pretrained=False, num_classes=10)
@@ -359,7 +409,9 @@ def _paddle_build(name: str):
         return nn.Sequential(nn.Conv2D(cin, cout, k, s, padding=k // 2, bias_attr=None if bias else False),
                              nn.BatchNorm2D(cout), nn.ReLU())
 
-    if name == "tiny_db":
+    if name in ("tiny_db", "tiny_db_dynhw", "tiny_db_scale"):
+        by_scale = name == "tiny_db_scale"
+
         class TinyDB(nn.Layer):
             def __init__(self):
                 super().__init__()
@@ -376,11 +428,13 @@ def _paddle_build(name: str):
                 f2 = self.c2(self.c1(x))
                 f3 = self.c3(f2)
                 f4 = self.c4(f3)
-                # upsampling by size=: paddle2onnx 2.1.0 fails on paddle 3.3.1's nearest_interp with
-                # scale_factor ("the 0th elementwise MUST be ir::FloatAttribute")
-                def up(t, like):
+                # upsampling by size= (tiny_db, tiny_db_dynhw): paddle2onnx 2.1.0 fails on paddle 3.3.1's
+                # nearest_interp with scale_factor ("the 0th elementwise MUST be ir::FloatAttribute");
+                # tiny_db_scale keeps scale_factor, as PaddleOCR's DB FPN writes it (paddle 3.0 exports it)
+                def up(t, like):  # to_static: like.shape[2:] is ints when H, W are static, tensors if dynamic
+                    if by_scale:
+                        return F.interpolate(t, scale_factor=float(like.shape[2] // t.shape[2]), mode="nearest")
                     return F.interpolate(t, size=like.shape[2:], mode="nearest")
-
                 i4 = self.in4(f4)
                 i3 = self.in3(f3)
                 i3 = i3 + up(i4, i3)
@@ -493,8 +547,8 @@ def build_paddle(out_dir, names=None, opsets=None, force: bool = False, exports=
         if not todo:
             continue
         rng = np.random.default_rng(SEED)
-        calib = rng.uniform(*low_high, (CALIB_BATCH, *shape)).astype("float32")
-        x = rng.uniform(*low_high, (REF_BATCH, *shape)).astype("float32")
+        calib = rng.uniform(*low_high, (CALIB_BATCH, *_concrete(shape))).astype("float32")
+        x = rng.uniform(*low_high, (REF_BATCH, *_concrete(shape))).astype("float32")
         log = out_dir / "logs" / f"paddle_{name}.log"
         log.unlink(missing_ok=True)
         try:

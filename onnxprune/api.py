@@ -7,18 +7,22 @@ default, validation and meaning live.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 
 import onnx
 
 from .analysis import Analysis
-from .errors import UserError
+from .errors import UnsupportedModel, UserError
 from .graph import check_model, load_model
+from .graph.inputs import symbolic_inputs
 from .options import (
+    AUTO,
     CalibrationOptions,
     DistillOptions,
     GlobalOptions,
+    ModelOptions,
     OptionError,
     PruneOptions,
     Refit,
@@ -28,10 +32,10 @@ from .options import (
 )
 from .report import Report, build_report
 from .rewrite import Rewriter
-from .selection import Selection, counts_for_ratio, counts_for_target, fit_to_target, select
+from .selection import Selection, fit_to_target, select
 
 log = logging.getLogger("onnxprune")
-_T, _S, _C, _R, _G = TargetOptions, SelectionOptions, CalibrationOptions, RefitOptions, GlobalOptions
+_T, _S, _C, _R, _G, _M = TargetOptions, SelectionOptions, CalibrationOptions, RefitOptions, GlobalOptions, ModelOptions
 _D = DistillOptions
 
 
@@ -48,13 +52,40 @@ def _as_model(model) -> tuple[onnx.ModelProto, str]:
     raise UserError(f"model must be a path or an onnx.ModelProto, got {type(model).__name__}")
 
 
-def analyze(model) -> Analysis:
-    """Channel groups of a model (path or ModelProto; a ModelProto is not modified)."""
+def analyze(model, input_shapes: dict | None = None) -> Analysis:
+    """Channel groups of a model (path or ModelProto; a ModelProto is not modified). `input_shapes`
+    (name -> dims, batch first) size the layers whose shapes are symbolic, for their MACs."""
     proto, name = _as_model(model)
-    analysis = Analysis(proto, in_place=proto is not model)  # a model loaded here is ours to change
+    return _analysis(proto, model, ModelOptions(input_shapes).input_shapes)
+
+
+def _analysis(proto: onnx.ModelProto, model, input_shapes: dict | None) -> Analysis:
+    try:
+        analysis = Analysis(proto, in_place=proto is not model, input_shapes=input_shapes)  # a loaded model is ours
+    except UnsupportedModel as exc:
+        raise UnsupportedModel(f"{_name(model)}: {exc}") from None
     if not analysis.costs:
-        raise UserError(f"{name}: has no Conv, Gemm or MatMul layer to prune")
+        if analysis.subgraph_layers:
+            where = ", ".join(f"'{n}'" for n in list(analysis.subgraph_layers)[:3])
+            count = sum(analysis.subgraph_layers.values())
+            raise UserError(f"{_name(model)}: its {count} Conv, Gemm or MatMul layers all lie inside subgraphs "
+                            f"(of {where}), which onnxprune does not prune")
+        raise UserError(f"{_name(model)}: has no Conv, Gemm or MatMul layer to prune")
     return analysis
+
+
+def _calibration_shapes(proto: onnx.ModelProto, cal) -> dict | None:
+    """Shapes of the inputs with symbolic dims, from the calibration data: the model's declared dims where
+    fixed, the data's where symbolic, 1 for a symbolic batch (MACs are per sample)."""
+    need = symbolic_inputs(proto)
+    if not need:
+        return None
+    shapes = {}
+    for name, dims in need.items():
+        data = cal.parts[0].arrays[name].shape
+        shapes[name] = tuple(d if isinstance(d, int) and d > 0 else (1 if i == 0 else int(data[i]))
+                             for i, d in enumerate(dims))
+    return shapes
 
 
 def _overrides(analysis: Analysis, keep: dict) -> dict[int, int]:
@@ -81,13 +112,16 @@ def apply_selection(analysis: Analysis, selection: Selection, masked: bool = Fal
 
 def prune(model, calibration=None, *, method: str = _S.method, refit: str | None = _R.refit,
           keep_ratio: float | None = _T.keep_ratio, flops: float | None = _T.flops, params: float | None = _T.params,
-          round_to: int = _T.round_to, min_channels: int = _T.min_channels, keep: dict | None = None,
+          latency: float | None = _T.latency, round_to: int | str = _T.round_to, min_channels: int = _T.min_channels,
+          keep: dict | None = None, provider: str = _T.provider, latency_batch: int = _T.latency_batch,
+          latency_threads: int | None = _T.latency_threads, latency_fp16: bool = _T.latency_fp16,
           allocate: str = _T.allocate, norm: str = _S.norm, seed: int = _S.seed, batch_size: int = _C.batch_size,
           max_positions: int | None = _C.max_positions, holdout: float = _C.holdout, ridge: float = _R.ridge,
           preprocess: str = _C.preprocess, image_size: int | None = _C.image_size, augment: int = _C.augment,
           output_loss: str = _G.output_loss,
           global_samples: int = _G.global_samples, taylor_rounds: int = _G.taylor_rounds,
-          exact_limit: int = _G.exact_limit, distill: bool = _D.distill, distill_time: float = _D.distill_time,
+          exact_limit: int = _G.exact_limit, input_shapes: dict | None = _M.input_shapes,
+          distill: bool = _D.distill, distill_time: float = _D.distill_time,
           distill_epochs: int = _D.distill_epochs, distill_lr: float = _D.distill_lr,
           distill_features: float = _D.distill_features, distill_patience: int = _D.distill_patience,
           quiet: bool = True) -> tuple[onnx.ModelProto, Report]:
@@ -97,15 +131,22 @@ def prune(model, calibration=None, *, method: str = _S.method, refit: str | None
     dicts or ONNX Runtime CalibrationDataReader. Needed by the greedy methods and by any re-fit.
     `refit`: none | gamma | full (default: full with calibration, none without).
     `allocate`: uniform | loss | output. `distill`: label-free distillation after pruning. `output_loss`:
-    kl | mse, the global methods' output discrepancy, measured on `global_samples`. See `onnxprune.options`
-    for every option."""
+    kl | mse, the global methods' output discrepancy, measured on `global_samples`. `latency`: keep that
+    fraction of the original's latency, measured with ONNX Runtime on `provider` (cpu | cuda | tensorrt) at
+    `latency_batch`. `round_to`: an integer, or 'auto' (per group, the rounding measured fastest).
+    `input_shapes`: name -> dims (batch first) of inputs with symbolic dims, for the MACs of the layers they
+    size (default: the first calibration batch's shapes); a MACs target is refused while a layer's MACs are
+    unknown. See `onnxprune.options` for every option."""
     options = PruneOptions.from_flat(
-        method=method, refit=refit, keep_ratio=keep_ratio, flops=flops, params=params, round_to=round_to,
+        method=method, refit=refit, keep_ratio=keep_ratio, flops=flops, params=params, latency=latency,
+        round_to=round_to, provider=provider, latency_batch=latency_batch, latency_threads=latency_threads,
+        latency_fp16=latency_fp16,
         min_channels=min_channels, keep=keep or {}, allocate=allocate, norm=norm, seed=seed, batch_size=batch_size,
         max_positions=max_positions, holdout=holdout, ridge=ridge, preprocess=preprocess, image_size=image_size,
         augment=augment, output_loss=output_loss, global_samples=global_samples, taylor_rounds=taylor_rounds,
-        exact_limit=exact_limit, distill=distill, distill_time=distill_time, distill_epochs=distill_epochs,
-        distill_lr=distill_lr, distill_features=distill_features, distill_patience=distill_patience)
+        exact_limit=exact_limit, input_shapes=input_shapes, distill=distill, distill_time=distill_time,
+        distill_epochs=distill_epochs, distill_lr=distill_lr, distill_features=distill_features,
+        distill_patience=distill_patience)
     return prune_with_options(model, calibration, options, quiet=quiet)
 
 
@@ -113,7 +154,8 @@ def prune_with_options(model, calibration, options: PruneOptions, quiet: bool = 
                        ) -> tuple[onnx.ModelProto, Report]:
     """`prune` with its options already grouped."""
     from .calibration import load_calibration
-    from .pipeline import GreedyPruner, counts
+    from .pipeline import GreedyPruner
+    from .pipeline.budget import plan as plan_counts
     from .selection.methods import get_method
     target = options.target
     kind, fraction = target.check_one_target()
@@ -126,44 +168,50 @@ def prune_with_options(model, calibration, options: PruneOptions, quiet: bool = 
         raise OptionError("allocate", target.allocate, "needs calibration data")
     if options.distill.distill and calibration is None:
         raise OptionError("distill", True, "needs calibration data")
-    analysis = analyze(model)
-    name = _name(model)
+    proto, name = _as_model(model)
+    c = options.calibration
+    cal = None
+    if calibration is not None:  # opened first: its first batch sizes inputs with symbolic dims
+        cal = load_calibration(calibration, proto, c.holdout, c.preprocess, c.image_size, augment=c.augment,
+                               seed=options.selection.seed)
+    shapes = options.model.input_shapes or (_calibration_shapes(proto, cal) if cal is not None else None)
+    analysis = _analysis(proto, model, shapes)
+    if kind == "flops" and analysis.unknown_costs:
+        raise OptionError("input_shapes", None, f"{name}: a MACs target needs every layer's MACs, and "
+                          f"{analysis.unknown_cost_reason()}")
     if not analysis.prunable:
         raise UserError(f"{name}: every channel group is frozen; nothing to prune")
     overrides = _overrides(analysis, target.keep)
     n_cal = 0
     results, allocation = None, None
     if calibration is None:
-        if kind == "keep_ratio":
-            group_counts = counts_for_ratio(analysis, fraction, target.round_to, target.min_channels, overrides)
-        else:
-            group_counts = counts_for_target(analysis, fraction, kind, target.round_to, target.min_channels,
-                                             overrides)
-        selection = select(analysis, group_counts, method.name, norm=options.selection.norm,
+        plan = plan_counts(analysis, target, overrides)
+        selection = select(analysis, plan.counts, method.name, norm=options.selection.norm,
                            seed=options.selection.seed)
         if kind == "flops":
             fit_to_target(analysis, selection, selection.scores, fraction, target.min_channels,
-                          round_to=target.round_to)
+                          round_to=1 if target.round_to == AUTO else int(target.round_to), widths=plan.widths)
     else:
-        c = options.calibration
-        cal = load_calibration(calibration, analysis.model, c.holdout, c.preprocess, c.image_size,
-                               augment=c.augment, seed=options.selection.seed)
-        options = PruneOptions(target, options.selection, c, RefitOptions(refit, options.refit.ridge),
-                               options.global_imitation, options.distill)
+        assert cal is not None
+        options = dataclasses.replace(options, refit=RefitOptions(refit, options.refit.ridge))
         pruner = GreedyPruner(analysis, cal, options, quiet=quiet)
-        selection = pruner.run(counts(pruner, target, overrides))
+        plan = plan_counts(analysis, target, overrides, pruner)
+        selection = pruner.run(plan.counts)
         results, n_cal, allocation = pruner.results, cal.size, pruner.allocation
     pruned = apply_selection(analysis, selection)
     distilled = None
     if options.distill.distill:  # after the layer-wise pruning: docs/DESIGN.md, "Distillation"
         from .distill import distill, feature_channels
+        assert cal is not None
         feats = feature_channels(analysis, selection, pruned)
         pruned, record = distill(analysis.model, pruned, cal, options.distill, feats, options.calibration.batch_size,
                                  options.selection.seed, quiet=quiet)
         distilled = record.to_dict()
+    measured = plan.finish(analysis, pruned)
     report = build_report(analysis, selection, pruned, name, method.name, {kind: fraction}, results)
     report.distill, report.allocation = distilled, allocation
     report.refit, report.allocate, report.calibration_samples = str(refit), str(target.allocate), n_cal
+    report.latency = measured
     report.selection, report.analysis = selection, analysis
     return pruned, report
 

@@ -25,9 +25,11 @@ class OptionError(UserError):
         self.option, self.value, self.reason = option, value, reason
         super().__init__(f"{option}={value!r}: {reason}")
 
-    def flag_message(self) -> str:
-        """The same error with the option spelt as a command-line flag."""
-        return f"--{self.option.replace('_', '-')} {_shown(self.value)}: {self.reason}"
+    def flag_message(self, flag: str | None = None) -> str:
+        """The same error with the option spelt as a command-line flag (`flag`, or the name with dashes)."""
+        flag = flag or f"--{self.option.replace('_', '-')}"
+        shown = "" if self.value is None else f" {_shown(self.value)}"
+        return f"{flag}{shown}: {self.reason}"
 
 
 def _shown(value: Any) -> str:
@@ -76,6 +78,13 @@ class Norm(Choice):
     L2 = "l2"
 
 
+class Provider(Choice):
+    """The ONNX Runtime execution provider a latency is measured on."""
+    CPU = "cpu"
+    CUDA = "cuda"
+    TENSORRT = "tensorrt"
+
+
 class Preprocess(Choice):
     """Preprocessing presets for image folders."""
     NONE = "none"
@@ -86,7 +95,7 @@ def _help(text: str, **cli: Any) -> dict:
     return {"help": text, **cli}
 
 
-def _int(option: str, value: Any, low: int, allow_none: bool = False) -> int | None:
+def _int(option: str, value: Any, low: int, allow_none: bool = False, high: int | None = None) -> int | None:
     if value is None and allow_none:
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
@@ -94,7 +103,15 @@ def _int(option: str, value: Any, low: int, allow_none: bool = False) -> int | N
     value = int(value)
     if value < low:
         raise OptionError(option, value, f"must be an integer >= {low}")
+    if high is not None and value > high:
+        raise OptionError(option, value, f"must be an integer in {low}..{high}")
     return value
+
+
+# an image side above this is a typo, not a resolution: a 3-channel float32 image of it is already 3 GB
+MAX_IMAGE_SIZE = 16384
+# an input dimension above this (2**31 - 1) is out of what ONNX Runtime indexes
+MAX_DIM = 2**31 - 1
 
 
 def _fraction(option: str, value: Any, low_open: bool, high: float, high_open: bool,
@@ -115,6 +132,20 @@ def _fraction(option: str, value: Any, low_open: bool, high: float, high_open: b
     return value
 
 
+AUTO = "auto"
+
+
+def _round_to(value: Any) -> int | str:
+    """`round_to`: 'auto' or an integer >= 1 (a command-line string of digits is an integer)."""
+    if isinstance(value, str) and value.strip().lower() == AUTO:
+        return AUTO
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        value = int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise OptionError("round_to", value, "must be an integer >= 1 or 'auto'")
+    return int(value)
+
+
 @dataclass(frozen=True)
 class TargetOptions:
     """How much of the model to keep, and how the budget is shared among groups."""
@@ -124,20 +155,36 @@ class TargetOptions:
         "Keep this fraction of the original MACs (within 2%).", target=True))
     params: float | None = field(default=None, metadata=_help(
         "Keep this fraction of the original parameters (within 2%).", target=True))
+    latency: float | None = field(default=None, metadata=_help(
+        "Keep this fraction of the original's latency, measured on --provider at --latency-batch.", target=True))
     allocate: Allocation = field(default=Allocation.UNIFORM, metadata=_help(
         "Spread a --flops/--params target uniformly, by local imitation loss per MAC (loss), or by the "
         "network's output loss per MAC when each group alone is pruned (output)."))
-    round_to: int = field(default=1, metadata=_help("Kept counts are multiples of K (8 suits TensorRT)."))
+    round_to: int | str = field(default=AUTO, metadata=_help(
+        "Kept counts are multiples of K; auto: per group, the rounding measured fastest near its count.",
+        cli_type=str))
     min_channels: int = field(default=1, metadata=_help("Never keep fewer channels in a group."))
     keep: dict = field(default_factory=dict, metadata=_help(
         "Per-group kept count, GROUP=N (repeatable).", cli=False))
+    provider: Provider = field(default=Provider.CPU, metadata=_help(
+        "Execution provider latencies are measured on (--latency, --round-to auto)."))
+    latency_batch: int = field(default=1, metadata=_help("Batch size latencies are measured at."))
+    latency_threads: int | None = field(default=None, metadata=_help(
+        "Intra-op threads latencies are measured with (default: the cores this process may use)."))
+    latency_fp16: bool = field(default=False, metadata=_help(
+        "Measure latencies in fp16 (cuda: the model converted; tensorrt: fp16 kernels allowed)."))
 
     def __post_init__(self):
-        given = [n for n in ("keep_ratio", "flops", "params") if getattr(self, n) is not None]
+        given = [n for n in TARGETS if getattr(self, n) is not None]
         for name in given:
             object.__setattr__(self, name, _fraction(name, getattr(self, name), True, 1.0, False))
         object.__setattr__(self, "allocate", Allocation.parse("allocate", self.allocate))
-        object.__setattr__(self, "round_to", _int("round_to", self.round_to, 1))
+        object.__setattr__(self, "round_to", _round_to(self.round_to))
+        object.__setattr__(self, "provider", Provider.parse("provider", self.provider))
+        object.__setattr__(self, "latency_batch", _int("latency_batch", self.latency_batch, 1))
+        object.__setattr__(self, "latency_threads", _int("latency_threads", self.latency_threads, 1, allow_none=True))
+        if not isinstance(self.latency_fp16, bool):
+            raise OptionError("latency_fp16", self.latency_fp16, "must be True or False")
         object.__setattr__(self, "min_channels", _int("min_channels", self.min_channels, 1))
         keep = {}
         for gid, n in dict(self.keep or {}).items():
@@ -145,11 +192,14 @@ class TargetOptions:
         object.__setattr__(self, "keep", keep)
 
     def check_one_target(self) -> tuple[str, float]:
-        """(kind, fraction) of the one target given: 'keep_ratio', 'flops' or 'params'."""
-        given = [n for n in ("keep_ratio", "flops", "params") if getattr(self, n) is not None]
+        """(kind, fraction) of the one target given: 'keep_ratio', 'flops', 'params' or 'latency'."""
+        given = [n for n in TARGETS if getattr(self, n) is not None]
         if len(given) != 1:
-            raise UserError("give exactly one target: keep_ratio, flops or params")
+            raise UserError("give exactly one target: keep_ratio, flops, params or latency")
         return given[0], getattr(self, given[0])
+
+
+TARGETS = ("keep_ratio", "flops", "params", "latency")
 
 
 @dataclass(frozen=True)
@@ -172,7 +222,8 @@ class CalibrationOptions:
         object.__setattr__(self, "max_positions", positions or None)
         object.__setattr__(self, "holdout", _fraction("holdout", self.holdout, False, 1.0, True))
         object.__setattr__(self, "preprocess", Preprocess.parse("preprocess", self.preprocess))
-        object.__setattr__(self, "image_size", _int("image_size", self.image_size, 1, allow_none=True))
+        object.__setattr__(self, "image_size", _int("image_size", self.image_size, 1, allow_none=True,
+                                                    high=MAX_IMAGE_SIZE))
         object.__setattr__(self, "augment", _int("augment", self.augment, 0))
 
 
@@ -227,6 +278,72 @@ class GlobalOptions:
         object.__setattr__(self, "exact_limit", _int("exact_limit", self.exact_limit, 0))
 
 
+def parse_input_shape(text: str) -> tuple[str | None, tuple[int, ...]]:
+    """`NAME=D0,D1,...` as (NAME, dims). The conventions of onnxsim's `--overwrite-input-shape`: the name
+    ends at the last separator (`=`, or `:` as onnxsim writes it, so names such as tf2onnx's `input:0`
+    work), and a single-input model may omit it (`1,3,224,224`, the name is then None); Polygraphy's
+    brackets (`NAME:[1,3,224,224]`) are accepted too."""
+    if not isinstance(text, str):
+        raise OptionError("input_shapes", text, "expected NAME=D0,D1,... with positive integers")
+    name, sep, dims = text.rpartition("=")
+    if not sep:
+        name, sep, dims = text.rpartition(":")
+    dims = dims.strip()
+    if dims[:1] + dims[-1:] in ("[]", "()"):
+        dims = dims[1:-1]
+    return (name if sep else None), _dims(text, [d.strip() for d in dims.split(",")])
+
+
+def _dims(shown: Any, dims) -> tuple[int, ...]:
+    out = []
+    for d in dims:
+        if isinstance(d, str):
+            if not d.isascii() or not d.isdigit():
+                raise OptionError("input_shapes", shown, "expected NAME=D0,D1,... with positive integers")
+            d = int(d)
+        if isinstance(d, bool) or not isinstance(d, numbers.Integral) or not 1 <= int(d) <= MAX_DIM:
+            raise OptionError("input_shapes", shown, f"dimensions must be integers in 1..{MAX_DIM}")
+        out.append(int(d))
+    if not out:
+        raise OptionError("input_shapes", shown, "expected NAME=D0,D1,... with positive integers")
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """What the model file may not say: the shapes of inputs whose dimensions are symbolic."""
+    input_shapes: dict | None = field(default=None, metadata=_help(
+        "Shapes of model inputs, name -> dims (batch first), for the MACs of layers whose sizes are symbolic; "
+        "default: the first calibration batch's shape.", cli=False))
+
+    def __post_init__(self):
+        given = self.input_shapes
+        if given is None:
+            return
+        if not isinstance(given, dict):
+            raise OptionError("input_shapes", given, "must map input names to shapes")
+        shapes: dict[str | None, tuple[int, ...]] = {}
+        for name, dims in given.items():
+            shown = f"{name}={dims}"
+            if name is not None and not isinstance(name, str):
+                raise OptionError("input_shapes", shown, "input names must be strings")
+            if isinstance(dims, str):
+                dims = parse_input_shape(dims)[1]
+            elif not isinstance(dims, (list, tuple)):
+                raise OptionError("input_shapes", shown, "a shape is a sequence of integers")
+            shapes[name or None] = _dims(shown, dims)
+        object.__setattr__(self, "input_shapes", shapes or None)
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """`eval`: how the two models are run on the data."""
+    batch_size: int = field(default=256, metadata=_help("Evaluation batch size."))
+
+    def __post_init__(self):
+        object.__setattr__(self, "batch_size", _int("batch_size", self.batch_size, 1))
+
+
 @dataclass(frozen=True)
 class DistillOptions:
     """Label-free distillation after the layer-wise pruning (docs/DESIGN.md, "Distillation")."""
@@ -262,7 +379,8 @@ class DistillOptions:
         object.__setattr__(self, "distill_patience", _int("distill_patience", self.distill_patience, 1))
 
 
-GROUPS = (TargetOptions, SelectionOptions, CalibrationOptions, RefitOptions, GlobalOptions, DistillOptions)
+GROUPS = (TargetOptions, SelectionOptions, CalibrationOptions, RefitOptions, GlobalOptions, ModelOptions,
+          DistillOptions)
 
 
 @dataclass(frozen=True)
@@ -273,6 +391,7 @@ class PruneOptions:
     calibration: CalibrationOptions = field(default_factory=CalibrationOptions)
     refit: RefitOptions = field(default_factory=RefitOptions)
     global_imitation: GlobalOptions = field(default_factory=GlobalOptions)
+    model: ModelOptions = field(default_factory=ModelOptions)
     distill: DistillOptions = field(default_factory=DistillOptions)
 
     @classmethod
@@ -286,7 +405,8 @@ class PruneOptions:
             groups[owner[name]][name] = value
         return cls(TargetOptions(**groups[TargetOptions]), SelectionOptions(**groups[SelectionOptions]),
                    CalibrationOptions(**groups[CalibrationOptions]), RefitOptions(**groups[RefitOptions]),
-                   GlobalOptions(**groups[GlobalOptions]), DistillOptions(**groups[DistillOptions]))
+                   GlobalOptions(**groups[GlobalOptions]), ModelOptions(**groups[ModelOptions]),
+                   DistillOptions(**groups[DistillOptions]))
 
 
 def flat_defaults() -> dict[str, Any]:

@@ -29,6 +29,7 @@ class Rewriter:
         self.nodes = list(self.graph.nodes)
         self._private: set[tuple[int, int]] = set()
         self.replaced = set(replace or {})
+        self.output_names = {t.name for t in self.graph.outputs}
         for node_id, values in (replace or {}).items():
             node = self.nodes[node_id]
             for index, value in values.items():
@@ -61,7 +62,9 @@ class Rewriter:
         if key in self._private:
             old.values = value
             return
-        name = old.name if len(old.outputs) == 1 else f"{old.name}__{node.name}_{index}"
+        # a constant another node reads, or that is a graph output, keeps its name and value
+        shared = len(old.outputs) != 1 or old.name in self.output_names
+        name = f"{old.name}__{node.name}_{index}" if shared else old.name
         node.inputs[index] = gs.Constant(name, np.ascontiguousarray(value))
         self._private.add(key)
 

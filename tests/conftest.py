@@ -1,9 +1,18 @@
 import os
 import pathlib
+import tempfile
 
 import pytest
 import torch
 import zoo
+
+# No test depends on the speed of the machine: every latency measurement (round_to="auto", latency targets,
+# `onnxprune bench`) uses the fake timer of onnxprune.latency.runtime, in this process and in the ones it
+# starts. By default it has no width penalty (latency in proportion to MACs, so round_to="auto" keeps the
+# counts of round_to=1); the latency tests set their own. Latency tables are cached in a folder of this run,
+# never in the user's cache.
+os.environ["ONNXPRUNE_TIMER"] = "fake:slow=1"
+os.environ["ONNXPRUNE_CACHE_DIR"] = tempfile.mkdtemp(prefix="onnxprune-test-cache-")
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,19 @@ def run(model: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:
     return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"]).run(None, feeds)
 
 
+def load_in_ort(path) -> ort.InferenceSession:
+    """An ONNX Runtime session made from the file on disk, as a user would load it: ORT reads the model and
+    its external data itself (an in-memory session would not see tensors that only load from the file)."""
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def run_file(path, feeds: dict) -> list[np.ndarray]:
+    """Outputs of the model file at `path` run by ONNX Runtime from disk (see `load_in_ort`)."""
+    return load_in_ort(path).run(None, feeds)
+
+
 def rel_err(a: list[np.ndarray], b: list[np.ndarray]) -> float:
     """Largest |a - b| over outputs, relative to each output's scale."""
     return max(float(np.abs(x - y).max() / max(np.abs(y).max(), 1e-6)) for x, y in zip(a, b))

@@ -77,3 +77,52 @@ def test_grouped_conv_keeps_equal_counts_per_block(zoo_models):
     pruned = api.apply_selection(a, sel)
     feeds = zoo.random_input(z, 2, 0)
     assert rel_err(run(pruned, feeds), run(api.apply_selection(a, sel, masked=True), feeds)) <= 1e-4
+
+
+def test_weight_that_is_a_graph_output_is_never_sliced(tmp_path):
+    """Issue 16, item 2: the shipped ResNet with one Conv weight also exposed as a graph output. The weight
+    keeps its shape and values (the output is the original weight), the groups it touches are frozen, and
+    the pruned file loads in ONNX Runtime and computes its masked reference (it failed to load before)."""
+    from click.testing import CliRunner
+    from helpers import run_file
+
+    from onnxprune.cli import main
+    m = onnx.load("models/fmnist_resnet.onnx")
+    conv = [n for n in m.graph.node if n.op_type == "Conv"][2]
+    init = next(t for t in m.graph.initializer if t.name == conv.input[1])
+    m.graph.output.append(helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+    src = tmp_path / "exposed.onnx"
+    onnx.save(m, src)
+    a = Analysis(onnx.load(src))
+    touched = [g for g in a.groups if conv.name in g.producers or conv.name in g.consumers]
+    assert len(touched) == 2 and all(g.frozen and any("graph output" in r for r in g.reasons) for g in touched)
+    assert a.prunable, "the other groups are still prunable"
+    out, masked = tmp_path / "p.onnx", tmp_path / "m.onnx"
+    res = CliRunner().invoke(main, ["prune", str(src), "-o", str(out), "--masked-reference", str(masked),
+                                    "--method", "magnitude", "--keep-ratio", "0.5"])
+    assert res.exit_code == 0, res.output
+    x = {m.graph.input[0].name: np.random.default_rng(0).standard_normal((2, 1, 28, 28)).astype(np.float32)}
+    got, want = run_file(out, x), run_file(masked, x)
+    assert np.array_equal(got[1], numpy_helper.to_array(init)), "the exposed weight is the original"
+    assert rel_err(got[:1], want[:1]) <= 1e-4
+    size = lambda model: sum(int(np.prod(t.dims)) for t in model.graph.initializer)  # noqa: E731
+    assert size(onnx.load(str(out))) < size(m)
+
+
+def test_shape_constant_that_is_a_graph_output_keeps_its_value(zoo_models, tmp_path):
+    """Issue 16, item 2, for a constant that a rewrite recomputes rather than slices: the zoo's Split sizes
+    exposed as a graph output stay the original sizes, and the channels the Split cuts are frozen."""
+    from helpers import run_file
+    z = next(z for z in zoo_models if z.name == "split" and z.exporter == "ts17")
+    m = onnx.load(str(z.path))
+    split = next(n for n in m.graph.node if n.op_type == "Split")
+    sizes = next((t for t in m.graph.initializer if t.name == split.input[1]), None) or next(
+        n.attribute[0].t for n in m.graph.node if n.op_type == "Constant" and n.output[0] == split.input[1])
+    sizes.name = split.input[1]
+    m.graph.output.append(helper.make_tensor_value_info(sizes.name, sizes.data_type, list(sizes.dims)))
+    a = Analysis(m)
+    assert any(any("is a graph output" in r for r in g.reasons) for g in a.groups)
+    pruned = api.apply_selection(a, select(a, counts_for_ratio(a, 0.5), "random", seed=0))
+    onnx.save(pruned, tmp_path / "p.onnx")
+    got = run_file(tmp_path / "p.onnx", zoo.random_input(z, 2, 0))
+    assert np.array_equal(got[-1], numpy_helper.to_array(sizes))

@@ -245,6 +245,71 @@ class ViewFlattenNet(nn.Module):
         return self.fc(x.view(x.size(0), -1))
 
 
+class GroupedConcatNet(nn.Module):
+    """A grouped Conv (groups=4) on the concatenation of two branches, and a grouped Conv (groups=2) on one
+    Split piece of a tensor whose other piece goes elsewhere."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.a, self.b = cbr(3, 8), cbr(8, 8, 1), cbr(8, 8, 3)
+        self.g, self.c = cbr(16, 16, 3, groups=4), cbr(16, 16, 1)
+        self.g2, self.fuse, self.head = cbr(8, 8, 3, groups=2), cbr(16, 16, 1), Head(16)
+
+    def forward(self, x):
+        x = self.stem(x)
+        p, q = torch.split(self.c(self.g(torch.cat([self.a(x), self.b(x)], 1))), [8, 8], 1)
+        return self.head(self.fuse(torch.cat([self.g2(p), q], 1)))
+
+
+class PixelShuffleNet(nn.Module):
+    """Super-resolution style: a conv to C·s² channels, PixelShuffle (DepthToSpace, CRD mode), a conv on the
+    upscaled map, PixelUnshuffle (Reshape/Transpose/Reshape) back down, a head."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.up = cbr(3, 8), cbr(8, 16)  # 16 = 4 channels x 2²
+        self.shuffle, self.mid = nn.PixelShuffle(2), cbr(4, 6)
+        self.unshuffle, self.post, self.head = nn.PixelUnshuffle(2), cbr(24, 16, 1), Head(16)
+
+    def forward(self, x):
+        return self.head(self.post(self.unshuffle(self.mid(self.shuffle(self.up(self.stem(x)))))))
+
+
+class YoloHead(nn.Module):
+    """YOLOv8's Detect head as ultralytics exports it: per level a box branch (4·reg_max channels) and a class
+    branch, concatenated and flattened with view(b, no, -1); anchors and strides built from the feature maps'
+    shapes (torch.arange, torch.full: Shape -> Range / ConstantOfShape); box/cls split; DFL (softmax over
+    reg_max and a fixed conv); boxes decoded around the anchors."""
+
+    def __init__(self, nc=3, reg_max=4):
+        super().__init__()
+        self.nc, self.reg_max, self.no, self.strides = nc, reg_max, nc + 4 * reg_max, (4, 8)
+        self.stem, self.p3, self.p4 = cbr(3, 8, 3, 2), cbr(8, 12, 3, 2), cbr(12, 16, 3, 2)
+        self.box = nn.ModuleList(nn.Sequential(cbr(c, 8), nn.Conv2d(8, 4 * reg_max, 1)) for c in (12, 16))
+        self.cls = nn.ModuleList(nn.Sequential(cbr(c, 8), nn.Conv2d(8, nc, 1)) for c in (12, 16))
+        self.dfl = nn.Conv2d(reg_max, 1, 1, bias=False).requires_grad_(False)
+
+    def forward(self, x):
+        f3 = self.p3(self.stem(x))
+        levels = (f3, self.p4(f3))
+        b = f3.shape[0]
+        anchors, strides = [], []
+        for f, s in zip(levels, self.strides):  # make_anchors: from the feature maps' shapes (the batch is the
+            h, w = f.shape[2], f.shape[3]       # dynamic one here, H and W in a dynamic-shape export)
+            sx, sy = torch.arange(w, dtype=f.dtype) + 0.5, torch.arange(h, dtype=f.dtype) + 0.5
+            sy, sx = torch.meshgrid(sy, sx, indexing="ij")
+            anchors.append(torch.stack((sx, sy), -1).view(-1, 2))
+            strides.append(torch.full((f.shape[0], 1, h * w), float(s), dtype=f.dtype))
+        anchor, stride = torch.cat(anchors).transpose(0, 1), torch.cat(strides, 2)
+        feats = [torch.cat([self.box[i](f), self.cls[i](f)], 1) for i, f in enumerate(levels)]
+        box, cls = torch.cat([f.view(b, self.no, -1) for f in feats], 2).split((4 * self.reg_max, self.nc), 1)
+        a = box.shape[2]
+        dist = self.dfl(box.view(b, 4, self.reg_max, a).transpose(2, 1).softmax(1)).view(b, 4, a)
+        lt, rb = dist.chunk(2, 1)
+        x1y1, x2y2 = anchor.unsqueeze(0) - lt, anchor.unsqueeze(0) + rb
+        return torch.cat(((x1y1 + x2y2) / 2 * stride, (x2y2 - x1y1) * stride, cls.sigmoid()), 1)
+
+
 # --------------------------------------------------------------------------- table
 _CHW = (1, 3, 16, 16)
 _SPECS: dict[str, tuple[Callable[[], nn.Module], tuple, tuple]] = {
@@ -270,6 +335,9 @@ _SPECS: dict[str, tuple[Callable[[], nn.Module], tuple, tuple]] = {
     "nhwc": (NHWCNet, (1, 16, 16, 3), ("output",)),
     "inner_output": (InnerOutputNet, _CHW, ("output", "feat")),
     "view_flatten": (ViewFlattenNet, _CHW, ("output",)),
+    "grouped_concat": (GroupedConcatNet, _CHW, ("output",)),
+    "pixel_shuffle": (PixelShuffleNet, _CHW, ("output",)),
+    "yolo_head": (YoloHead, (1, 3, 32, 32), ("output",)),
 }
 
 

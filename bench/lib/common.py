@@ -1,4 +1,5 @@
-"""Reusable benchmark helpers: machine info, ONNX Runtime CPU sessions, interleaved timing."""
+"""Reusable benchmark helpers: machine info, ONNX Runtime CPU sessions, interleaved timing (the timing
+helpers are the library's, `onnxprune.latency.runtime`, which `onnxprune bench` uses)."""
 from __future__ import annotations
 
 import datetime
@@ -11,28 +12,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from onnxprune.latency import runtime as _runtime
+from onnxprune.latency.runtime import cores, cpu_model, loadavg, summarize
 
-def cores() -> int:
-    """CPU cores this process may run on (affinity-aware)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def loadavg() -> list[float] | None:
-    try:
-        return [float(x) for x in open("/proc/loadavg").read().split()[:3]]
-    except OSError:
-        return None
+__all__ = ["cores", "cpu_model", "loadavg", "summarize"]
 
 
 def machine_info(note: str = "") -> dict:
@@ -68,29 +51,15 @@ def random_feed(sess: ort.InferenceSession, batch: int, seed: int = 0) -> dict[s
 
 
 def time_interleaved(runs: dict, repeats: int, warmup: int = 3) -> dict[str, np.ndarray]:
-    """Wall time (ms) of each callable in `runs`, interleaved round-robin to cancel drift.
-
-    Every round calls each callable once; the start position rotates each round so no
-    variant is always first/last.  Returns {name: array of `repeats` times in ms}.
-    """
-    names = list(runs)
-    for _ in range(warmup):
-        for n in names:
-            runs[n]()
-    times = {n: [] for n in names}
-    for r in range(repeats):
-        for k in range(len(names)):
-            n = names[(r + k) % len(names)]
+    """Wall time (ms) of each callable in `runs` (any return value), interleaved round-robin with the start
+    position rotating each round (`onnxprune.latency.runtime.time_interleaved` on timed wrappers)."""
+    def timed(fn):
+        def run() -> float:
             t0 = time.perf_counter()
-            runs[n]()
-            times[n].append((time.perf_counter() - t0) * 1e3)
-    return {n: np.asarray(t) for n, t in times.items()}
-
-
-def summarize(ms: np.ndarray) -> dict:
-    p10, p50, p90 = np.percentile(ms, [10, 50, 90])
-    return {"median_ms": float(p50), "p10_ms": float(p10), "p90_ms": float(p90),
-            "mean_ms": float(ms.mean()), "n": int(ms.size)}
+            fn()
+            return (time.perf_counter() - t0) * 1e3
+        return run
+    return _runtime.time_interleaved({k: timed(f) for k, f in runs.items()}, repeats, warmup)
 
 
 def format_table(headers: list[str], rows: list[list]) -> str:

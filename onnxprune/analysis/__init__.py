@@ -1,4 +1,4 @@
-"""Stage 2, analysis: the channel groups of a model, the edits the rewriter needs, and the cost model.
+"""The analysis stage: the channel groups of a model, the edits the rewriter needs, and the cost model.
 
 Op handlers (`analysis/handlers/`, one module per op family) follow channels through the graph. See
 docs/DESIGN.md, "Channel groups"."""

@@ -17,18 +17,26 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from ..graph.normalise import const_value, import_graph, normalise, static_shape
+from ..errors import UnsupportedModel
+from ..graph.inputs import resolve_input_shapes, symbolic_inputs
+from ..graph.normalise import const_value, fixed_shapes, import_graph, normalise, static_shape
 from ..graph.params import count_params
 from . import handlers
 from .records import FIXED, Cost, Edit, Group
+
+LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
 class Analysis:
     """Channel groups of a model, plus what the rewriter and the cost model need."""
 
-    def __init__(self, model: onnx.ModelProto, in_place: bool = False):
-        """`in_place`: normalise `model` itself instead of a copy (for a model nobody else uses)."""
+    def __init__(self, model: onnx.ModelProto, in_place: bool = False, input_shapes: dict | None = None):
+        """`in_place`: normalise `model` itself instead of a copy (for a model nobody else uses).
+        `input_shapes`: name -> dims of inputs whose symbolic dims size layers (docs/DESIGN.md, "Input
+        shapes"); they size the MACs only, the analysis and the model keep the symbolic shapes."""
         self.model = normalise(model, in_place)
+        self.input_shapes = resolve_input_shapes(self.model, input_shapes) if input_shapes else {}
+        self.cost_shapes = fixed_shapes(self.model, self.input_shapes) if self.input_shapes else {}
         self.graph: gs.Graph = import_graph(self.model)
         self.index = {id(n): i for i, n in enumerate(self.graph.nodes)}
         # initializers also listed as graph inputs can be overridden at run time: not weights we may edit
@@ -45,6 +53,10 @@ class Analysis:
         # (node, label vector, n): the vector is cut into n equal pieces that must keep equal counts
         self.equal_pieces: list[tuple[str, np.ndarray, int]] = []
         self.deferred: list[Callable[[], None]] = []
+        # ids of the nodes whose handler checks a shape argument computed at run time (handlers/shape.py)
+        self.shape_checked: set[int] = set()
+        # node with subgraphs -> number of Conv/ConvTranspose/Gemm/MatMul nodes inside them (not analysed)
+        self.subgraph_layers: dict[str, int] = {}
         self._run()
 
     # ----- union-find over atoms -------------------------------------------------------------
@@ -114,8 +126,16 @@ class Analysis:
         self.producer_atoms.append((node.name, atoms))
         return atoms
 
-    def cost(self, node, macs: int, *factors) -> None:
-        self.costs.append(Cost(node.name, node.op, int(macs), [f for f in factors if f is not None]))
+    def cost(self, node, macs: int | None, *factors) -> None:
+        """Record a node's MACs per sample; None when its size is symbolic (unknown, never counted as 0)."""
+        self.costs.append(Cost(node.name, node.op, int(macs or 0), [f for f in factors if f is not None],
+                               known=macs is not None))
+
+    def cost_shape(self, tensor) -> tuple | None:
+        """The shape that sizes a layer's MACs: inferred with the given input shapes when there are some."""
+        if tensor is not None and tensor.name in self.cost_shapes:
+            return self.cost_shapes[tensor.name]
+        return static_shape(tensor)
 
     def const(self, tensor):
         return None if tensor is None or tensor.name in self.overridable else const_value(tensor)
@@ -123,8 +143,31 @@ class Analysis:
     shape = staticmethod(static_shape)
 
     # ----- the pass --------------------------------------------------------------------------
+    def _subgraph_reads(self, node) -> None:
+        """A node with subgraphs (If, Loop, Scan): the subgraphs are not analysed, so every channel-carrying
+        tensor they read from this graph (explicitly or by name from the outer scope) is frozen, and their
+        Conv/Gemm/MatMul layers are counted (docs/DESIGN.md, "Subgraphs")."""
+        reads: dict[str, None] = {}
+        layers = 0
+        stack = [g for g in node.attrs.values() if isinstance(g, gs.Graph)]
+        while stack:
+            sub = stack.pop()
+            for n in sub.nodes:
+                layers += n.op in LAYER_OPS
+                reads.update((t.name, None) for t in n.inputs if not t.is_empty())
+                stack.extend(g for g in n.attrs.values() if isinstance(g, gs.Graph))
+        for name in reads:
+            lab = self.layouts.get(name)
+            if lab is not None:
+                self.freeze(lab, node, f"'{name}' is read inside a subgraph, which onnxprune does not analyse")
+        if layers:
+            self.subgraph_layers[node.name] = layers
+
     def _run(self) -> None:
+        self._refuse_empty_layers()
         for node in self.graph.nodes:
+            if any(isinstance(v, gs.Graph) for v in node.attrs.values()):
+                self._subgraph_reads(node)
             handler = handlers.lookup(node)
             if handler is None:
                 if any(self.layout(t) is not None for t in node.inputs):
@@ -136,9 +179,39 @@ class Analysis:
             lab = self.layout(out)
             if lab is not None:
                 self.freeze(lab, None, f"reaches graph output '{out.name}'")
+        self._freeze_constant_outputs()
         for check in self.deferred:
             check()
         self.groups = self._build_groups()
+
+    def _refuse_empty_layers(self) -> None:
+        """A Conv, Gemm or MatMul whose constant weight has a zero dimension (no output or no input channels)
+        computes an empty tensor: there is nothing to prune, and the channel bookkeeping has no channel to
+        start from. Refused, naming the node."""
+        for node in self.graph.nodes:
+            if node.op in ("Conv", "ConvTranspose", "Gemm", "MatMul") and len(node.inputs) > 1:
+                w = self.const(node.inputs[1])
+                if w is not None and 0 in w.shape:
+                    raise UnsupportedModel(f"{node.op} node '{node.name}': its weight '{node.inputs[1].name}' has "
+                                           f"shape {list(w.shape)}, a layer with no channels; remove it from the model")
+
+    def _freeze_constant_outputs(self) -> None:
+        """A constant that is also a graph output (a weight exposed as an output) must keep its value: every
+        edit that would slice or scale it freezes the channels it touches (docs/DESIGN.md, "Channel groups")."""
+        outputs = {t.name for t in self.graph.outputs if isinstance(t, gs.Constant)}
+        if not outputs:
+            return
+        nodes = self.graph.nodes
+        for e in self.edits:
+            node = nodes[e.node]
+            if e.kind == "call":  # it may rewrite any constant input (a Reshape's target, a Split's sizes)
+                exposed = next((t.name for t in node.inputs if t.name in outputs), None)
+                for x in (list(node.inputs) + list(node.outputs)) if exposed else []:
+                    lab = self.layout(x)
+                    if lab is not None:
+                        self.freeze(lab, node, f"its constant '{exposed}' is a graph output")
+            elif e.input < len(node.inputs) and node.inputs[e.input].name in outputs:
+                self.freeze(e.labels, node, f"its constant '{node.inputs[e.input].name}' is a graph output")
 
     def _build_groups(self) -> list[Group]:
         roots = self.roots()
@@ -150,13 +223,22 @@ class Analysis:
                 c = link[c]
             return c
 
-        for _, atoms in self.producer_atoms:
-            cls = roots[atoms]
+        def join(cls: np.ndarray) -> None:
             base = find(int(cls[0]))
             for c in cls[1:].tolist():
                 r = find(c)
                 if r != base:
                     link[r] = base
+
+        produced = set()
+        for _, atoms in self.producer_atoms:
+            join(roots[atoms])
+            produced.update(roots[atoms].tolist())
+        for _, labels, _ in self.block_constraints:
+            # a grouped Conv on a concatenation reads several producers' channels in equal-count blocks: one group
+            cls = np.array([c for c in roots[labels].tolist() if c in produced], dtype=np.int64)
+            if len(cls) > 1:
+                join(cls)
         members: dict[int, dict[int, None]] = {}
         prods: dict[int, list[str]] = defaultdict(list)
         for name, atoms in self.producer_atoms:
@@ -215,22 +297,32 @@ class Analysis:
         return parts
 
     def _blocks_for(self, classes: np.ndarray, roots: np.ndarray) -> tuple[np.ndarray, str]:
+        """Blocks of equal kept counts from the grouped Convs that read (or produce) these channels. A grouped
+        Conv reading only part of the group (a Split piece) cuts the rest into cells of its block size too
+        (stricter than needed, but expressible); several grouped Convs refine one another's blocks."""
         blocks = np.zeros(len(classes), dtype=np.int64)
         pos = {c: i for i, c in enumerate(classes.tolist())}
-        assigned = None
         for name, labels, groups in self.block_constraints:
             cls = roots[labels]
             mine = [pos.get(int(c)) for c in cls.tolist()]
             if all(m is None for m in mine):
                 continue
-            if any(m is None for m in mine) or len(set(mine)) != len(mine) or len(mine) != len(classes):
-                return blocks, f"grouped Conv '{name}' reads only part of this group or mixes it with others"
-            this = np.empty(len(classes), dtype=np.int64)
-            this[np.array(mine)] = np.arange(len(mine)) // (len(mine) // groups)
-            if assigned is not None and not np.array_equal(assigned, this):
-                return blocks, f"grouped Conv '{name}' splits these channels differently from another grouped Conv"
-            assigned = this
-        return (assigned if assigned is not None else blocks), ""
+            why = f"grouped Conv '{name}' reads these channels in blocks that cannot keep equal counts"
+            if any(m is None for m in mine) or len(set(mine)) != len(mine) or len(mine) % groups:
+                return blocks, f"grouped Conv '{name}' mixes these channels with ones that cannot change"
+            per = len(mine) // groups
+            this = np.full(len(classes), -1, dtype=np.int64)
+            this[np.array(mine)] = np.arange(len(mine)) // per
+            rest = np.flatnonzero(this < 0)
+            if len(rest) % per:
+                return blocks, why
+            this[rest] = groups + np.arange(len(rest)) // per
+            _, cell = np.unique(blocks * (int(this.max()) + 1) + this, return_inverse=True)
+            sizes = np.bincount(cell)
+            if sizes.min() != sizes.max():
+                return blocks, why
+            blocks = cell.astype(np.int64).reshape(-1)
+        return blocks, ""
 
     def _equal_pieces_for(self, classes: np.ndarray, roots: np.ndarray, blocks: np.ndarray) -> tuple[np.ndarray, str]:
         """Refine `blocks` so that each piece of every equal-pieces constraint on this group keeps the same
@@ -272,7 +364,30 @@ class Analysis:
 
     @property
     def total_macs(self) -> int:
+        """MACs per sample of the layers whose size is known (see `unknown_costs`)."""
         return sum(c.macs for c in self.costs)
+
+    @property
+    def unknown_costs(self) -> list[Cost]:
+        """Layers whose MACs are unknown because their sizes are symbolic."""
+        return [c for c in self.costs if not c.known]
+
+    def unknown_cost_reason(self) -> str:
+        """Which layers have unknown MACs and which input needs a shape, in one sentence ('' if none)."""
+        unknown = self.unknown_costs
+        if not unknown:
+            return ""
+        layers = ", ".join(f"{c.op} '{c.node}'" for c in unknown[:3]) + \
+            (f" and {len(unknown) - 3} more" if len(unknown) > 3 else "")
+        need = {n: d for n, d in symbolic_inputs(self.model).items() if n not in self.input_shapes}
+        if need:
+            which = ", ".join(f"'{n}' [{', '.join(map(str, d))}]" for n, d in need.items())
+            example = " ".join(f"{n}=" + ",".join(str(x) if isinstance(x, int) else "1" if i == 0 else str(x)
+                                                  for i, x in enumerate(d)) for n, d in need.items())
+            return (f"the MACs of {len(unknown)} layers ({layers}) are unknown: their sizes depend on the symbolic "
+                    f"dimensions of input {which}; give its shape ({example}, in numbers)")
+        return (f"the MACs of {len(unknown)} layers ({layers}) are unknown: their sizes could not be inferred "
+                "from the input shapes")
 
     def total_params(self) -> int:
         return count_params(self.model)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
+from ..errors import UserError
 from .analyzer import Analysis
 
 
@@ -20,6 +21,10 @@ def macs(analysis: Analysis, keep: np.ndarray | None = None) -> int:
     return int(round(total))
 
 
-def model_macs(model: onnx.ModelProto) -> int:
-    """MACs of a (pruned) model, measured by analysing it afresh."""
-    return macs(Analysis(model))
+def model_macs(model: onnx.ModelProto, input_shapes: dict | None = None) -> int:
+    """MACs of a (pruned) model, measured by analysing it afresh; refused while a layer's size is unknown
+    (give `input_shapes` for inputs with symbolic dims)."""
+    a = Analysis(model, input_shapes=input_shapes)
+    if a.unknown_costs:
+        raise UserError(a.unknown_cost_reason())
+    return macs(a)

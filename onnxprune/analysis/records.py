@@ -29,11 +29,13 @@ class Edit:
 
 @dataclass
 class Cost:
-    """MACs of one node for one sample; after pruning they scale with each factor's kept fraction."""
+    """MACs of one node for one sample; after pruning they scale with each factor's kept fraction.
+    `known` is False when the layer's size is symbolic (its `macs` is then 0 and a MACs target is refused)."""
     node: str
     op: str
     macs: int
     factors: list = field(default_factory=list)
+    known: bool = True
 
 
 @dataclass

@@ -1,8 +1,8 @@
 """Data files: `.npz` archives whose keys are the model's input names (batch first), plus an
-optional `labels` array of class indices. Loaded with allow_pickle=False."""
+optional `labels` array of class indices. Read with allow_pickle=False, row block by row block (`open_data`),
+so `eval` never holds a data set whole."""
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -10,26 +10,45 @@ import onnx
 
 from ..errors import UserError
 from ..graph.inputs import model_inputs
+from ..graph.load import check_regular_file
+from .npy_stream import npz_streams
+from .part import Part
+from .source import Calibration
+
+
+def open_data(path, model: onnx.ModelProto) -> tuple[Calibration, np.ndarray | None]:
+    """The inputs of an .npz as streamed batches (names, dtypes and shapes checked against the model's
+    inputs; NaN/Inf are checked batch by batch by `calibration.checked_batches`), and its labels if any."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such data file")
+    check_regular_file(path, "an .npz data file")
+    streams = npz_streams(path)
+    labels_stream = streams.pop("labels", None)
+    if not streams:
+        raise UserError(f"{path}: holds no arrays (keys {sorted(model_inputs(model))} expected)")
+    sizes = {len(s) for s in streams.values()}
+    if len(sizes) > 1:
+        raise UserError(f"{path}: inputs hold different numbers of samples {sorted(sizes)}")
+    n = sizes.pop()
+    if n == 0:
+        raise UserError(f"{path}: holds no samples")
+    data = Calibration([Part(streams, n)], str(path), holdout=0.0)
+    data.check(model)
+    labels = None
+    if labels_stream is not None:
+        if len(labels_stream.shape) != 1 or len(labels_stream) != n:
+            raise UserError(f"{path}: 'labels' must be a 1-D array with one entry per sample ({n})")
+        labels = np.concatenate(list(labels_stream.blocks(1 << 20)))
+    return data, labels
 
 
 def load_npz(path, model: onnx.ModelProto) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
-    """Inputs and optional labels from an .npz, checked against the model's inputs."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no such data file")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except ValueError as exc:
-        raise UserError(f"{path}: holds pickled objects, which are not loaded ({exc})") from None
-    except (OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise UserError(f"{path}: not a readable .npz file ({exc})") from None
-    labels = arrays.pop("labels", None)
-    inputs = check_inputs(arrays, model, str(path))
-    n = len(next(iter(inputs.values())))
-    if labels is not None and (labels.ndim != 1 or len(labels) != n):
-        raise UserError(f"{path}: 'labels' must be a 1-D array with one entry per sample ({n})")
-    return inputs, labels
+    """Inputs and optional labels from an .npz, checked against the model's inputs, read whole (`open_data`
+    streams them)."""
+    data, labels = open_data(path, model)
+    inputs = {k: np.concatenate([b[k] for _, b in data.batches(1 << 16)]) for k in data.parts[0].arrays}
+    return check_inputs(inputs, model, str(path)), labels
 
 
 def check_inputs(arrays: dict, model: onnx.ModelProto, what: str) -> dict[str, np.ndarray]:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import UserError
+from ..options import OptionError
 from .npy_stream import NpyStream
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -38,7 +39,7 @@ class ImageSet:
     def __init__(self, files: list[Path], input_name: str, shape: tuple, preprocess: str, mean=None, std=None,
                  size=None):
         if preprocess not in PRESETS:
-            raise UserError(f"--preprocess {preprocess}: choose from {', '.join(PRESETS)}")
+            raise OptionError("preprocess", preprocess, f"choose from {', '.join(PRESETS)}")
         p = dict(PRESETS[preprocess])
         if len(shape) != 4:
             raise UserError(f"image calibration needs a model input of rank 4, '{input_name}' has rank {len(shape)}")
@@ -48,7 +49,7 @@ class ImageSet:
         self.channels = int(shape[1] if self.nchw else shape[3])
         size = size or h or w or p["size"]  # the model's input size wins over the preset's
         if size is None:
-            raise UserError("image calibration: model input size is symbolic; give --image-size")
+            raise OptionError("image_size", None, "the model's input size is symbolic: give the image side")
         self.size = int(size)
         # imagenet: 256 -> 224 crop ratio
         self.resize = round(self.size * p["resize"] / p["size"]) if p["resize"] else self.size

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -10,14 +11,30 @@ import numpy as np
 
 from ..errors import UserError
 
+# what a damaged file or zip member raises while it is read (bad CRC, bad deflate stream, cut short)
+_READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError)
+
 
 class NpyStream:
-    """Row blocks of one `.npy` array, read from a file or a zip member on each pass."""
+    """Row blocks of one `.npy` array, read from a file or a zip member on each pass. `size`: the bytes the
+    file or member holds; a header that declares more data than that is refused before anything is read."""
 
-    def __init__(self, opener: Callable, what: str):
+    def __init__(self, opener: Callable, what: str, size: int | None = None):
         self.opener, self.what = opener, what
-        with opener() as fh:
-            self.shape, self.dtype = self._header(fh)
+        try:
+            with opener() as fh:
+                self.shape, self.dtype = self._header(fh)
+                header = fh.tell()
+        except UserError:
+            raise
+        except _READ_ERRORS as exc:
+            raise UserError(f"{what}: not a readable .npy array ({type(exc).__name__}: {exc})") from None
+        if size is not None:
+            need = int(np.prod(self.shape, dtype=object)) * self.dtype.itemsize
+            if header + need > size:
+                raise UserError(f"{what}: the header declares a {'x'.join(map(str, self.shape))} {self.dtype} array "
+                                f"({need:,} bytes) but the data holds {max(size - header, 0):,} bytes (truncated or "
+                                "damaged)")
 
     def _header(self, fh):
         try:
@@ -42,24 +59,30 @@ class NpyStream:
         by seeking, not read."""
         last = len(self) if last is None else last
         row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
-        with self.opener() as fh:
-            self._header(fh)  # skip it
-            if first:
-                fh.seek(first * row_bytes, os.SEEK_CUR)
-            for start in range(first, last, rows):
-                n = min(rows, last - start)
-                buf = fh.read(n * row_bytes)
-                if len(buf) != n * row_bytes:
-                    raise UserError(f"{self.what}: file is truncated")
-                yield np.frombuffer(buf, dtype=self.dtype).reshape((n,) + tuple(self.shape[1:]))
+        try:
+            with self.opener() as fh:
+                self._header(fh)  # skip it
+                if first:
+                    fh.seek(first * row_bytes, os.SEEK_CUR)
+                for start in range(first, last, rows):
+                    n = min(rows, last - start)
+                    buf = fh.read(n * row_bytes)
+                    if len(buf) != n * row_bytes:
+                        raise UserError(f"{self.what}: file is truncated")
+                    yield np.frombuffer(buf, dtype=self.dtype).reshape((n,) + tuple(self.shape[1:]))
+        except UserError:
+            raise
+        except _READ_ERRORS as exc:  # the data changed since it was opened, or a damaged zip member
+            raise UserError(f"{self.what}: cannot be read ({type(exc).__name__}: {exc})") from None
 
 
 def npz_streams(path: Path) -> dict[str, NpyStream]:
     try:
         zf = zipfile.ZipFile(path)
+        sizes = {i.filename: i.file_size for i in zf.infolist()}
         names = zf.namelist()
         zf.close()
-    except (zipfile.BadZipFile, OSError) as exc:
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
         raise UserError(f"{path}: not a readable .npz file ({exc})") from None
 
     def opener(member):
@@ -68,7 +91,7 @@ def npz_streams(path: Path) -> dict[str, NpyStream]:
             fh = z.open(member)
             return _Closing(fh, z)
         return open_member
-    return {n[:-4]: NpyStream(opener(n), f"{path}[{n[:-4]}]") for n in names if n.endswith(".npy")}
+    return {n[:-4]: NpyStream(opener(n), f"{path}[{n[:-4]}]", sizes[n]) for n in names if n.endswith(".npy")}
 
 
 class _Closing:
@@ -82,6 +105,9 @@ class _Closing:
 
     def seek(self, offset, whence=os.SEEK_SET):
         return self.fh.seek(offset, whence)
+
+    def tell(self):
+        return self.fh.tell()
 
     def __enter__(self):
         return self

@@ -18,6 +18,7 @@ import onnx
 
 from ..errors import UserError
 from ..graph.inputs import model_inputs
+from ..graph.load import check_regular_file
 from ..options import OptionError
 from .images import IMAGE_SUFFIXES, ImageSet, holdout_images, spill_images
 from .npy_stream import NpyStream, npz_streams
@@ -43,6 +44,9 @@ class Calibration:
         self.n_holdout = n_holdout if n_holdout is not None else \
             (int(round(self.size * holdout)) if self.size >= 10 else 0)
         self.n_calib = self.size - self.n_holdout
+        if self.n_calib < 1:
+            raise OptionError("holdout", holdout, f"holds out all {self.size} samples of {what}, leaving none to "
+                              "calibrate on")
 
     def batches(self, batch_size: int, split: str = "all") -> Iterator[tuple[int, dict[str, np.ndarray]]]:
         """(index of first sample, batch) for split 'calib', 'holdout' or 'all'."""
@@ -83,13 +87,14 @@ def _check_finite(batch: dict, what: str) -> None:
 
 
 def _file_part(path: Path, input_names: list[str]) -> Part:
+    check_regular_file(path, "an .npz or .npy file")  # a FIFO or a device would block or never end
     if path.suffix == ".npz":
         streams = npz_streams(path)
         streams.pop("labels", None)
     elif path.suffix == ".npy":
         if len(input_names) != 1:
             raise UserError(f"{path}: a .npy file feeds single-input models only; use .npz with input names")
-        streams = {input_names[0]: NpyStream(lambda: open(path, "rb"), str(path))}
+        streams = {input_names[0]: NpyStream(lambda: open(path, "rb"), str(path), path.stat().st_size)}
     else:
         raise UserError(f"{path}: expected .npz or .npy")
     sizes = {len(s) for s in streams.values()}
@@ -114,7 +119,8 @@ def load_calibration(source, model: onnx.ModelProto, holdout: float = 0.1, prepr
         if not path.exists():
             raise UserError(f"{path}: no such calibration file or folder")
         if path.is_dir():
-            files = sorted(p for p in path.iterdir() if p.is_file())
+            files = sorted(p for p in path.iterdir() if p.is_file() or (
+                p.suffix.lower() in IMAGE_SUFFIXES | {".npz", ".npy"} and check_regular_file(p, "a data file")))
             array_files = [p for p in files if p.suffix in (".npz", ".npy")]
             images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
             if array_files:

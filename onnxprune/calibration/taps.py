@@ -12,9 +12,10 @@ import onnx
 import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
+from ..errors import UserError
 from ..graph.export import finish
 from ..graph.normalise import import_graph
-from ..graph.session import inference_session
+from ..graph.session import inference_session, runtime_message
 
 log = logging.getLogger("onnxprune")
 _PROVIDERS: list | None = None  # names, or (name, options) pairs
@@ -52,10 +53,13 @@ class Tap:
         graph.cleanup(remove_unused_graph_inputs=False)
         cut = finish(graph, model)
         opts = ort.SessionOptions()
-        opts.log_severity_level = 3
+        opts.log_severity_level = 4  # errors come back as exceptions, reported in one line
         self.session = inference_session(cut, opts, providers())
         self.inputs = {i.name for i in self.session.get_inputs()}
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        got = self.session.run(self.names, {k: v for k, v in feeds.items() if k in self.inputs})
+        try:
+            got = self.session.run(self.names, {k: v for k, v in feeds.items() if k in self.inputs})
+        except Exception as exc:  # a run-time shape error of the model (a Reshape or Tile that cannot be)
+            raise UserError(f"running the model on the calibration data failed at {runtime_message(exc)}") from None
         return dict(zip(self.names, got))

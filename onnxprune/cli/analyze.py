@@ -6,7 +6,7 @@ import json
 import click
 
 from .. import api
-from .common import user_errors
+from .common import INPUT_SHAPE_HELP, input_shapes, user_errors
 
 
 def _names(names, limit=3):
@@ -16,19 +16,25 @@ def _names(names, limit=3):
 @click.command("analyze")
 @click.argument("model", type=click.Path(dir_okay=True))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--input-shape", "input_shape", multiple=True, metavar="NAME=D0,D1,...", help=INPUT_SHAPE_HELP)
 @user_errors
-def command(model, as_json):
+def command(model, as_json, input_shape):
     """Show the channel groups of MODEL: what may shrink together, and what is frozen and why."""
-    a = api.analyze(model)
+    a = api.analyze(model, input_shapes=input_shapes(input_shape))
     total = max(a.total_macs, 1)
     groups = [{"id": g.id, "channels": g.channels, "frozen": g.frozen, "reason": "; ".join(g.reasons),
                "producers": g.producers, "consumers": g.consumers, "macs_share": g.macs / total}
               for g in a.groups]
+    unknown = [{"node": c.node, "op": c.op} for c in a.unknown_costs]
     if as_json:
-        click.echo(json.dumps({"macs": a.total_macs, "params": a.total_params(), "groups": groups}, indent=2))
+        click.echo(json.dumps({"macs": a.total_macs, "params": a.total_params(), "unknown_macs": unknown,
+                               "groups": groups}, indent=2))
         return
-    click.echo(f"{model}: {a.total_macs:,} MACs per sample, {a.total_params():,} parameters, "
-               f"{len(a.prunable)} of {len(a.groups)} groups prunable")
+    click.echo(f"{model}: {a.total_macs:,} MACs per sample{' (known layers)' if unknown else ''}, "
+               f"{a.total_params():,} parameters, {len(a.prunable)} of {len(a.groups)} groups prunable")
+    if unknown:
+        click.echo(f"{a.unknown_cost_reason()}: --input-shape NAME=D0,D1,...")
+        click.echo("layers of unknown MACs: " + ", ".join(f"{c['op']} '{c['node']}'" for c in unknown))
     click.echo(f"{'id':>4} {'ch':>5} {'MACs%':>6}  {'status':<8} producers -> consumers")
     for g in groups:
         status = "frozen" if g["frozen"] else "prunable"

@@ -9,10 +9,24 @@ import sys
 import click
 
 from ..errors import UserError
-from ..options import OptionError
+from ..options import OptionError, parse_input_shape
+
+INPUT_SHAPE_HELP = ("Shape of a model input with symbolic dimensions, NAME=D0,D1,... batch first (repeatable; "
+                    "the name may be left out for a single input): sizes its layers for their MACs.")
+
+
+def input_shapes(values) -> dict | None:
+    """`--input-shape NAME=D0,D1,...` values (repeatable) as name -> dims."""
+    out: dict = {}
+    for v in values:
+        name, dims = parse_input_shape(v)
+        if name in out:
+            raise OptionError("input_shapes", v, f"input '{name}' is given twice" if name else "given twice")
+        out[name] = dims
+    return out or None
 
 # options whose command-line flag is not the API keyword spelt with dashes
-FLAGS = {"calibration": "--calib"}
+FLAGS = {"calibration": "--calib", "input_shapes": "--input-shape"}
 
 
 def one_line(text: str) -> str:
@@ -25,10 +39,7 @@ def fail(message: str) -> None:
 
 
 def option_message(exc: OptionError) -> str:
-    if exc.option in FLAGS:
-        shown = "" if exc.value is None else f" {exc.value}"
-        return f"{FLAGS[exc.option]}{shown}: {exc.reason}"
-    return exc.flag_message()
+    return exc.flag_message(FLAGS.get(exc.option))
 
 
 def user_errors(fn):
@@ -41,23 +52,25 @@ def user_errors(fn):
             fail(option_message(exc))
         except UserError as exc:
             fail(str(exc))
+        except BrokenPipeError:
+            raise  # standard output was closed (`| head`): click exits quietly
         except OSError as exc:  # unwritable, missing, too long... paths
-            fail(f"{exc.filename or ''}: {exc.strerror or str(exc)}")
+            what = exc.filename if exc.filename is not None else "cannot read or write"
+            fail(f"{what}: {exc.strerror or str(exc)}")
     return wrapper
 
 
 def write_all(writes) -> None:
-    """Write every output or none: outputs already written are removed if a later one fails."""
-    done = []
+    """Write every output or none: on a failure (or a signal) the files this run created are removed, the
+    one being written included. A file that existed before is never removed (a write replaces it whole
+    or not at all)."""
+    created: list[str] = []
     try:
         for path, write in writes:
-            existed = os.path.exists(path)
+            created += [p for p in (str(path), str(path) + ".data") if not os.path.lexists(p)]
             write(path)
-            if not existed:
-                done.append(path)
     except BaseException:
-        for path in done:
-            for p in (path, str(path) + ".data"):
-                if os.path.exists(p):
-                    os.unlink(p)
+        for p in created:
+            if os.path.lexists(p):
+                os.unlink(p)
         raise

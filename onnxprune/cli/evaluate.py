@@ -5,7 +5,9 @@ import json
 
 import click
 
+from ..options import EvalOptions
 from .common import user_errors
+from .options import options_from
 
 
 @click.command("eval")
@@ -13,7 +15,7 @@ from .common import user_errors
 @click.argument("pruned", type=click.Path(dir_okay=True))
 @click.option("--data", required=True, type=click.Path(), help=".npz: input name -> array, optional 'labels'.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
-@click.option("--batch-size", default=256, show_default=True, help="Evaluation batch size.")
+@options_from(EvalOptions)
 @user_errors
 def command(original, pruned, data, as_json, batch_size):
     """Top-1 agreement, mean KL and accuracies of PRUNED against ORIGINAL on --data."""

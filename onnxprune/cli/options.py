@@ -43,10 +43,12 @@ def options_from(cls, choices: dict[str, typing.Sequence[str]] | None = None):
                 default = default.value if isinstance(default, enum.Enum) else default
             elif choices and f.name in choices:
                 kw["type"] = click.Choice(list(choices[f.name]))
+            elif kind is bool:  # a switch: present or not
+                kw["is_flag"] = True
             else:
-                kw["type"] = kind
+                kw["type"] = meta.get("cli_type", kind)  # e.g. str for a field that takes 'auto' or a number
             if default is not None:
-                kw["default"], kw["show_default"] = default, True
+                kw["default"], kw["show_default"] = default, not kw.get("is_flag")
             fn = click.option("--" + f.name.replace("_", "-"), f.name, **kw)(fn)
         return fn
     return decorate

@@ -3,13 +3,16 @@ report and the masked reference)."""
 from __future__ import annotations
 
 import os
+import re
 
 import click
 
 from .. import api
 from ..errors import UserError
 from ..graph import atomic_write_bytes, check_output_path, path_uses_external_data, save_model
+from ..graph.save import check_collisions
 from ..options import (
+    TARGETS,
     CalibrationOptions,
     DistillOptions,
     GlobalOptions,
@@ -19,7 +22,7 @@ from ..options import (
     TargetOptions,
 )
 from ..selection.methods import method_names
-from .common import user_errors, write_all
+from .common import INPUT_SHAPE_HELP, input_shapes, user_errors, write_all
 from .options import options_from, values_of
 
 
@@ -33,7 +36,7 @@ def _parse_keep(values) -> dict[int, int]:
     out = {}
     for v in values:
         gid, _, n = v.partition("=")
-        if not gid.strip().isdigit() or not n.strip().isdigit():
+        if not re.fullmatch(r"\s*[0-9]+\s*", gid) or not re.fullmatch(r"\s*[0-9]+\s*", n):
             raise OptionError("keep", v, "expected GROUP=N with integers")
         out[int(gid)] = int(n)
     return out
@@ -53,19 +56,24 @@ def _parse_keep(values) -> dict[int, int]:
 @click.option("--report", "report_path", type=click.Path(), help="Write the report JSON here.")
 @click.option("--masked-reference", "masked_path", type=click.Path(),
               help="Also write the masked reference (original topology, removed channels zeroed).")
+@click.option("--input-shape", "input_shape", multiple=True, metavar="NAME=D0,D1,...", help=INPUT_SHAPE_HELP)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @user_errors
-def command(model, output, calib, keep, report_path, masked_path, quiet, **values):
+def command(model, output, calib, keep, report_path, masked_path, input_shape, quiet, **values):
     """Prune MODEL to a target and write the smaller model to OUTPUT."""
     for path in (output, report_path, masked_path):
         if path:
             check_output_path(path, model)
-    if all(values[t] is None for t in ("keep_ratio", "flops", "params")):
-        raise UserError("give a target: --keep-ratio R, --flops F or --params P")
+    check_collisions({"output": output, "masked reference": masked_path, "report": report_path},
+                     {"input model": model, "calibration data": calib}, models={"input model"},
+                     model_outputs={"output", "masked reference"})
+    if all(values[t] is None for t in TARGETS):
+        raise UserError("give a target: --keep-ratio R, --flops F, --params P or --latency L")
     flat = {}
     for group in (TargetOptions, SelectionOptions, RefitOptions, CalibrationOptions, GlobalOptions, DistillOptions):
         flat.update(values_of(group, values))
-    pruned, report = api.prune(model, calib, keep=_parse_keep(keep), quiet=quiet, **flat)
+    pruned, report = api.prune(model, calib, keep=_parse_keep(keep), input_shapes=input_shapes(input_shape),
+                               quiet=quiet, **flat)
     external = path_uses_external_data(model) or None  # weights beside the input: same for the output
     writes = [(output, lambda p: save_model(pruned, p, external_data=external))]
     if masked_path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from ..graph import atomic_write_bytes, check_output_path
+from ..graph.save import check_collisions
 from .common import user_errors
 
 
@@ -15,5 +16,6 @@ def command(report_json, output):
     """Render REPORT_JSON (from `prune --report`) as a self-contained HTML page with plots."""
     from ..report.html import render
     check_output_path(output, report_json)
+    check_collisions({"page": output}, {"report": report_json})
     atomic_write_bytes(output, render(report_json).encode())
     click.echo(f"wrote {output}")

@@ -1,4 +1,4 @@
-"""Stage 1, the graph: load, check, normalise, save and run ONNX models. Knows nothing of channels.
+"""The graph stage: load, check, normalise, save and run ONNX models. Knows nothing of channels.
 
 See docs/DESIGN.md, "Where each stage lives"."""
 from .load import check_model, default_opset, load_model, path_uses_external_data, uses_external_data

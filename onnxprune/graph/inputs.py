@@ -21,3 +21,48 @@ def model_inputs(model: onnx.ModelProto) -> dict[str, tuple]:
         shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)
         out[inp.name] = (ONNX_TO_NUMPY.get(tt.elem_type), shape)
     return out
+
+
+def declared_dims(model: onnx.ModelProto) -> dict[str, list]:
+    """Run-time inputs: name -> dims as declared (int, the symbol's name, or '?' for an unnamed one)."""
+    inits = {i.name for i in model.graph.initializer}
+    return {inp.name: [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
+                       for d in inp.type.tensor_type.shape.dim]
+            for inp in model.graph.input if inp.name not in inits}
+
+
+def symbolic_inputs(model: onnx.ModelProto) -> dict[str, list]:
+    """Inputs with a symbolic dimension after the first (the batch): their declared dims."""
+    return {n: dims for n, dims in declared_dims(model).items() if any(not isinstance(d, int) for d in dims[1:])}
+
+
+def resolve_input_shapes(model: onnx.ModelProto, shapes: dict) -> dict[str, tuple[int, ...]]:
+    """Check given input shapes (name -> dims; the name None for a single-input model) against the model's
+    declared inputs: names, ranks and fixed dimensions must match. See docs/DESIGN.md, "Input shapes"."""
+    from ..options import OptionError
+    declared = declared_dims(model)
+    out = {}
+    for name, dims in shapes.items():
+        shown = f"{name}={','.join(map(str, dims))}" if name is not None else ",".join(map(str, dims))
+        if name is None:
+            if len(declared) != 1:
+                raise OptionError("input_shapes", shown, f"the model has {len(declared)} inputs "
+                                  f"({', '.join(declared)}): name the input, NAME=D0,D1,...")
+            name = next(iter(declared))
+        if name not in declared:
+            raise OptionError("input_shapes", shown, f"the model has no input '{name}' (inputs: "
+                              f"{', '.join(declared) or 'none'})")
+        want = declared[name]
+        if len(dims) != len(want):
+            raise OptionError("input_shapes", shown, f"input '{name}' has rank {len(want)} {_shown(want)}, "
+                              f"the shape gives {len(dims)} dimensions")
+        for i, (d, w) in enumerate(zip(dims, want)):
+            if isinstance(w, int) and w > 0 and d != w:
+                raise OptionError("input_shapes", shown, f"input '{name}' has dimension {i} fixed to {w} "
+                                  f"{_shown(want)}")
+        out[name] = tuple(int(d) for d in dims)
+    return out
+
+
+def _shown(dims: list) -> str:
+    return "[" + ", ".join(map(str, dims)) + "]"

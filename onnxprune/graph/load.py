@@ -3,6 +3,7 @@ strict shape inference."""
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -15,21 +16,47 @@ from .skeleton import skeleton
 MIN_OPSET, MAX_OPSET = 11, 21
 
 
+_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+          (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder"))
+
+
+def check_regular_file(path: str | os.PathLike, what: str = "file") -> Path:
+    """`path` must name a regular file (through symbolic links): a FIFO would block the read forever, a
+    device (`/dev/zero`, `/dev/urandom`) would never end, so both are refused before anything is read."""
+    text = os.fspath(path)
+    if "\0" in text:
+        raise UserError(f"{text!r}: a path may not hold a NUL byte")
+    p = Path(text)
+    try:
+        mode = p.stat().st_mode
+    except FileNotFoundError:
+        raise UserError(f"{p}: no such {what}") from None
+    except OSError as exc:
+        raise UserError(f"{p}: cannot read ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(mode):
+        kind = next((k for test, k in _KINDS if test(mode)), "not a regular file")
+        raise UserError(f"{p}: is {kind}, expected {what}" if kind.startswith("a ") else f"{p}: {kind}")
+    return p
+
+
 def _check_external_locations(model: onnx.ModelProto, base: Path) -> None:
-    """Refuse external-data locations that escape the model's folder."""
+    """Refuse external-data locations that escape the model's folder or are not regular files."""
     base = base.resolve()
     for tensor in external_data_helper._get_all_tensors(model):
         if not external_data_helper.uses_external_data(tensor):
             continue
         info = {e.key: e.value for e in tensor.external_data}
         loc = info.get("location", "")
+        if "\0" in loc:
+            raise UserError(f"tensor '{tensor.name}': external data location {loc!r} holds a NUL byte")
         if not loc or os.path.isabs(loc):
             raise UserError(f"tensor '{tensor.name}': external data location '{loc}' is not a relative path")
         target = (base / loc).resolve()
         if base not in target.parents:
             raise UserError(f"tensor '{tensor.name}': external data location '{loc}' escapes the model folder {base}")
-        if not target.is_file():
+        if not target.exists():
             raise UserError(f"tensor '{tensor.name}': external data file {target} not found")
+        check_regular_file(target, f"the external data file of tensor '{tensor.name}'")
 
 
 def _check_names(model: onnx.ModelProto, what: str) -> None:
@@ -92,6 +119,8 @@ def uses_external_data(model: onnx.ModelProto) -> bool:
 def path_uses_external_data(path: str | os.PathLike) -> bool:
     """Whether the model file keeps its weights in external data files (checked without loading them)."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # never block on a FIFO or read a device
+            return False
         return uses_external_data(onnx.load(str(path), load_external_data=False))
     except Exception:
         return False
@@ -104,6 +133,7 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         raise UserError(f"{path}: no such file")
     if path.is_dir():
         raise UserError(f"{path}: is a folder, expected an .onnx file")
+    check_regular_file(path, "an .onnx file")
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf raises various DecodeError flavours
@@ -111,7 +141,10 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     if not model.HasField("graph") or len(model.graph.node) == 0:
         raise UserError(f"{path}: not an ONNX model (no graph or no nodes)")
     _check_names(model, str(path))
-    _check_external_locations(model, path.parent)
+    try:
+        _check_external_locations(model, path.parent)
+    except UserError as exc:
+        raise UserError(f"{path}: {exc}") from None
     if uses_external_data(model):
         try:
             onnx.load_external_data_for_model(model, str(path.parent))

@@ -1,6 +1,8 @@
 """The working graph: a normalised onnx-graphsurgeon copy of the user's model.
 
 Normalisation (done once, before analysis, and the basis of every rewrite):
+- constant subexpressions are folded (`fold_constants`: a bias written `Reshape(Constant, Constant)` is a
+  constant, an `If` with a constant condition is its taken branch);
 - `Constant` nodes with a tensor value, and `Identity` nodes of constants, become constant tensors
   (weights are weights, wherever they live);
 - every node gets a unique name (unnamed nodes are named `<op>_<index>`), so reports can name them;
@@ -14,6 +16,7 @@ import io
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+import onnxruntime as ort
 
 from .skeleton import LARGE, skeleton, tensor_bytes
 
@@ -24,6 +27,7 @@ def normalise(model: onnx.ModelProto, in_place: bool = False) -> onnx.ModelProto
     m = model if in_place else onnx.ModelProto()
     if not in_place:
         m.CopyFrom(model)
+    m = fold_constants(m)
     graph = m.graph
     kept_nodes, new_inits = [], []
     inits = {t.name: t for t in graph.initializer}
@@ -70,6 +74,92 @@ def normalise(model: onnx.ModelProto, in_place: bool = False) -> onnx.ModelProto
     return inferred
 
 
+# ops whose value is not a function of their inputs (folding them would fix one draw), or that a
+# quantised model keeps as they are
+_NO_FOLD = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli",
+            "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
+SHARED = 1 << 14
+
+
+def _subgraphs(node: onnx.NodeProto):
+    for a in node.attribute:
+        if a.type == onnx.AttributeProto.GRAPH:
+            yield a.g
+        yield from a.graphs
+
+
+def _foldable(graph: onnx.GraphProto, outer: set[str]) -> bool:
+    """Whether some node of `graph` (or of a subgraph) computes from constants only, or is an `If` whose
+    condition is a constant: a linear pass that spares the common model a round trip through graphsurgeon."""
+    const = set(outer) | {t.name for t in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    for node in graph.node:
+        if node.op_type == "Constant":
+            const.update(node.output)
+            continue
+        ins = [i for i in node.input if i]
+        if node.op_type not in _NO_FOLD and node.domain in ("", "ai.onnx") and (
+                (ins and all(i in const for i in ins) and not set(node.output) & outputs)
+                or (node.op_type == "If" and ins and ins[0] in const)):
+            return True
+        for sub in _subgraphs(node):
+            if _foldable(sub, const):
+                return True
+    return False
+
+
+def fold_constants(m: onnx.ModelProto) -> onnx.ModelProto:
+    """Fold constant subexpressions with onnx-graphsurgeon (evaluated by ONNX Runtime): exporters write
+    conv biases as `Add(Conv, Reshape(Constant, Constant))` (paddle2onnx at opset 11), which the
+    analyzer would otherwise take for run-time tensors. Nothing over `LARGE` bytes is folded (so no large
+    weight is ever duplicated), shapes are not folded (the model's run-time shape arithmetic stays as it
+    is), random and quantisation ops stay, and graph outputs are never turned into constants. The
+    model's interface, opset and fields are those of `m` (docs/DESIGN.md, "Normalisation")."""
+    if not _foldable(m.graph, set()):
+        return m
+    from .export import finish
+    graph = gs.import_onnx(m)
+    outputs = {t.name for t in graph.outputs}
+
+    def exclude(node) -> bool:
+        """Random and quantisation ops, custom domains, graph outputs; and a node reading a weight (a floating
+        constant, or any over `SHARED` bytes) that something else reads too: a slice of a shared weight
+        would be a second copy of it."""
+        return node.op in _NO_FOLD or bool(node.domain not in (None, "", "ai.onnx")) or \
+            any(t.name in outputs for t in node.outputs) or \
+            any(isinstance(t, gs.Constant) and len(t.outputs) > 1 and (
+                np.issubdtype(t.dtype, np.floating) or t._values.nbytes > SHARED) for t in node.inputs)
+    logger = gs.logger.G_LOGGER
+    severity = logger.severity
+    try:
+        graph.toposort()
+        logger.severity = logger.ERROR  # a warning per node it cannot evaluate: expected here
+        ort.set_default_logger_severity(3)  # and ONNX Runtime's optimiser warnings on the folded parts
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            _fold(graph, exclude)
+        graph.cleanup(remove_unused_graph_inputs=False)
+    except Exception:  # folding is an optimisation: a graph it cannot handle is analysed as it is
+        return m
+    finally:
+        logger.severity = severity
+        ort.set_default_logger_severity(2)  # ONNX Runtime's default
+    return finish(graph, m)  # value_info: graphsurgeon exports only the tensors that stay variables
+
+
+def _fold(graph: gs.Graph, exclude) -> None:
+    """graphsurgeon's folding, recursing into subgraphs here (its own recursion drops `should_exclude_node`):
+    this graph first (its constants become visible inside), then each subgraph, then a pass that inlines
+    the `If`s whose condition is now a constant."""
+    args = dict(fold_shapes=False, partitioning="basic", error_ok=True, size_threshold=LARGE,
+                should_exclude_node=exclude, recurse_subgraphs=False, recurse_functions=False)
+    graph.fold_constants(flatten_subgraphs=False, **args)
+    subs = [sub for node in graph.nodes for sub in node.subgraphs()]
+    for sub in subs:
+        _fold(sub, exclude)
+    if any(node.op == "If" and isinstance(node.inputs[0], gs.Constant) for node in graph.nodes):
+        graph.fold_constants(flatten_subgraphs=True, **args)
+
+
 def infer_shapes(m: onnx.ModelProto) -> onnx.ModelProto:
     """ONNX Runtime's symbolic shape inference (it follows shapes computed at run time, e.g.
     `x.view(x.size(0), -1)`), falling back to ONNX's; best effort, since handlers freeze what
@@ -84,7 +174,49 @@ def infer_shapes(m: onnx.ModelProto) -> onnx.ModelProto:
     return _infer(m)
 
 
+def _ssi_work(graph: onnx.GraphProto) -> tuple[int, int]:
+    """(nodes, worst-case node visits of ONNX Runtime's symbolic shape inference). It infers both branches
+    of an `If`, and when it knows the condition it first copies the taken branch over the other: nested
+    `If`s whose conditions it can compute (from static shapes) cost twice per level."""
+    nodes = work = 0
+    for node in graph.node:
+        nodes += 1
+        work += 1
+        subs = [_ssi_work(g) for g in _subgraphs(node)]
+        nodes += sum(n for n, _ in subs)
+        if node.op_type == "If" and subs:
+            work += 2 * max(w for _, w in subs)
+        else:
+            work += 2 * sum(w for _, w in subs)  # Loop/Scan bodies may be inferred twice
+    return nodes, work
+
+
+def fixed_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple]:
+    """The shape of every tensor, inferred with the given inputs fixed to `shapes` (ONNX Runtime's symbolic
+    shape inference, as `infer_shapes`), symbolic dims left as None. The model is not changed: these shapes
+    only size the layers for their MACs (docs/DESIGN.md, "Input shapes")."""
+    m = skeleton(model)  # the structure and the small constants shape inference reads
+    del m.graph.value_info[:]
+    for inp in m.graph.input:
+        if inp.name in shapes:
+            dims = inp.type.tensor_type.shape.dim
+            for d, v in zip(dims, shapes[inp.name]):
+                d.Clear()
+                d.dim_value = int(v)
+    inferred = _infer(m)
+    out: dict[str, tuple] = {}
+    g = inferred.graph
+    for vi in list(g.input) + list(g.value_info) + list(g.output):
+        tt = vi.type.tensor_type
+        if tt.HasField("shape"):
+            out[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)
+    return out
+
+
 def _infer(m: onnx.ModelProto) -> onnx.ModelProto:
+    nodes, work = _ssi_work(m.graph)
+    if work > 4 * nodes + 64:  # exponential in the nesting depth: ONNX's own inference is linear
+        return _onnx_infer(m)
     try:
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
@@ -93,6 +225,10 @@ def _infer(m: onnx.ModelProto) -> onnx.ModelProto:
             return out
     except Exception:
         pass
+    return _onnx_infer(m)
+
+
+def _onnx_infer(m: onnx.ModelProto) -> onnx.ModelProto:
     try:
         return onnx.shape_inference.infer_shapes(m, data_prop=True)
     except Exception:

@@ -1,11 +1,13 @@
 """ONNX Runtime sessions for in-memory models, including those over protobuf's 2 GB limit."""
 from __future__ import annotations
 
+import re
 import tempfile
 from pathlib import Path
 
 import onnx
 
+from ..errors import UserError
 from .save import save_model
 from .skeleton import too_big
 
@@ -14,9 +16,27 @@ def inference_session(model: onnx.ModelProto, opts, providers):
     """An ONNX Runtime session for an in-memory model; one over protobuf's 2 GB limit goes through a
     temporary file with external data (ORT reads it while the session is created)."""
     import onnxruntime as ort
-    if not too_big(model):
-        return ort.InferenceSession(model.SerializeToString(), opts, providers=providers)
-    with tempfile.TemporaryDirectory(prefix="onnxprune-session-") as tmp:
-        path = Path(tmp) / "model.onnx"
-        save_model(model, path, external_data=True)
-        return ort.InferenceSession(str(path), opts, providers=providers)
+    try:
+        if not too_big(model):
+            return ort.InferenceSession(model.SerializeToString(), opts, providers=providers)
+        with tempfile.TemporaryDirectory(prefix="onnxprune-session-") as tmp:
+            path = Path(tmp) / "model.onnx"
+            save_model(model, path, external_data=True)
+            return ort.InferenceSession(str(path), opts, providers=providers)
+    except Exception as exc:  # onnxruntime's Fail / InvalidGraph / NotImplemented: the model's ops or shapes
+        if isinstance(exc, UserError):
+            raise
+        raise UserError(f"ONNX Runtime cannot load the model: {runtime_message(exc)}") from None
+
+
+def runtime_message(exc: BaseException) -> str:
+    """ONNX Runtime's error in one line: `[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : Non-zero status code
+    returned while running Reshape node. Name:'r' Status Message: ...` becomes `Reshape node 'r': ...`."""
+    text = " ".join(str(exc).split())
+    m = re.search(r"running (\S+) node\. Name:'([^']*)' Status Message: (.*)", text)
+    if m:
+        # drop the source location and the failed check: "/onnxruntime_src/...h:84 onnxruntime::F(...) x was false."
+        detail = re.sub(r"^/\S+:\d+ .*? was false\. ", "", m.group(3))
+        detail = re.sub(r"^/\S+:\d+ ", "", detail)
+        return f"{m.group(1)} node '{m.group(2)}': {detail}"
+    return re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text) or type(exc).__name__

@@ -235,9 +235,10 @@ class Sensitivity:
 
 
 def blend(model, first: dict[int, int], second: dict[int, int], share: float, target: float, round_to: int,
-          min_channels: int, fixed: set[int]) -> dict[int, int]:
-    """Counts between two allocations (geometric, `share` of the way from `first` to `second`), moved to the
-    target cost group step by group step."""
+          min_channels: int, fixed: set[int], widths: dict[int, np.ndarray] | None = None) -> dict[int, int]:
+    """Counts between two allocations (geometric, `share` of the way from `first` to `second`; rounded to the
+    group's step, or to the nearest of its allowed `widths`), moved to the target cost group step by group
+    step."""
     from ..selection.allocation import refine
     a = model.analysis
     out = {}
@@ -246,8 +247,14 @@ def blend(model, first: dict[int, int], second: dict[int, int], share: float, ta
         u, o = first.get(gid, g.channels), second.get(gid, g.channels)
         step = int(np.lcm(max(1, round_to), g.multiple))
         n = float(np.exp((1 - share) * np.log(max(u, 1)) + share * np.log(max(o, 1))))
-        out[gid] = u if gid in fixed else int(min(g.channels, max(step, round(n / step) * step)))
-    return refine(model, out, target, round_to, min_channels, fixed)
+        if gid in fixed:
+            out[gid] = u
+        elif widths is not None and gid in widths:
+            allowed = np.asarray(widths[gid])
+            out[gid] = int(allowed[int(np.argmin(np.abs(allowed - n)))])
+        else:
+            out[gid] = int(min(g.channels, max(step, round(n / step) * step)))
+    return refine(model, out, target, round_to, min_channels, fixed, widths)
 
 
 def output_trials(pruner: GreedyPruner, round_to: int = 1, min_channels: int = 1, widths=WIDTHS

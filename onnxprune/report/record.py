@@ -48,6 +48,10 @@ class Report:
     allocate: str = "uniform"
     calibration_samples: int = 0
     layers: list[dict] = field(default_factory=list)   # {"node", "op", "macs_before", "macs_after"}
+    # what was measured (round_to=auto: the probe and the check; a latency target: the table, the allocations
+    # measured, the final model against the original); empty when nothing was
+    latency: dict = field(default_factory=dict)
+    macs_unknown: list[str] = field(default_factory=list)  # layers whose MACs are unknown (symbolic sizes)
     distill: dict | None = None   # the distillation's record (`onnxprune.distill.DistillRecord`), if it ran
     allocation: dict | None = None  # allocate=output: {"chosen", "held_out_output_loss": {candidate: loss}}
     # what the run decided, for `masked_reference` and further rewrites; not part of the JSON record
@@ -70,10 +74,18 @@ class Report:
 
     def summary(self) -> str:
         prunable = [g for g in self.groups if not g.frozen]
-        return (f"MACs   {self.macs_before:,} -> {self.macs_after:,} ({self.macs_ratio:.1%})\n"
+        unknown = (f", {len(self.macs_unknown)} layers of unknown size not counted (symbolic shapes)"
+                   if self.macs_unknown else "")
+        text = (f"MACs   {self.macs_before:,} -> {self.macs_after:,} ({self.macs_ratio:.1%}){unknown}\n"
                 f"params {self.params_before:,} -> {self.params_after:,} "
                 f"({self.params_after / max(self.params_before, 1):.1%})\n"
                 f"groups {len(prunable)} pruned, {len(self.groups) - len(prunable)} frozen")
+        m = self.latency.get("measured")
+        if m:
+            text += (f"\nlatency {m['original_ms']:.3f} ms -> {m['pruned_ms']:.3f} ms (medians), speed-up "
+                     f"{m['speedup']:.2f}x (median of paired rounds), measured on {self.latency.get('provider')} at "
+                     f"batch {self.latency.get('batch')}")
+        return text
 
 
 def _jsonable(o):
@@ -93,8 +105,10 @@ def build_report(analysis: Analysis, selection: Selection, pruned: onnx.ModelPro
         idx = selection.kept.get(g.id, np.arange(g.channels))
         gam = selection.gamma.get(g.id, np.ones(len(idx)))
         r = (results or {}).get(g.id)
+        # γ as the model holds it: the rewriter folds float32(γ) into the consumers (and the float64 value's last
+        # digits vary with the BLAS thread count, docs/DESIGN.md, "The report")
         groups.append(GroupReport(g.id, g.channels, len(idx), [int(i) for i in idx],
-                                  [float(x) for x in gam], g.frozen, g.reasons, g.producers, g.consumers,
+                                  [float(np.float32(x)) for x in gam], g.frozen, g.reasons, g.producers, g.consumers,
                                   g.macs / total, None if g.frozen else (r.method if r else method),
                                   r.err_calib if r else None, r.err_holdout if r else None,
                                   list(r.curve) if r else [], r.note if r else "",
@@ -104,4 +118,5 @@ def build_report(analysis: Analysis, selection: Selection, pruned: onnx.ModelPro
                "macs_after": int(round(c.macs * np.prod([keep[roots[f]].mean() for f in c.factors])))}
               for c in analysis.costs]
     return Report(name, method, target, analysis.total_macs, macs(analysis, keep),
-                  count_params(analysis.model), count_params(pruned), groups, layers=layers)
+                  count_params(analysis.model), count_params(pruned), groups, layers=layers,
+                  macs_unknown=[c.node for c in analysis.unknown_costs])

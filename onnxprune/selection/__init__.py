@@ -1,4 +1,4 @@
-"""Stage 5, selection: which channels each group keeps and their scales γ.
+"""The selection stage: which channels each group keeps and their scales γ.
 
 `Selection` (the result), counts per group from a target (`counts`, `allocation`), the data-free
 baselines (`baselines`), greedy local imitation on a group's statistics (`greedy`), global imitation

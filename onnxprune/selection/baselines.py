@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..analysis import Analysis, Group
-from ..errors import UserError
+from ..options import OptionError
 from .selection import Selection
 
 
@@ -84,7 +84,7 @@ def select(analysis: Analysis, counts: dict[int, int], method: str = "magnitude"
         elif method == "random":
             scores = rng.random(group.channels)
         else:
-            raise UserError(f"--method {method}: unknown selection method")
+            raise OptionError("method", method, "not a data-free selection method (magnitude or random)")
         idx = ensure_segments(analysis, group, top_k(group, scores, k), scores)
         sel.scores[gid] = scores
         sel.kept[gid] = idx

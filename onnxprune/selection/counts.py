@@ -9,6 +9,7 @@ from ..analysis import Analysis, Group
 from ..analysis.cost import macs
 from ..analysis.cost_model import macs_model, params_model
 from ..errors import UserError
+from ..options import OptionError
 from .allocation import check_reachable, refine
 from .selection import Selection
 
@@ -24,9 +25,21 @@ def _round(n: float, group: Group, round_to: int, min_channels: int) -> int:
     return int(min(group.channels, max(k, lo)))
 
 
+def _round_in(n: float, allowed: np.ndarray) -> int:
+    """The smallest allowed count >= n (the largest allowed when none is)."""
+    i = int(np.searchsorted(allowed, n - 1e-9))
+    return int(allowed[min(i, len(allowed) - 1)])
+
+
 def counts_for_ratio(analysis: Analysis, ratio: float, round_to: int = 1, min_channels: int = 1,
-                     overrides: dict[int, int] | None = None) -> dict[int, int]:
-    counts = {g.id: _round(ratio * g.channels, g, round_to, min_channels) for g in analysis.prunable}
+                     overrides: dict[int, int] | None = None,
+                     widths: dict[int, np.ndarray] | None = None) -> dict[int, int]:
+    """`ratio` of every group's channels, rounded up to `round_to` or, with `widths` (group id -> sorted
+    allowed counts), to the next allowed count."""
+    if widths is not None:
+        counts = {g.id: _round_in(max(ratio * g.channels, 1), widths[g.id]) for g in analysis.prunable}
+    else:
+        counts = {g.id: _round(ratio * g.channels, g, round_to, min_channels) for g in analysis.prunable}
     for gid, n in (overrides or {}).items():
         counts[gid] = n
     return counts
@@ -34,35 +47,40 @@ def counts_for_ratio(analysis: Analysis, ratio: float, round_to: int = 1, min_ch
 
 def counts_for_target(analysis: Analysis, fraction: float, what: str = "flops", round_to: int = 1,
                       min_channels: int = 1, overrides: dict[int, int] | None = None,
-                      tolerance: float = 0.02) -> dict[int, int]:
-    """Search the uniform keep ratio so the kept MACs (what='flops') or parameters (what='params')
-    land within `tolerance` of `fraction`, then nudge single groups towards the target."""
+                      tolerance: float = 0.02, widths: dict[int, np.ndarray] | None = None,
+                      model=None) -> dict[int, int]:
+    """Search the uniform keep ratio so the kept MACs (what='flops') or parameters (what='params'), or the
+    cost of `model` (e.g. a latency model), land within `tolerance` of `fraction`, then nudge single groups
+    towards the target."""
     if not 0 < fraction <= 1:
-        raise UserError(f"--{what} {fraction}: must be in (0, 1]")
-    model = macs_model(analysis) if what == "flops" else params_model(analysis)
+        raise OptionError(what, fraction, "must be in (0, 1]")
+    if model is None:
+        model = macs_model(analysis) if what == "flops" else params_model(analysis)
     if model.total <= 0:
         raise UserError("model has no MACs to reduce (no Conv, Gemm or MatMul)")
     target = fraction * model.total
-    check_reachable(model, counts_for_ratio(analysis, 0.0, round_to, min_channels, overrides), fraction, what,
-                    tolerance)
+    check_reachable(model, counts_for_ratio(analysis, 0.0, round_to, min_channels, overrides, widths), fraction,
+                    what, tolerance)
     lo, hi = 0.0, 1.0
     for _ in range(40):
         mid = (lo + hi) / 2
-        if model(model.vector(counts_for_ratio(analysis, mid, round_to, min_channels, overrides))) > target:
+        if model(model.vector(counts_for_ratio(analysis, mid, round_to, min_channels, overrides, widths))) > target:
             hi = mid
         else:
             lo = mid
-    cands = [counts_for_ratio(analysis, r, round_to, min_channels, overrides) for r in (lo, hi)]
+    cands = [counts_for_ratio(analysis, r, round_to, min_channels, overrides, widths) for r in (lo, hi)]
     best = min(cands, key=lambda c: abs(model(model.vector(c)) - target))
-    return refine(model, best, target, round_to, min_channels, set(overrides or {}))
+    return refine(model, best, target, round_to, min_channels, set(overrides or {}), widths)
 
 
 def fit_to_target(analysis: Analysis, sel: Selection, scores: dict[int, np.ndarray], fraction: float,
-                  min_channels: int = 1, tolerance: float = 0.02, round_to: int = 1) -> None:
+                  min_channels: int = 1, tolerance: float = 0.02, round_to: int = 1,
+                  widths: dict[int, np.ndarray] | None = None) -> None:
     """Counts were set from a cost model that assumes a group's channels weigh the same; tied
     channels (channel shuffle) and Split pieces that keep different shares can weigh more or less.
-    Move one step (`round_to` channels, a multiple of the group's) of a free group (best scores in,
-    worst out) while the measured MACs are off the target by more than `tolerance`."""
+    Move one step (`round_to` channels, a multiple of the group's, or to the next count in `widths`) of a
+    free group (best scores in, worst out) while the measured MACs are off the target by more than
+    `tolerance`."""
     total = macs(analysis)
     for _ in range(64):
         keep, _ = sel.class_arrays(analysis)
@@ -76,6 +94,11 @@ def fit_to_target(analysis: Analysis, sel: Selection, scores: dict[int, np.ndarr
             kept = sel.kept[g.id]
             sc = scores[g.id]
             step = int(np.lcm(max(1, round_to), g.multiple))
+            if widths is not None:
+                near = [w for w in widths[g.id] if (w < len(kept) if err > 0 else w > len(kept))]
+                if not near:
+                    continue
+                step = abs(len(kept) - (max(near) if err > 0 else min(near)))
             if err > 0 and len(kept) - step >= max(min_channels, 1):
                 trial = np.delete(kept, np.argsort(sc[kept], kind="stable")[:step])
             elif err < 0 and len(kept) + step <= g.channels:

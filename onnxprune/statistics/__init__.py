@@ -1,4 +1,4 @@
-"""Stage 4, statistics: the consumers of a group as linear maps over features, their streamed second
+"""The statistics stage: the consumers of a group as linear maps over features, their streamed second
 moments (A = X̃ᵀX̃, B = X̃ᵀY, yy), and what follows from them: a group's Gram terms, losses, ridge
 re-fits, re-fit loss curves. Memory is bounded by the consumers' feature counts, never by the data set.
 See docs/DESIGN.md, "Statistics"."""

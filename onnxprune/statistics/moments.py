@@ -30,7 +30,9 @@ class Stats:
         xa = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype, device=x.device)], 1)
         self.A += xa.T @ xa
         self.B += xa.T @ y
-        self.yy += float((y * y).sum())
+        # numpy's pairwise sum is one thread: torch's splits by its thread count (not reproducible across them)
+        yv = y.detach().cpu().numpy()
+        self.yy += float(np.einsum("ij,ij->", yv, yv))
         self.rows += len(x)
 
     def numpy(self):

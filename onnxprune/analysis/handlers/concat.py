@@ -177,6 +177,7 @@ def _runtime_slice(node, ctx, lab, axes, steps):
         ctx.segments.append(vec[s:max(s, e)])
     ctx.set_layout(node.outputs[0], out)
     others = [b for i, a in enumerate(axes) if a not in labeled_axes(lab) for b in bounds[i]]
+    ctx.shape_checked.add(id(node))
     ctx.deferred.append(lambda: _check_runtime_slice(node, ctx, cut, others))
 
 

@@ -46,8 +46,8 @@ def conv(node, ctx):
     cin = cin_g * group
     kernel = int(np.prod(w.shape[2:], dtype=np.int64))
     out = node.outputs[0]
-    spatial = _spatial(ctx.shape(out))
-    macs = (spatial or 0) * cout * cin_g * kernel
+    spatial = _spatial(ctx.cost_shape(out))
+    macs = None if spatial is None else spatial * cout * cin_g * kernel  # None: size symbolic
     lab, vec = _input_labels(node, ctx, cin)
     if lab is not None and vec is None:
         ctx.cost(node, macs)
@@ -86,8 +86,8 @@ def conv_transpose(node, ctx):
         ctx.freeze_node(node, "grouped, shape-fixed or run-time-weight ConvTranspose is not supported")
         return
     cin, cout = w.shape[0], w.shape[1]
-    spatial = _spatial(ctx.shape(node.inputs[0]))
-    macs = (spatial or 0) * cin * cout * int(np.prod(w.shape[2:], dtype=np.int64))
+    spatial = _spatial(ctx.cost_shape(node.inputs[0]))
+    macs = None if spatial is None else spatial * cin * cout * int(np.prod(w.shape[2:], dtype=np.int64))
     lab, vec = _input_labels(node, ctx, cin)
     if lab is not None and vec is None:
         ctx.cost(node, macs)

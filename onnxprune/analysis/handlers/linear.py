@@ -51,15 +51,16 @@ def matmul(node, ctx):
     a_t, b_t = node.inputs[0], node.inputs[1]
     b = ctx.const(b_t)
     a_shape = ctx.shape(a_t)
-    out_shape = ctx.shape(node.outputs[0])
     if b is None or b.ndim != 2 or a_shape is None or len(a_shape) < 2:
         ctx.freeze_node(node, "MatMul without a 2-D constant right operand")
-        if out_shape is not None and a_shape is not None and all(d is not None for d in out_shape[1:]):
-            ctx.cost(node, int(np.prod(out_shape[1:], dtype=np.int64)) * (a_shape[-1] or 0))
+        a_size, out_size = ctx.cost_shape(a_t), ctx.cost_shape(node.outputs[0])
+        known = out_size is not None and a_size is not None and all(d is not None for d in out_size[1:]) \
+            and a_size[-1] is not None
+        ctx.cost(node, int(np.prod(out_size[1:], dtype=np.int64)) * a_size[-1] if known else None)
         return
     k, n = b.shape
-    rows = a_shape[1:-1]
-    macs = int(np.prod([d or 0 for d in rows], dtype=np.int64)) * k * n
+    rows = (ctx.cost_shape(a_t) or a_shape)[1:-1]
+    macs = None if any(d is None for d in rows) else int(np.prod(rows, dtype=np.int64)) * k * n  # None: symbolic
     vec, ok = _features(node, ctx, a_t, len(a_shape) - 1, k)
     if not ok:
         ctx.cost(node, macs)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import handles
+from . import handles, shape_expr
 from .base import attr, input_or_attr, labeled_axes, opset
 
 
@@ -79,10 +79,14 @@ def resize(node, ctx):
         return
     if sizes_t is not None:
         sizes = ctx.const(sizes_t)
-        if sizes is None:
-            ctx.freeze(lab, node, "output sizes computed at run time")
-            return
         vecs = {a: lab.reshape(-1) for a in ch}
+        if sizes is None:
+            # run time sizes (paddle2onnx's upsample by size: Concat(Slice(Shape(x), 0:2), [H, W])): left in
+            # the graph, they must give the kept count on the channel axis and read no count elsewhere
+            ctx.shape_checked.add(id(node))
+            ctx.deferred.append(lambda: _check_runtime_sizes(node, ctx, lab, sizes_t, vecs))
+            ctx.set_layout(node.outputs[0], lab)
+            return
 
         def fix(n, rw, vecs=vecs):
             new = np.array(rw.const_of(n, 3)).copy()
@@ -95,6 +99,19 @@ def resize(node, ctx):
         ctx.freeze(lab, node, "resizes the channel axis or scales computed at run time")
         return
     ctx.set_layout(node.outputs[0], lab)
+
+
+def _check_runtime_sizes(node, ctx, lab, sizes_t, vecs) -> None:
+    n = shape_expr.length(ctx, sizes_t)
+    for i in range(n or 0):
+        elem = shape_expr.element(ctx, sizes_t, i)
+        ok = shape_expr.follows(ctx, elem, vecs[i]) if i in vecs else shape_expr.reads_no_channels(ctx, elem)
+        if not ok:
+            shape_expr.freeze_read(ctx, node, lab, [elem], f"output size {i} computed at run time does not follow "
+                                                           "the channel count")
+            return
+    if n is None:
+        ctx.freeze(lab, node, "output sizes computed at run time, of unknown length")
 
 
 @handles("Softmax", "LogSoftmax", "Hardmax")

@@ -1,13 +1,11 @@
-"""Ops that move channels between axes: Flatten, Reshape, Transpose, Squeeze, Unsqueeze; and Shape."""
+"""Ops that move channels between axes: Flatten, Reshape, Transpose, Squeeze, Unsqueeze, DepthToSpace,
+SpaceToDepth; and Shape."""
 from __future__ import annotations
 
 import numpy as np
 
 from . import handles, shape_expr
-from .base import attr, input_or_attr, labeled_axes
-
-SHAPE_ARITH = {"Gather", "Slice", "Concat", "Unsqueeze", "Squeeze", "Cast", "Mul", "Div", "Add", "Sub",
-               "Identity", "Floor", "Ceil"}
+from .base import attr, axis_labels, input_or_attr, labeled_axes, on_axis
 
 
 def _collapse(lab: np.ndarray) -> np.ndarray:
@@ -44,6 +42,10 @@ def _relayout(node, ctx, lab, out_shape_rest):
             if len(long) % len(short) == 0 and (np.array_equal(np.repeat(short, r), long) or
                                                 np.array_equal(np.tile(short, r), long)):
                 return out
+    if len(ins) <= 1 and not outs and np.unique(lab).size == 1:
+        # one channel class on every position (channel shuffles tie ShuffleNet's passed-through halves
+        # unit after unit until one class is left): it stays one class whatever the reshape
+        return out
     if len(ins) == 1 and len(outs) == 2 and outs[1] == outs[0] + 1:
         tied = _split_channel_axis(node, ctx, lab.reshape(-1), out_full, outs[0])
         if tied is not None:
@@ -108,14 +110,36 @@ def reshape(node, ctx):
             ctx.edit("call", node, fn=fix)
         return
     elem = shape_expr.element(ctx, shape_t, b)
+    n_dims = shape_expr.length(ctx, shape_t)
 
-    def check(elem=elem, vout=vout):
+    def check(elem=elem, vout=vout, b=b):
         """A run-time target dim follows the pruning when, for any selection, it computes the kept count
-        (or is -1): evaluated at every count the pruned axis can have."""
+        (or is -1): evaluated at every count the pruned axis can have. A constant written into the target
+        by a Concat (Keras 3's Flatten) is set to the kept count instead. The other dims must not read any
+        channel count."""
+        for i in range(n_dims or 0):
+            other = shape_expr.element(ctx, shape_t, i) if i != b else None
+            if other is not None and not shape_expr.reads_no_channels(ctx, other):
+                shape_expr.freeze_read(ctx, node, vout, [other], f"target dim {i} computed at run time reads a "
+                                                                 "channel count")
+                return
         if elem is not None and not elem.dims and elem(None) == -1:
             return
-        if not shape_expr.follows(ctx, elem, vout):
-            ctx.freeze(vout, node, "target shape computed at run time does not follow the channel count")
+        if shape_expr.follows(ctx, elem, vout):
+            return
+        src = shape_expr.const_source(ctx, shape_t, b)
+        if src is not None and int(np.asarray(ctx.const(src[0].inputs[src[1]])).reshape(-1)[src[2]]) > 0:
+            concat, i, j = src
+
+            def fix(n, rw, i=i, j=j, vout=vout):
+                new = np.array(rw.const_of(n, i)).copy()
+                new.reshape(-1)[j] = int(rw.keep_mask(vout).sum())
+                rw.set_const(n, i, new)
+            ctx.edit("call", concat, fn=fix)
+            return
+        shape_expr.freeze_read(ctx, node, vout, [shape_expr.element(ctx, shape_t, i) for i in range(n_dims or 0)],
+                               "target shape computed at run time does not follow the channel count")
+    ctx.shape_checked.add(id(node))
     ctx.deferred.append(check)
 
 
@@ -161,33 +185,166 @@ def squeeze(node, ctx):
     ctx.set_layout(node.outputs[0], out)
 
 
+def _mode(node) -> str:
+    mode = attr(node, "mode", "DCR")
+    return mode.decode() if isinstance(mode, bytes) else str(mode)
+
+
+def _channels_on_axis_1(node, ctx, lab):
+    shape = ctx.shape(node.inputs[0])
+    c = lab.shape[1] if lab.ndim > 1 and lab.shape[1] > 1 else (shape[1] if shape and len(shape) > 1 else None)
+    vec = axis_labels(lab, 1, c) if c is not None and lab.ndim == 4 else None
+    if vec is None:
+        ctx.freeze(lab, node, "channels are not on axis 1 of a 4-D input")
+    return vec
+
+
+@handles("DepthToSpace")
+def depth_to_space(node, ctx):
+    """(N, C·s², H, W) -> (N, C, H·s, W·s), PyTorch's PixelShuffle: output channel c gathers s² input channels,
+    c·s² + k in CRD mode and k·C + c in DCR mode. Those s² channels are tied (they go or stay together), so
+    the producer is pruned in blocks of s² and the output carries one channel per block."""
+    lab = ctx.layout(node.inputs[0])
+    if lab is None:
+        return
+    vec = _channels_on_axis_1(node, ctx, lab)
+    if vec is None:
+        return
+    s = int(attr(node, "blocksize"))
+    if len(vec) % (s * s):
+        ctx.freeze(lab, node, f"{len(vec)} channels are not a multiple of blocksize² {s * s}")
+        return
+    c = len(vec) // (s * s)
+    blocks = vec.reshape(c, s * s).T if _mode(node) == "CRD" else vec.reshape(s * s, c)
+    for k in range(1, s * s):
+        ctx.unite(blocks[0], blocks[k], node, "DepthToSpace ties a channel to a fixed one")
+    ctx.set_layout(node.outputs[0], on_axis(blocks[0], 1, 4))
+
+
+@handles("SpaceToDepth")
+def space_to_depth(node, ctx):
+    """(N, C, H, W) -> (N, C·s², H/s, W/s): output channel k·C + c is input channel c at block position k,
+    so each channel appears s² times along the output's channel axis (its consumers read s² features per
+    channel, as after Flatten)."""
+    lab = ctx.layout(node.inputs[0])
+    if lab is None:
+        return
+    vec = _channels_on_axis_1(node, ctx, lab)
+    if vec is None:
+        return
+    s = int(attr(node, "blocksize"))
+    ctx.set_layout(node.outputs[0], on_axis(np.tile(vec, s * s), 1, 4))
+
+
 @handles("Shape")
 def shape(node, ctx):
-    """Shapes are data: allowed when they only feed Reshape targets or Slice bounds (checked there); else frozen."""
+    """Shapes are data. Which elements of the shape hold a channel count is followed through the shape
+    arithmetic downstream (Gather, Slice, Concat, Unsqueeze, Cast, +-*/...): an element that never does
+    (the batch, H or W of a YOLO head's anchors, fed to Range or ConstantOfShape) is free to go anywhere;
+    one that does may only reach a Reshape target, a Resize's sizes or Slice bounds (each checked by its
+    own handler, docs/DESIGN.md "Channel groups"); anything else freezes the channels it counts."""
     lab = ctx.layout(node.inputs[0])
     if lab is None:
         return
     rank = lab.ndim
-    start, end = attr(node, "start", 0) % rank if rank else 0, attr(node, "end", rank)
-    end = end % rank if end < 0 else min(end, rank)
-    if not any(start <= a < end for a in labeled_axes(lab)):
+    start, end = attr(node, "start", 0), attr(node, "end", rank)
+    start = min(max(start + rank if start < 0 else start, 0), rank)
+    end = min(max(end + rank if end < 0 else end, 0), rank)
+    counted = np.array([a in labeled_axes(lab) for a in range(start, end)], dtype=bool)
+    if not counted.any():
         return
-    frontier, seen = [node.outputs[0]], set()
+    why = _follow_counts(ctx, node, lab, node.outputs[0], counted)
+    if why:
+        ctx.freeze(lab, node, why)
+
+
+def _follow_counts(ctx, node, lab, out, counted: np.ndarray) -> str | None:
+    """Follow which elements of shape tensor `out` hold channel counts (`counted`) through the nodes that read
+    it, in graph order; the reason to freeze, or None."""
+    masks = {out.name: counted}
+    nodes, frontier, seen = [], [out], set()
     while frontier:
         t = frontier.pop()
         for user in t.outputs:
-            if id(user) in seen:
-                continue
-            seen.add(id(user))
-            if user.op == "Reshape" and user.inputs[1] is t:
-                continue
-            if user.op == "Slice" and {i for i, x in enumerate(user.inputs) if x is t} <= {1, 2}:
-                # bounds: checked by the Slice handler, which needs the data to carry channels
-                ctx.deferred.insert(0, lambda user=user: ctx.layout(user.inputs[0]) is not None or ctx.freeze(
-                    lab, node, f"the channel count sets the bounds of Slice node '{user.name}' on an untracked tensor"))
-                continue
-            if user.op in SHAPE_ARITH:
+            if id(user) not in seen:
+                seen.add(id(user))
+                nodes.append(user)
                 frontier.extend(user.outputs)
-                continue
-            ctx.freeze(lab, node, f"the channel count feeds {user.op} node '{user.name}'")
-            return
+    for user in sorted(nodes, key=lambda n: ctx.index.get(id(n), len(ctx.index))):
+        ins = [masks.get(t.name) if not t.is_empty() else None for t in user.inputs]
+        if not any(m is not None and m.any() for m in ins):
+            continue  # reads no channel count (or only through elements that hold none)
+        if id(user) not in ctx.index:
+            return f"the channel count is read inside a subgraph ({user.op} node '{user.name}')"
+        hit = {i for i, m in enumerate(ins) if m is not None and m.any()}
+        if user.op == "Reshape" and hit == {1} or user.op == "Resize" and hit == {3} or \
+                user.op == "Slice" and hit <= {1, 2}:
+            ctx.deferred.insert(0, lambda user=user: id(user) in ctx.shape_checked or ctx.freeze(
+                lab, node, f"the channel count sets the shape of {user.op} node '{user.name}', which does not "
+                           "follow it"))
+            continue
+        mask = _mask_out(ctx, user, ins)
+        if mask is None:
+            return f"the channel count feeds {user.op} node '{user.name}'"
+        for t in user.outputs:
+            masks[t.name] = mask
+    return None
+
+
+def _flat(m: np.ndarray) -> np.ndarray:
+    return m.reshape(-1)
+
+
+def _mask_out(ctx, node, ins) -> np.ndarray | None:
+    """Which elements of the node's output hold a channel count, given its inputs'; None when the node is
+    not shape arithmetic understood here (or the answer depends on values unknown)."""
+    op = node.op
+    if op in ("Unsqueeze", "Squeeze", "Identity", "Cast", "Floor", "Ceil", "Neg", "Abs", "Reshape", "Flatten"):
+        return ins[0] if ins[0] is not None and all(m is None or not m.any() for m in ins[1:]) else None
+    if op == "Gather" and attr(node, "axis", 0) == 0 and ins[0] is not None and not (ins[1] is not None and
+                                                                                     ins[1].any()):
+        ind = ctx.const(node.inputs[1])
+        if ind is None:
+            return None
+        flat = _flat(ins[0])
+        ind = np.asarray(ind).astype(np.int64)
+        if np.any(ind >= len(flat)) or np.any(ind < -len(flat)):
+            return None
+        return flat[ind]
+    if op == "Slice" and ins[0] is not None and all(m is None or not m.any() for m in ins[1:]):
+        vals = [ctx.const(node.inputs[i]) if len(node.inputs) > i and not node.inputs[i].is_empty() else None
+                for i in range(1, 5)]
+        if vals[0] is None or vals[1] is None or (len(node.inputs) > 3 and not node.inputs[3].is_empty()
+                                                  and vals[2] is None) or \
+                (len(node.inputs) > 4 and not node.inputs[4].is_empty() and vals[3] is None):
+            return None
+        if vals[2] is not None and [int(a) for a in np.reshape(vals[2], -1)] not in ([0], [-1]):
+            return None
+        step = int(np.reshape(vals[3], -1)[0]) if vals[3] is not None else 1
+        flat = _flat(ins[0])
+        return flat[slice(*slice(int(np.reshape(vals[0], -1)[0]), int(np.reshape(vals[1], -1)[0]),
+                                 step).indices(len(flat)))]
+    if op == "Concat":
+        parts = []
+        for t, m in zip(node.inputs, ins):
+            if m is None:
+                n = shape_expr.length(ctx, t)
+                if n is None:
+                    return None
+                m = np.zeros(n, dtype=bool)
+            parts.append(_flat(m))
+        return np.concatenate(parts)
+    if op in ("Add", "Sub", "Mul", "Div", "Max", "Min", "Mod"):
+        full = []
+        for t, m in zip(node.inputs, ins):
+            if m is None:
+                n = shape_expr.length(ctx, t)
+                if n is None:
+                    return None
+                m = np.zeros(n, dtype=bool)
+            full.append(_flat(m))
+        try:
+            return np.logical_or.reduce(np.broadcast_arrays(*full))
+        except ValueError:
+            return None
+    return None

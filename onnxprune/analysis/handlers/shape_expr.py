@@ -119,6 +119,16 @@ def element(ctx, tensor, idx: int, depth: int = 0) -> Expr | None:
                 return sub(t, idx)
             idx -= n
         return None
+    if op == "Slice":  # of a 1-D shape tensor, constant bounds
+        vals = [ctx.const(ins[i]) if len(ins) > i and not ins[i].is_empty() else None for i in range(1, 5)]
+        n = length(ctx, ins[0])
+        if vals[0] is None or vals[1] is None or n is None or any(
+                len(ins) > i and not ins[i].is_empty() and vals[i - 1] is None for i in (3, 4)) or \
+                (vals[2] is not None and [int(a) for a in np.reshape(vals[2], -1)] not in ([0], [-1])):
+            return None
+        step = int(np.reshape(vals[3], -1)[0]) if vals[3] is not None else 1
+        picked = range(n)[slice(int(np.reshape(vals[0], -1)[0]), int(np.reshape(vals[1], -1)[0]), step)]
+        return sub(ins[0], picked[idx]) if 0 <= idx < len(picked) else None
     if op in ("Unsqueeze", "Squeeze", "Identity", "Reshape", "Flatten"):
         return sub(ins[0], idx)
     if op == "Cast":
@@ -140,6 +150,51 @@ def element(ctx, tensor, idx: int, depth: int = 0) -> Expr | None:
             parts.append(part)
         return _combine(_BINARY[op](tensor), *parts)
     return None
+
+
+def const_source(ctx, tensor, idx: int, depth: int = 0):
+    """Where element `idx` of a shape tensor is written as a constant: (node, input index, element index)
+    of the constant operand of the `Concat` that assembles it (through Cast/Identity), or None. Keras 3's
+    Flatten is `Reshape(x, Concat(Slice(Shape(x)), [H·W·C]))`: its H·W·C is such an element."""
+    if depth > MAX_DEPTH or tensor is None or ctx.const(tensor) is not None or not tensor.inputs:
+        return None
+    node = tensor.inputs[0]
+    if node.op in ("Cast", "Identity"):
+        return const_source(ctx, node.inputs[0], idx, depth + 1)
+    if node.op != "Concat":
+        return None
+    for i, t in enumerate(node.inputs):
+        n = length(ctx, t)
+        if n is None:
+            return None
+        if idx < n:
+            if ctx.const(t) is not None:
+                return node, i, idx
+            return const_source(ctx, t, idx, depth + 1)
+        idx -= n
+    return None
+
+
+def reads_no_channels(ctx, expr: Expr | None) -> bool:
+    """Whether `expr` is computed without reading any dimension that holds channels (so it is the same at
+    every selection)."""
+    if expr is None:
+        return False
+    for (_, axis), tensor in expr.dims.items():
+        lab = ctx.layout(tensor)
+        if lab is not None and axis < lab.ndim and lab.shape[axis] > 1:
+            return False
+    return True
+
+
+def freeze_read(ctx, node, labels, exprs, why: str) -> None:
+    """Freeze `labels` and the channels of every tensor whose dimensions `exprs` read: a shape argument that
+    does not follow the pruning must see the sizes it was computed for."""
+    ctx.freeze(labels, node, why)
+    for expr in exprs:
+        for tensor in (expr.dims.values() if expr is not None else ()):
+            if ctx.layout(tensor) is not None:
+                ctx.freeze(ctx.layout(tensor), node, why)
 
 
 def actual_size(ctx) -> Callable:

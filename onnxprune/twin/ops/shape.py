@@ -1,4 +1,5 @@
-"""Ops that move or compute shapes: Flatten, Reshape, Transpose, Squeeze, Unsqueeze, Shape, Size, Gather,
+"""Ops that move or compute shapes: Flatten, Reshape, Transpose, Squeeze, Unsqueeze, DepthToSpace,
+SpaceToDepth, Shape, Size, Gather,
 ConstantOfShape, Constant, Expand, Tile, Range, CumSum, NonZero (as `analysis/handlers/shape.py`)."""
 from __future__ import annotations
 
@@ -59,6 +60,27 @@ def _unsqueeze(s, ins):
     return x
 
 
+
+
+@op("DepthToSpace")
+def _depth_to_space(s, ins):
+    x = ins[0]
+    b, c, h, w = x.shape
+    k = int(s.attr("blocksize"))
+    mode = s.attr("mode", "DCR")
+    if (mode.decode() if isinstance(mode, bytes) else mode) == "CRD":
+        return torch.nn.functional.pixel_shuffle(x, k)
+    y = x.reshape(b, k, k, c // (k * k), h, w).permute(0, 3, 4, 1, 5, 2)
+    return y.reshape(b, c // (k * k), h * k, w * k)
+
+
+@op("SpaceToDepth")
+def _space_to_depth(s, ins):
+    x = ins[0]
+    b, c, h, w = x.shape
+    k = int(s.attr("blocksize"))
+    y = x.reshape(b, c, h // k, k, w // k, k).permute(0, 3, 5, 1, 2, 4)
+    return y.reshape(b, c * k * k, h // k, w // k)
 
 
 @op("Shape")
