@@ -95,6 +95,7 @@ def _child(spec_json: str) -> None:
         if row.get("grid"):
             refit.RIDGE_GRID = tuple(row["grid"])
         opts = dict(row["opts"])
+        opts.setdefault("round_to", spec["round_to"])
         pruned, rep = onnxprune.prune(model_path(), links.name, flops=spec["flops"], preprocess="imagenet",
                                       augment=spec["augment"], quiet=True, **opts)
         rec.update(prune_wall_s=time.perf_counter() - t0, macs_ratio=rep.macs_ratio,
@@ -157,7 +158,8 @@ def _evaluate(model_file: str, data: dict) -> dict:
 
 def run_row(key: str, fold: str, flops: float, args, data: dict, tmp: str) -> dict:
     save = os.path.join(tmp, f"{key}_{fold}_{flops}.onnx")
-    spec = dict(row=key, fold=fold, flops=flops, augment=args.augment, threads=args.threads, save=save)
+    spec = dict(row=key, fold=fold, flops=flops, augment=args.augment, threads=args.threads, save=save,
+                round_to=args.round_to if args.round_to == "auto" else int(args.round_to))
     rec = {"row": key, "label": ROWS[key]["label"], "fold": fold, "flops": flops, "loadavg_before": loadavg()}
     t0 = time.perf_counter()
     res = subprocess.run(["/usr/bin/time", "-v", sys.executable, "-m", "bench.imagenet_sample", "--child",
@@ -216,6 +218,9 @@ def main():
     ap.add_argument("--quick", action="store_true", help="fold B, 70%% MACs, rows default and output only")
     ap.add_argument("--augment", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2, help="torch threads in each prune (2)")
+    ap.add_argument("--round-to", default="1", help="round_to of every onnxprune row (1: the counts the MACs "
+                    "target gives, comparable across rows; auto, the library's default, measures latency on "
+                    "this machine, which is noisy when it is shared)")
     ap.add_argument("--out", default=OUT)
     ap.add_argument("--merge", action="store_true", help="keep the earlier rows this run does not redo")
     ap.add_argument("--replot", action="store_true")
@@ -275,6 +280,7 @@ def _save(args, info, results, old, t_all, plot_path):
         results = [r for r in old["results"] if (r["row"], r["fold"], r["flops"]) not in done] + results
     info = dict(info, loadavg_end=loadavg())
     doc = {"machine": info, "total_s": time.perf_counter() - t_all, "augment": args.augment,
+           "round_to": args.round_to,
            "rows": {k: {kk: vv for kk, vv in v.items()} for k, v in ROWS.items()},
            "old_ridge_grid": OLD_GRID, "wide_ridge_grid": [str(v) for v in WIDE_GRID], "results": results}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

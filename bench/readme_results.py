@@ -121,8 +121,9 @@ def imagenet_sample_section(data) -> str:
            "library) and evaluated with labels on the centre crops of 250 photos of the *other* 250 classes: "
            "fold A calibrates on the classes ≡ 0 (mod 4) and evaluates on ≡ 2, fold B the reverse "
            f"(original top-1: {', '.join(f'{f} {100 * orig[f]:.1f}%' for f in folds)}). No labels are used by any "
-           "row; Torch-Pruning's Taylor importance uses the original's top-1 as labels. Top-1 % on the "
-           "evaluation photos (change from the original):", "", _table(head, top1), "",
+           "row; Torch-Pruning's Taylor importance uses the original's top-1 as labels. "
+           f"onnxprune rows with `round_to={data.get('round_to', 1)}`. A cell is one prune, measured once; a "
+           "'-' was not run. Top-1 % on the evaluation photos (change from the original):", "", _table(head, top1), "",
            "Top-1 % on the centre crops of the calibration photos themselves (how much the fit over-fits them):",
            "", _table(head, calib), "",
            f"Prune wall time and peak RSS (each row a fresh process, 2 CPU cores shared with other jobs; load "
@@ -138,9 +139,9 @@ def imagenet_section(data) -> str:
     if not data:
         return ""
     out = ["### ImageNet MobileNetV2 on photo crops (the protocol before issue 13, not re-measured)", "",
-           "Measured before the changes of issue 13 (output allocation, wider ridge grid, augmentation, held-out "
-           "images): these rows are the old pipeline on the old protocol, kept for the record; the section above "
-           "supersedes them. "
+           "The old protocol: crops of a few scikit-image photos, agreement only (no labels), measured before issue "
+           "13 with `--round-to 1` and held-out crops (not images) choosing the ridge; kept for the record, not "
+           "re-measured. The section above, on real ImageNet photos with labels, supersedes it. "
            f"`bench/imagenet.py` (`bench/results/imagenet.json`). No labels: agreement with the unpruned model. "
            f"Calibration crops come from {len(data['data']['calibration_photos'])} photos "
            f"({', '.join(data['data']['calibration_photos'])}); evaluation crops from other photos "
