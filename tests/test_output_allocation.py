@@ -122,3 +122,23 @@ def test_joint_loss_of_a_stand_in_equals_brute_force_and_the_lowest_is_chosen(zo
     losses = rep.allocation["held_out_output_loss"]
     assert set(losses) == {"uniform", "halfway", "output"}
     assert rep.allocation["chosen"] == min(losses, key=losses.get)
+
+
+def test_output_allocation_composes_with_a_latency_target(zoo_models, monkeypatch, tmp_path):
+    """allocate=output with the latency stage's cost model and fast widths: the curves are measured once, the
+    stand-ins (the halfway one snapped to the allowed widths) are compared, and the pruned model's cost under
+    the timer, recomputed here, is the target within the stage's 5%."""
+    from onnxprune.latency import FakeTimer, feeds
+    monkeypatch.setenv("ONNXPRUNE_TIMER", "fake:slow=2")
+    monkeypatch.setenv("ONNXPRUNE_CACHE_DIR", str(tmp_path / "cache"))
+    z = next(z for z in zoo_models if z.name == "inverted_res" and z.exporter == "ts17")
+    cal = zoo.random_input(z, 40, 3)
+    pruned, report = prune(str(z.path), cal, latency=0.6, allocate="output", batch_size=16)
+    a = Analysis(onnx.load(z.path))
+    feed = feeds(a.model, 1, cal)
+    ratio = FakeTimer().cost(pruned, feed) / FakeTimer().cost(a.model, feed)
+    assert abs(ratio / 0.6 - 1) <= 0.05, ratio
+    assert report.allocation["chosen"] == min(report.allocation["held_out_output_loss"],
+                                              key=report.allocation["held_out_output_loss"].get)
+    fast = {int(g): v["fast"] for g, v in report.latency["groups"].items()}
+    assert all(g.kept_count in fast[g.id] for g in report.groups if not g.frozen and g.id in fast)
