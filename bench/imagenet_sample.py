@@ -191,7 +191,7 @@ def plot(results, path):
                ylabel="top-1 accuracy % (labels)", ylim=(-2, 100))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle("ImageNet MobileNetV2 (torchvision weights) pruned without labels or finetuning on training data; "
+    fig.suptitle("ImageNet MobileNetV2 (torchvision weights) pruned without labels or finetuning on training data;\n"
                  "250 calibration photos (1000 samples), 250 evaluation photos of other classes", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
