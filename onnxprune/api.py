@@ -20,6 +20,7 @@ from .graph.inputs import symbolic_inputs
 from .options import (
     AUTO,
     CalibrationOptions,
+    DistillOptions,
     GlobalOptions,
     GroupKind,
     ModelOptions,
@@ -36,6 +37,7 @@ from .selection import Selection, fit_to_target, select
 
 log = logging.getLogger("onnxprune")
 _T, _S, _C, _R, _G, _M = TargetOptions, SelectionOptions, CalibrationOptions, RefitOptions, GlobalOptions, ModelOptions
+_D = DistillOptions
 
 
 def _name(model) -> str:
@@ -116,32 +118,38 @@ def prune(model, calibration=None, *, method: str = _S.method, refit: str | None
           latency_threads: int | None = _T.latency_threads, latency_fp16: bool = _T.latency_fp16,
           allocate: str = _T.allocate, norm: str = _S.norm, seed: int = _S.seed, batch_size: int = _C.batch_size,
           max_positions: int | None = _C.max_positions, holdout: float = _C.holdout, ridge: float = _R.ridge,
-          preprocess: str = _C.preprocess, image_size: int | None = _C.image_size, output_loss: str = _G.output_loss,
+          preprocess: str = _C.preprocess, image_size: int | None = _C.image_size, augment: int = _C.augment,
+          output_loss: str = _G.output_loss,
           global_samples: int = _G.global_samples, taylor_rounds: int = _G.taylor_rounds,
           exact_limit: int = _G.exact_limit, group_kind: str = _T.group_kind,
           token_mask_input: str = _C.token_mask_input, input_shapes: dict | None = _M.input_shapes,
+          distill: bool = _D.distill, distill_time: float = _D.distill_time,
+          distill_epochs: int = _D.distill_epochs, distill_lr: float = _D.distill_lr,
+          distill_features: float = _D.distill_features, distill_patience: int = _D.distill_patience,
           quiet: bool = True) -> tuple[onnx.ModelProto, Report]:
     """Prune a model (path or ModelProto) to a target; returns the pruned model and its report.
 
     `calibration`: a path (.npz/.npy file or folder, image folder), dict of arrays, iterable of input
     dicts or ONNX Runtime CalibrationDataReader. Needed by the greedy methods and by any re-fit.
     `refit`: none | gamma | full (default: full with calibration, none without).
-    `allocate`: uniform | loss. `output_loss`: auto | kl | mse, the global methods' output discrepancy,
-    measured on `global_samples`. `group_kind`: all | heads | channels, the groups pruned.
-    `token_mask_input`: the input whose zeros mark padding tokens left out of the statistics.
-    `latency`: keep that fraction of the original's latency, measured with ONNX
-    Runtime on `provider` (cpu | cuda | tensorrt) at `latency_batch`. `round_to`: an integer, or 'auto' (per
-    group, the rounding measured fastest). `input_shapes`: name -> dims (batch first) of inputs with symbolic
-    dims, for the MACs of the layers they size (default: the first calibration batch's shapes); a MACs
-    target is refused while a layer's MACs are unknown. See `onnxprune.options` for every option."""
+    `allocate`: uniform | loss | output. `distill`: label-free distillation after pruning. `output_loss`:
+    auto | kl | mse, the global methods' output discrepancy, measured on `global_samples`. `group_kind`: all |
+    heads | channels, the groups pruned. `token_mask_input`: the input whose zeros mark padding tokens left out
+    of the statistics. `latency`: keep that fraction of the original's latency, measured with ONNX Runtime on
+    `provider` (cpu | cuda | tensorrt) at `latency_batch`. `round_to`: an integer, or 'auto' (per group, the
+    rounding measured fastest). `input_shapes`: name -> dims (batch first) of inputs with symbolic dims, for
+    the MACs of the layers they size (default: the first calibration batch's shapes); a MACs target is refused
+    while a layer's MACs are unknown. See `onnxprune.options` for every option."""
     options = PruneOptions.from_flat(
         method=method, refit=refit, keep_ratio=keep_ratio, flops=flops, params=params, latency=latency,
         round_to=round_to, provider=provider, latency_batch=latency_batch, latency_threads=latency_threads,
         latency_fp16=latency_fp16,
         min_channels=min_channels, keep=keep or {}, allocate=allocate, norm=norm, seed=seed, batch_size=batch_size,
         max_positions=max_positions, holdout=holdout, ridge=ridge, preprocess=preprocess, image_size=image_size,
-        output_loss=output_loss, global_samples=global_samples, taylor_rounds=taylor_rounds, exact_limit=exact_limit,
-        group_kind=group_kind, token_mask_input=token_mask_input, input_shapes=input_shapes)
+        augment=augment, output_loss=output_loss, global_samples=global_samples, taylor_rounds=taylor_rounds,
+        exact_limit=exact_limit, group_kind=group_kind, token_mask_input=token_mask_input, input_shapes=input_shapes,
+        distill=distill, distill_time=distill_time, distill_epochs=distill_epochs, distill_lr=distill_lr,
+        distill_features=distill_features, distill_patience=distill_patience)
     return prune_with_options(model, calibration, options, quiet=quiet)
 
 
@@ -161,11 +169,14 @@ def prune_with_options(model, calibration, options: PruneOptions, quiet: bool = 
                           "magnitude or random with refit none prune without data")
     if target.allocate != "uniform" and calibration is None:
         raise OptionError("allocate", target.allocate, "needs calibration data")
+    if options.distill.distill and calibration is None:
+        raise OptionError("distill", True, "needs calibration data")
     proto, name = _as_model(model)
     c = options.calibration
     cal = None
     if calibration is not None:  # opened first: its first batch sizes inputs with symbolic dims
-        cal = load_calibration(calibration, proto, c.holdout, c.preprocess, c.image_size)
+        cal = load_calibration(calibration, proto, c.holdout, c.preprocess, c.image_size, augment=c.augment,
+                               seed=options.selection.seed)
     shapes = options.model.input_shapes or (_calibration_shapes(proto, cal) if cal is not None else None)
     analysis = _analysis(proto, model, shapes)
     if kind == "flops" and analysis.unknown_costs:
@@ -180,7 +191,7 @@ def prune_with_options(model, calibration, options: PruneOptions, quiet: bool = 
             raise OptionError("group_kind", target.group_kind.value, f"{name} has no prunable group of that kind")
         overrides = {**others, **overrides}
     n_cal = 0
-    results = None
+    results, allocation = None, None
     token_mask = output_loss = None
     if calibration is None:
         plan = plan_counts(analysis, target, overrides)
@@ -195,11 +206,20 @@ def prune_with_options(model, calibration, options: PruneOptions, quiet: bool = 
         pruner = GreedyPruner(analysis, cal, options, quiet=quiet)
         plan = plan_counts(analysis, target, overrides, pruner)
         selection = pruner.run(plan.counts)
-        results, n_cal = pruner.results, cal.size
+        results, n_cal, allocation = pruner.results, cal.size, pruner.allocation
         token_mask, output_loss = pruner.token_mask, pruner.output_loss
     pruned = apply_selection(analysis, selection)
+    distilled = None
+    if options.distill.distill:  # after the layer-wise pruning: docs/DESIGN.md, "Distillation"
+        from .distill import distill, feature_channels
+        assert cal is not None
+        feats = feature_channels(analysis, selection, pruned)
+        pruned, record = distill(analysis.model, pruned, cal, options.distill, feats, options.calibration.batch_size,
+                                 options.selection.seed, quiet=quiet)
+        distilled = record.to_dict()
     measured = plan.finish(analysis, pruned)
     report = build_report(analysis, selection, pruned, name, method.name, {kind: fraction}, results)
+    report.distill, report.allocation = distilled, allocation
     report.refit, report.allocate, report.calibration_samples = str(refit), str(target.allocate), n_cal
     report.token_mask, report.output_loss = token_mask, output_loss
     report.latency = measured

@@ -132,6 +132,31 @@ def test_ridge_refit_pulls_towards_the_prior():
     assert np.abs(ridge_refit(st, keep, 1e9)[:, k]).max() < 1e-5
 
 
+def test_infinite_ridge_is_the_least_squares_bias_correction():
+    """Planted Y = X W + b: with the kept weights fixed at W, the least-squares bias is b plus what the
+    removed inputs gave on average (checked against an explicit fit of the bias alone); the infinite ridge
+    is also the limit of large finite ones."""
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((500, 8)) + rng.uniform(-2, 2, 8)   # inputs with non-zero means
+    W = rng.standard_normal((8, 3))
+    b = rng.standard_normal(3)
+    Y = X @ W + b
+    st = Stats(8, 3)
+    st.add(torch.from_numpy(X), torch.from_numpy(Y))
+    keep = np.array([1, 0, 1, 1, 0, 1, 0, 1], bool)
+    prior = np.concatenate([W.T, b[:, None]], 1)
+    w = ridge_refit(st, keep, np.inf, prior=prior)
+    np.testing.assert_array_equal(w[:, :8][:, keep], W.T[:, keep])
+    assert np.all(w[:, :8][:, ~keep] == 0)
+    resid = Y - X[:, keep] @ W[keep]
+    explicit = np.linalg.lstsq(np.ones((500, 1)), resid, rcond=None)[0][0]
+    np.testing.assert_allclose(w[:, 8], explicit, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(w[:, 8], b + X[:, ~keep].mean(0) @ W[~keep], rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(ridge_refit(st, keep, 1e9, prior=prior), w, rtol=1e-5, atol=1e-6)
+    fixed = ridge_refit(st, keep, np.inf, fixed_bias=np.zeros(3), prior=prior)
+    assert np.all(fixed[:, 8] == 0)
+
+
 @pytest.mark.parametrize("k,s,d,p,mp", [(1, 1, 1, 0, 7), (3, 2, 1, 1, 10), (3, 1, 2, 2, None), (5, 2, 2, 2, 4),
                                         (3, 1, 1, 1, 10**6)])
 def test_conv_features_are_unfold_patches_at_the_sampled_positions(k, s, d, p, mp):
@@ -220,3 +245,44 @@ def test_taps_use_cuda_with_heuristic_cudnn_search_when_present(monkeypatch):
     monkeypatch.setattr(taps, "_PROVIDERS", None)
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
     assert taps.providers() == ["CPUExecutionProvider"]
+
+
+@pytest.mark.parametrize("name", ["mbv3_se", "concat"])
+def test_output_cache_rows_are_the_original_outputs_at_the_sampled_positions(zoo_models, name, monkeypatch):
+    """The cached rows of every consumer equal the rows `features` pairs with its inputs when the original is
+    tapped directly, whatever the batch size; and a run with the cache decides exactly as one without."""
+    from onnxprune import prune
+    from onnxprune.calibration import load_calibration
+    from onnxprune.pipeline.pruner import visiting_order
+    from onnxprune.statistics import output_cache
+    from onnxprune.statistics.output_cache import OutputCache
+    z, a = _setup(zoo_models, name)
+    x = zoo.random_input(z, 13, 4)["input"]
+    cal = load_calibration({"input": x}, a.model, holdout=0.2)
+    consumers = {c.node: c for g in visiting_order(a) for c in consumers_of(a, g)}
+    cs = list(consumers.values())
+    shapes = {t.name: t.shape for t in a.graph.tensors().values()}
+    plan = OutputCache.plan(cs, shapes, 3, cal.size)
+    assert plan is not None
+    cache = OutputCache.build(cal, a.model, cs, shapes, plan, 4, 3, seed=0)
+    tap = Tap(a.model, [c.input for c in cs] + [c.output for c in cs])
+    for first in range(0, 13, 5):
+        out = tap({"input": x[first:first + 5]})
+        for c in cs:
+            _, y = c.features(out[c.input], out[c.output], first, 3, seed=0)
+            np.testing.assert_allclose(cache.rows(c.node, first, len(out[c.input])).numpy(), y.numpy(), rtol=1e-6,
+                                       atol=1e-6)
+    built = []
+    real_build = OutputCache.build.__func__
+    monkeypatch.setattr(OutputCache, "build",
+                        classmethod(lambda cls, *a, **k: built.append(1) or real_build(cls, *a, **k)))
+    _, with_cache = prune(str(z.path), {"input": x}, flops=0.5, max_positions=3, batch_size=4)
+    assert built == [1]
+    monkeypatch.setattr(output_cache, "CACHE_BUDGET", 0)
+    _, without = prune(str(z.path), {"input": x}, flops=0.5, max_positions=3, batch_size=4)
+    assert built == [1], "no cache when it does not fit"
+    assert [g.kept for g in with_cache.groups] == [g.kept for g in without.groups]
+    for g1, g2 in zip(with_cache.groups, without.groups):
+        np.testing.assert_allclose(g1.gamma, g2.gamma, rtol=1e-6, atol=1e-8)
+        if g1.err_calib is not None:
+            assert g1.err_calib == pytest.approx(g2.err_calib, rel=1e-5, abs=1e-9)

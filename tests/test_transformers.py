@@ -217,6 +217,43 @@ def test_padding_tokens_stay_out_of_the_statistics(transformers):
     assert not _same(_stats(m16, f16, None, 3), _stats(m16, other, None, 3))
 
 
+def test_output_cache_with_a_token_mask_holds_the_real_tokens_rows(transformers):
+    """With padding left out, each sample keeps a different number of rows: the cache of the original's
+    consumer outputs (per-sample offsets) gives, for any batch, the rows `features` pairs with its inputs when
+    the original is tapped directly, and statistics collected from it equal those collected from the tap."""
+    from onnxprune.pipeline.pruner import visiting_order
+    from onnxprune.statistics.output_cache import OutputCache
+    tm7, _ = _load(transformers, "minilm_s7", "ts17")
+    _, m = _load(transformers, "minilm_s16", "dynamo18")
+    data = {k: np.concatenate([v, np.zeros((9, 16 - 7), np.int64)], 1) for k, v in tz.feeds(tm7, 9, 5).items()}
+    a = Analysis(m)
+    cal = load_calibration(data, a.model, holdout=0.0)
+    cs = list({c.node: c for g in visiting_order(a) for c in consumers_of(a, g)}.values())
+    shapes = {t.name: t.shape for t in a.graph.tensors().values()}
+    plan = OutputCache.plan(cs, shapes, 3, cal.size)
+    assert plan is not None
+    cache = OutputCache.build(cal, a.model, cs, shapes, plan, 2, 3, 0, "attention_mask")
+    real = np.minimum(data["attention_mask"].sum(1), 3)
+    assert len(set(real.tolist())) > 1   # samples keep different numbers of rows
+    tap = Tap(a.model, [c.input for c in cs] + [c.output for c in cs])
+    for first in (0, 4):
+        batch = {k: v[first:first + 4] for k, v in data.items()}
+        out = tap(batch)
+        for c in cs:
+            _, y = c.features(out[c.input], out[c.output], first, 3, 0, batch["attention_mask"])
+            got = cache.rows(c.node, first, 4)
+            assert len(got) == real[first:first + 4].sum()
+            np.testing.assert_allclose(got.numpy(), y.numpy(), rtol=1e-6, atol=1e-6)
+    g = a.prunable[0]
+    cons = consumers_of(a, g)
+    stats = []
+    for outputs in (Tap(a.model, [c.output for c in cons]), cache):
+        col = Collector(cons, CalibrationOptions(batch_size=4, max_positions=3), seed=0, token_mask="attention_mask")
+        col.run(cal, Tap(a.model, [c.input for c in cons]), outputs, "test")
+        stats.append([[col.stats["calib"][c.node] for c in cons]])
+    assert _same(*stats)
+
+
 def _planted(tmp_path, exporter):
     """A one-layer encoder of 6 heads whose attention output depends on heads 1 and 4 only: the others'
     value projections are zero, while their output-projection columns are the largest (so magnitude

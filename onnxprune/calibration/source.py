@@ -4,7 +4,8 @@ Sources: an `.npz`/`.npy` file or a folder of them (keys = model input names, ba
 only for single-input models), a folder of images with a preprocessing preset, a dict of arrays,
 an iterable of input dicts, or an ONNX Runtime `CalibrationDataReader`. Files are read row block by
 row block on every pass (compressed `.npz` members are decompressed as a stream); iterables and
-readers are spilled once to `.npy` files in a temporary folder.
+readers are spilled once to `.npy` files in a temporary folder, image folders once to an 8-bit file of
+their crops (`images.py`: the centre crop of every image and, with `augment`, random-resized crops).
 """
 from __future__ import annotations
 
@@ -19,21 +20,29 @@ from ..errors import UserError
 from ..graph.inputs import model_inputs
 from ..graph.load import check_regular_file
 from ..options import CalibrationOptions, OptionError
-from .images import IMAGE_SUFFIXES, image_items
+from .images import IMAGE_SUFFIXES, ImageSet, holdout_images, spill_images
 from .npy_stream import NpyStream, npz_streams
 from .part import Part
 from .spill import reader_items, spill
 
 
 class Calibration:
-    """Re-iterable batches of model inputs; `holdout` trailing samples are kept apart."""
+    """Re-iterable batches of model inputs; `holdout` trailing samples are kept apart.
 
-    def __init__(self, parts: list[Part], what: str, holdout: float = 0.1, tmpdir=None):
+    From an image folder the samples are `per_image` consecutive crops of each image, and the held-out
+    share is whole images (spread evenly over the files, placed last): `images` is the `ImageSet` and
+    `image_order[i]` the image of samples i·per_image ... (i+1)·per_image − 1."""
+
+    def __init__(self, parts: list[Part], what: str, holdout: float = 0.1, tmpdir=None,
+                 images: ImageSet | None = None, image_order: np.ndarray | None = None, per_image: int = 1,
+                 seed: int = 0, n_holdout: int | None = None):
         self.parts, self.what, self._tmpdir = parts, what, tmpdir
+        self.images, self.image_order, self.per_image, self.seed = images, image_order, per_image, seed
         self.size = sum(p.size for p in parts)
         if self.size == 0:
             raise UserError(f"{what}: holds no samples")
-        self.n_holdout = int(round(self.size * holdout)) if self.size >= 10 else 0
+        self.n_holdout = n_holdout if n_holdout is not None else \
+            (int(round(self.size * holdout)) if self.size >= 10 else 0)
         self.n_calib = self.size - self.n_holdout
         if self.n_calib < 1:
             raise OptionError("holdout", holdout, f"holds out all {self.size} samples of {what}, leaving none to "
@@ -99,8 +108,11 @@ def _file_part(path: Path, input_names: list[str]) -> Part:
 
 
 def load_calibration(source, model: onnx.ModelProto, holdout: float = 0.1, preprocess: str = "none",
-                     image_size: int | None = None, mean=None, std=None) -> Calibration:
-    """Open any supported calibration source for `model` and check it against the model's inputs."""
+                     image_size: int | None = None, mean=None, std=None, augment: int = 0,
+                     seed: int = 0) -> Calibration:
+    """Open any supported calibration source for `model` and check it against the model's inputs.
+    `augment` (image folders only): random-resized crops per image besides its centre crop, seeded
+    by `seed`."""
     inputs = model_inputs(model)
     names = list(inputs)
     tmp = None
@@ -120,8 +132,10 @@ def load_calibration(source, model: onnx.ModelProto, holdout: float = 0.1, prepr
             elif images:
                 if len(names) != 1:
                     raise UserError(f"{path}: image folders feed single-input models only")
-                parts, tmp = spill(image_items(images, names[0], inputs[names[0]][1], preprocess, mean, std,
-                                                 image_size), names, str(path))
+                cal = _image_calibration(images, names[0], inputs[names[0]][1], preprocess, mean, std, image_size,
+                                         holdout, augment, seed, str(path))
+                cal.check(model)
+                return cal
             else:
                 raise UserError(f"{path}: folder holds no .npz, .npy or image files")
         else:
@@ -141,9 +155,23 @@ def load_calibration(source, model: onnx.ModelProto, holdout: float = 0.1, prepr
         what = "calibration iterable"
     else:
         raise UserError(f"calibration: unsupported source of type {type(source).__name__}")
+    if augment:
+        raise OptionError("augment", augment, f"applies to image folders only; {what} is not one")
     cal = Calibration(parts, what, holdout, tmp)
     cal.check(model)
     return cal
+
+
+def _image_calibration(files: list[Path], name: str, shape: tuple, preprocess: str, mean, std, image_size,
+                       holdout: float, augment: int, seed: int, what: str) -> Calibration:
+    """Crops of every image, the held-out images last (see `Calibration`)."""
+    images = ImageSet(files, name, shape, preprocess, mean, std, image_size)
+    per = 1 + int(augment)
+    held = holdout_images(len(images), holdout, len(images) * per)
+    order = np.concatenate([np.setdiff1d(np.arange(len(images)), held), held])
+    stream, tmp = spill_images(images, order, per, seed, what)
+    return Calibration([Part({name: stream}, len(order) * per)], what, holdout, tmp, images=images,
+                       image_order=order, per_image=per, seed=seed, n_holdout=len(held) * per)
 
 
 def checked_batches(cal: Calibration, batch_size: int, split: str = "all"):

@@ -33,6 +33,11 @@ def options_from(cls, choices: dict[str, typing.Sequence[str]] | None = None):
             kind = _base_type(hints[f.name])
             kw: dict = {"help": meta["help"]}
             default = f.default
+            if meta.get("flag"):  # a switch: --name / --no-name
+                flag = f.name.replace("_", "-")
+                fn = click.option(f"--{flag}/--no-{flag}", f.name, default=f.default, show_default=True,
+                                  help=meta["help"])(fn)
+                continue
             if isinstance(kind, type) and issubclass(kind, enum.Enum):
                 kw["type"] = click.Choice([m.value for m in kind])
                 default = default.value if isinstance(default, enum.Enum) else default

@@ -14,6 +14,7 @@ from ..graph.save import check_collisions
 from ..options import (
     TARGETS,
     CalibrationOptions,
+    DistillOptions,
     GlobalOptions,
     OptionError,
     RefitOptions,
@@ -51,6 +52,7 @@ def _parse_keep(values) -> dict[int, int]:
 @options_from(RefitOptions)
 @options_from(CalibrationOptions)
 @options_from(GlobalOptions)
+@options_from(DistillOptions)
 @click.option("--report", "report_path", type=click.Path(), help="Write the report JSON here.")
 @click.option("--masked-reference", "masked_path", type=click.Path(),
               help="Also write the masked reference (original topology, removed channels zeroed).")
@@ -68,7 +70,7 @@ def command(model, output, calib, keep, report_path, masked_path, input_shape, q
     if all(values[t] is None for t in TARGETS):
         raise UserError("give a target: --keep-ratio R, --flops F, --params P or --latency L")
     flat = {}
-    for group in (TargetOptions, SelectionOptions, RefitOptions, CalibrationOptions, GlobalOptions):
+    for group in (TargetOptions, SelectionOptions, RefitOptions, CalibrationOptions, GlobalOptions, DistillOptions):
         flat.update(values_of(group, values))
     pruned, report = api.prune(model, calib, keep=_parse_keep(keep), input_shapes=input_shapes(input_shape),
                                quiet=quiet, **flat)

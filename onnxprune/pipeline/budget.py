@@ -3,7 +3,11 @@
 A keep ratio gives counts directly. A MACs/params fraction is shared either by one uniform ratio, or by
 loss (`allocate=loss`): one profiling pass over the calibration data on the original network gives
 every group's relative imitation loss at every kept count, along the method's own channel order and
-with the chosen re-fit, and channels go where the loss rises least per unit of cost saved. MACs targets
+with the chosen re-fit, and channels go where the loss rises least per unit of cost saved; or by output
+loss (`allocate=output`, `sensitivity.py`): the same, with the network's output loss when each group
+alone is pruned to a few widths; that allocation, the uniform one and one halfway between are then
+tried as stand-ins (every group pruned at once, each with its decision on the original network) and the
+lowest held-out output loss is kept. MACs targets
 are then measured on a stand-in selection and moved within 2%.
 
 A latency fraction is shared the same ways with the latency stage's `LatencyModel` as the cost and the
@@ -35,6 +39,7 @@ from ..selection.allocation import allocate_by_loss, check_reachable
 from ..statistics import NotSupported, consumers_of
 from ..statistics.moments import refit_curve
 from .problem import LocalProblem
+from .sensitivity import Sensitivity, blend
 from .terms import member
 
 if TYPE_CHECKING:
@@ -225,12 +230,28 @@ def _allocate(analysis: Analysis, pruner: GreedyPruner | None, kind: str, fracti
         raise OptionError(kind, fraction, "must be in (0, 1]")
     check_reachable(model, counts_for_ratio(a, 0.0, round_to, min_channels, overrides, widths), fraction, kind,
                     0.02)
-    curves = _curves(pruner)
+    output = target.allocate == Allocation.OUTPUT
+    curves = _output_curves(pruner, round_to, min_channels) if output else _curves(pruner)
     fixed = dict(overrides)
     for g in a.prunable:  # groups without statistics keep the uniform share
         if g.id not in curves and g.id not in fixed:
             fixed[g.id] = counts_for_ratio(a, fraction, round_to, min_channels, widths=widths)[g.id]
-    return allocate_by_loss(model, curves, fraction, round_to, min_channels, fixed, widths=widths)
+    found = allocate_by_loss(model, curves, fraction, round_to, min_channels, fixed, widths=widths)
+    if not output:
+        return found
+    # each curve is one group pruned alone; how the groups' errors add up is checked on stand-ins of the whole
+    # allocation: uniform, halfway and output-aware counts, the lowest held-out output loss wins
+    # (docs/DESIGN.md, "Counts and allocation")
+    sens = pruner._sensitivity  # type: ignore[attr-defined]
+    uniform = counts_for_target(a, fraction, kind, round_to, min_channels, overrides, widths=widths, model=model)
+    candidates = {"uniform": uniform, "halfway": blend(model, uniform, found, 0.5, fraction * model.total, round_to,
+                                                       min_channels, set(fixed), widths), "output": found}
+    losses = {name: sens.joint_loss(c) for name, c in candidates.items()}
+    chosen = min(losses, key=lambda k: losses[k])
+    pruner.allocation = {"chosen": chosen, "held_out_output_loss": losses}
+    log.info("allocation: %s (held-out output loss of the stand-ins: %s)", chosen,
+             ", ".join(f"{k} {v:.4g}" for k, v in losses.items()))
+    return candidates[chosen]
 
 
 def _curves(pruner: GreedyPruner) -> dict[int, np.ndarray]:
@@ -239,6 +260,16 @@ def _curves(pruner: GreedyPruner) -> dict[int, np.ndarray]:
     if cached is None:
         cached = loss_curves(pruner)
         pruner._loss_curves = cached  # type: ignore[attr-defined]
+    return cached
+
+
+def _output_curves(pruner: GreedyPruner, round_to: int, min_channels: int) -> dict[int, np.ndarray]:
+    """Output-aware curves (`sensitivity.py`), measured once per run."""
+    cached = getattr(pruner, "_output_curves", None)
+    if cached is None:
+        pruner._sensitivity = Sensitivity(pruner)  # type: ignore[attr-defined]
+        cached = pruner._sensitivity.curves(round_to, min_channels)  # type: ignore[attr-defined]
+        pruner._output_curves = cached  # type: ignore[attr-defined]
     return cached
 
 

@@ -3,6 +3,7 @@ on a calibration subset and on the held-out split (docs/DESIGN.md, "Global imita
 from __future__ import annotations
 
 import logging
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -27,26 +28,61 @@ class GlobalImitation:
             self.original = Twin(analysis, device=self.device)
         except NotImplementedError as exc:
             raise OptionError("method", method, f"{exc}; the local methods (greedy-local) need no twin") from None
-        kind, samples, batch = options.output_loss, options.global_samples, calibration.batch_size
+        kind = options.output_loss
         if kind == OutputLossKind.AUTO:  # docs/DESIGN.md, "Output kind"
             found, why = output_kind(analysis.model)
             kind = OutputLossKind.KL if found == DISTRIBUTION else OutputLossKind.MSE
             log.info("global methods: output loss %s (%s)", kind.value, why)
         self.kind = str(kind)
-        self.calib = OutputLoss(cal, self.kind, samples, batch, self.device, "calib")
-        self.holdout = OutputLoss(cal, self.kind, samples, batch, self.device, "holdout")
-        for part in (self.calib, self.holdout):
-            part.set_reference(self.original)
+        self._cal, self._batch = cal, calibration.batch_size
 
-    def twin_for(self, sel: Selection):
-        """The twin and the gates that make it the masked reference of `sel`."""
+    def _subset(self, split: str) -> OutputLoss:
+        part = OutputLoss(self._cal, self.kind, self.options.global_samples, self._batch,
+                          self.device, split)
+        part.set_reference(self.original)
+        return part
+
+    @cached_property
+    def calib(self) -> OutputLoss:
+        """The output loss on the first `global_samples` calibration samples (built when first used)."""
+        return self._subset("calib")
+
+    @cached_property
+    def holdout(self) -> OutputLoss:
+        """The output loss on the held-out split (built when first used)."""
+        return self._subset("holdout")
+
+    def twin_for(self, sel: Selection, start: int = 0):
+        """A twin and the gates that make it the masked reference of `sel`. Re-fitted weights are given to the
+        original twin as run-time overrides (no new twin) when every channel they read has γ = 1 (the full
+        re-fit's); with `start` > 0 each call runs the network up to that step without gradients and only the
+        rest with them: right for gates of channels consumed at `start` or later (the group being decided)."""
         keep, gamma = sel.class_arrays(self.analysis)
-        twin = Twin(self.analysis, device=self.device, replace=sel.replace, keep=keep) if sel.replace \
-            else self.original
         gates = torch.as_tensor(np.where(keep, gamma, 0.0), dtype=torch.float32, device=self.device)
-        return twin, gates
+        roots = self.analysis.class_of
+        read = {e.node: roots[e.labels] for e in self.analysis.edits if e.kind in ("consumer", "grouped_consumer")}
+        if sel.replace and any(np.any(gamma[read[n]] != 1.0) for n in sel.replace if n in read):
+            twin = Twin(self.analysis, device=self.device, replace=sel.replace, keep=keep)
+            return _Bound(twin, None, start), gates
+        weights = {(node, i): torch.as_tensor(np.asarray(v), device=self.device).to(torch.float32)
+                   for node, values in sel.replace.items() for i, v in values.items()}
+        return _Bound(self.original, weights or None, start), gates
 
-    def output_loss(self, sel: Selection, held: bool) -> float:
+    def output_loss(self, sel: Selection, held: bool, start: int = 0) -> float:
         """Output discrepancy of `sel`'s masked reference (held-out split when it has samples)."""
-        twin, gates = self.twin_for(sel)
+        twin, gates = self.twin_for(sel, start)
         return (self.holdout if held and self.holdout.samples else self.calib).value(twin, gates)
+
+
+class _Bound:
+    """A twin called as `twin(inputs, gates)` with run-time weights and, from step `start` on, gradients."""
+
+    def __init__(self, twin: Twin, weights: dict | None, start: int):
+        self.twin, self.weights, self.start = twin, weights, start
+
+    def __call__(self, inputs: dict, gates: torch.Tensor | None = None) -> list[torch.Tensor]:
+        state = self.twin.start(inputs)
+        if self.start:
+            with torch.no_grad():
+                state = self.twin.advance(state, self.start, None if gates is None else gates.detach())
+        return self.twin.resume(state, gates, weights=self.weights)

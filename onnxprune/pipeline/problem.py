@@ -62,5 +62,6 @@ class LocalProblem:
 
     def global_imitation(self):
         g = self.pruner.global_imitation()
-        twin, gates = g.twin_for(self.pruner.sel)
+        # the network before the group's first consumer does not depend on the group's gates
+        twin, gates = g.twin_for(self.pruner.sel, start=min(c.node for c in self.consumers))
         return twin, gates, g.calib, g.options

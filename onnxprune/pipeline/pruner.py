@@ -25,8 +25,9 @@ from ..selection import Selection, greedy
 from ..selection.baselines import ensure_segments, magnitude_scores, top_k
 from ..selection.methods import Candidate, get_method
 from ..statistics import NotSupported, consumers_of
-from ..statistics.collector import Collector, OutputCache
+from ..statistics.collector import Collector
 from ..statistics.consumer import Consumer
+from ..statistics.output_cache import OutputCache
 from .global_state import GlobalImitation
 from .problem import LocalProblem
 from .refit import Outcome, apply_refit
@@ -89,7 +90,8 @@ class GreedyPruner:
         self.results: dict[int, GroupResult] = {}
         self.magnitude = magnitude_scores(analysis, options.selection.norm)
         self._global: GlobalImitation | None = None
-        self.outputs: OutputCache | None = None
+        self._outputs: OutputCache | bool | None = None   # None: not built yet; False: cannot be cached
+        self.allocation: dict | None = None   # allocate=output: the stand-ins' held-out losses and the choice
         # docs/DESIGN.md, "Statistics": padding tokens stay out of every consumer's statistics
         self.token_mask = token_mask_input(analysis.model, options.calibration.token_mask_input)
         if self.token_mask:
@@ -123,32 +125,33 @@ class GreedyPruner:
         return Collector(consumers, self.options.calibration, self.seed, self.quiet, self.token_mask)
 
     # ----- the sequential pass -------------------------------------------------------------------------
-    def run(self, counts: dict[int, int]) -> Selection:
-        order = [g for g in visiting_order(self.analysis) if g.id in counts]
-        self.outputs = self._output_cache(order)
-        for g in tqdm(order, desc="groups", unit="group", disable=self.quiet or None):
-            self._prune_group(g, counts[g.id])
-        self.outputs = None
-        return self.sel
+    def output_cache(self) -> OutputCache | None:
+        """The original network's consumer outputs at the sampled positions, for every group's statistics (built
+        once, on first use), or None when they cannot be cached (docs/DESIGN.md, "Statistics")."""
+        if self._outputs is None:
+            self._outputs = self._build_output_cache(visiting_order(self.analysis)) or False
+        return self._outputs if isinstance(self._outputs, OutputCache) else None
 
-    def _output_cache(self, order: list[Group]) -> OutputCache | None:
-        """The original network's outputs of every group's consumers, from one pass, when they fit in
-        `OutputCache.LIMIT` (each group then taps only the network pruned so far)."""
+    def _build_output_cache(self, groups: list[Group]) -> OutputCache | None:
         consumers: dict[int, Consumer] = {}
-        for g in order:
+        for g in groups:
             try:
-                consumers.update((c.node, c) for c in consumers_of(self.analysis, g))
+                consumers.update({c.node: c for c in consumers_of(self.analysis, g)})
             except NotSupported:
                 continue
-        cons = list(consumers.values())
-        tensors = self.analysis.graph.tensors()
-        shapes = {c.output: self.analysis.shape(tensors[c.output]) for c in cons}
-        size = OutputCache.size(cons, shapes, self.cal.size, self.options.calibration.max_positions)
-        if len(order) < 2 or size is None or size > OutputCache.LIMIT:
+        shapes = {t.name: t.shape for t in self.analysis.graph.tensors().values()}
+        o = self.options.calibration
+        plan = OutputCache.plan(list(consumers.values()), shapes, o.max_positions, self.cal.size)
+        if plan is None or not consumers:
             return None
-        cache = OutputCache(cons, self.options.calibration, self.seed, self.token_mask)
-        cache.run(self.cal, Tap(self.analysis.model, [c.output for c in cons]), self.quiet)
-        return cache
+        return OutputCache.build(self.cal, self.analysis.model, list(consumers.values()), shapes, plan,
+                                 o.batch_size, o.max_positions, self.seed, self.token_mask)
+
+    def run(self, counts: dict[int, int]) -> Selection:
+        order = [g for g in visiting_order(self.analysis) if g.id in counts]
+        for g in tqdm(order, desc="groups", unit="group", disable=self.quiet or None):
+            self._prune_group(g, counts[g.id])
+        return self.sel
 
     def _prune_group(self, group: Group, k: int) -> None:
         keep, gamma = self.sel.class_arrays(self.analysis)
@@ -163,10 +166,10 @@ class GreedyPruner:
             return
         masked = Rewriter(self.analysis, keep, gamma, masked=True, replace=self.sel.replace).run()
         col = self.collector(consumers)
-        cached = self.outputs is not None and all(c.node in self.outputs.rows["calib"] for c in consumers)
-        col.run(self.cal, Tap(masked, [c.input for c in consumers]),
-                None if cached else Tap(self.analysis.model, [c.output for c in consumers]), f"group {group.id}",
-                self.outputs if cached else None)
+        cache = self.output_cache()
+        outputs = cache if cache is not None and all(c.node in cache for c in consumers) \
+            else Tap(self.analysis.model, [c.output for c in consumers])
+        col.run(self.cal, Tap(masked, [c.input for c in consumers]), outputs, f"group {group.id}")
         problem = LocalProblem(self, group, k, consumers, col, keep, gamma)
         cands = [self._completed(problem, cand) for cand in self.method.candidates(problem)]
         outcomes = [(cand, apply_refit(self.analysis, self.sel, self.dense, problem, cand.kept, cand.gamma,
@@ -192,6 +195,9 @@ class GreedyPruner:
                        f"ridge-regularised; give at least {feats} rows (samples x sampled positions)")
             log.warning("group %d: %s", group.id, warning)
             note = "; ".join(x for x in (note, warning) if x)
+        if out.ridge:
+            note = "; ".join(x for x in (note, "ridge " + ", ".join(f"{k}: {v:g}" for k, v in out.ridge.items()))
+                             if x)
         self.results[group.id] = GroupResult(self.method.label(cand.method), out.err_calib, out.err_holdout,
                                              cand.curve, note, compared)
 
@@ -210,4 +216,5 @@ class GreedyPruner:
     def _output_loss(self, group: Group, out: Outcome) -> float:
         trial = Selection(dict(self.sel.kept), dict(self.sel.gamma), {**self.sel.replace, **out.replace})
         trial.kept[group.id], trial.gamma[group.id] = out.kept, out.gamma
-        return self.global_imitation().output_loss(trial, held=True)
+        start = min(c.node for c in consumers_of(self.analysis, group))
+        return self.global_imitation().output_loss(trial, held=True, start=start)

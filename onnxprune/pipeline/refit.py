@@ -26,6 +26,7 @@ class Outcome:
     dense: dict = field(default_factory=dict)     # node -> re-fitted W̃
     err_calib: float | None = None
     err_holdout: float | None = None
+    ridge: dict = field(default_factory=dict)      # consumer name -> the ridge strength chosen (full re-fit)
 
 
 def apply_refit(analysis: Analysis, sel: Selection, dense: dict[int, np.ndarray], problem, idx: np.ndarray,
@@ -64,7 +65,9 @@ def _full_refit(analysis: Analysis, dense: dict[int, np.ndarray], problem, new_k
         lams = RIDGE_GRID if held is not None else (ridge,)
         blocks = c.blocks(current.shape[0])
         fits = [ridge_refit(calib, feats, lam, fixed_bias, prior=current, blocks=blocks) for lam in lams]
-        wt = min(fits, key=held.loss) if held is not None else fits[0]
+        best = int(np.argmin([held.loss(f) for f in fits])) if held is not None else 0
+        wt = fits[best]
+        out.ridge[c.name] = float(lams[best])
         out.dense[c.node] = wt
         for node, values in to_onnx(c, analysis, wt).items():
             out.replace.setdefault(node, {}).update(values)

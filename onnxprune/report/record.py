@@ -56,6 +56,8 @@ class Report:
     macs_unknown: list[str] = field(default_factory=list)  # layers whose MACs are unknown (symbolic sizes)
     token_mask: str | None = None    # the input whose padding tokens were left out of the statistics
     output_loss: str | None = None   # the global methods' output loss (kl or mse), when one ran
+    distill: dict | None = None   # the distillation's record (`onnxprune.distill.DistillRecord`), if it ran
+    allocation: dict | None = None  # allocate=output: {"chosen", "held_out_output_loss": {candidate: loss}}
     # what the run decided, for `masked_reference` and further rewrites; not part of the JSON record
     selection: Selection | None = field(default=None, repr=False, compare=False, metadata={"record": False})
     analysis: Analysis | None = field(default=None, repr=False, compare=False, metadata={"record": False})

@@ -70,23 +70,28 @@ class Consumer:
         return [(np.arange(q * per, (q + 1) * per), reads == q) for q in range(group)]
 
     def features(self, x: np.ndarray, y: np.ndarray | None, first: int, max_positions: int | None, seed: int,
-                 tokens: np.ndarray | None = None, outputs: tuple[torch.Tensor, int] | None = None):
+                 tokens: np.ndarray | None = None, outputs: tuple[torch.Tensor, int | None] | None = None):
         """Rows of features and outputs at sampled positions; sampling depends on the sample index
         only (not on batching). Only the sampled patches are cut out (in the data's precision) and
         widened to float64, so memory follows the rows kept, not the activation.
 
         `tokens` ([N, S], nonzero for real tokens; docs/DESIGN.md, "Statistics"): a Gemm/MatMul input of
         shape [N, S, F] has one row per token; rows of padding tokens are dropped before sampling.
-        `outputs`: `output_rows(y, ...)` computed before (then `y` is not needed)."""
+        `outputs`: `output_rows(y, ...)` computed before (then `y` is not needed; positions None: rows read
+        back from an `OutputCache`, checked by their count)."""
         if outputs is None:
             if y is None:
                 raise ValueError("features needs the outputs y or their rows")
             outputs = self.output_rows(y, first, max_positions, seed, tokens)
         rows_y, n_pos = outputs
         rows_x, x_pos = self._input_rows(torch.from_numpy(np.asarray(x)), first, max_positions, seed, tokens)
-        if x_pos != n_pos or rows_x.shape[0] != rows_y.shape[0]:
+        if (n_pos is not None and x_pos != n_pos) or rows_x.shape[0] != rows_y.shape[0]:
             raise NotSupported(f"{self.name}: input patches do not match output positions")
         return rows_x.to(torch.float64), rows_y.to(torch.float64)
+
+    def sampled_positions(self, n_pos: int, max_positions: int | None) -> int:
+        """Rows per sample `features` keeps of `n_pos` positions (without a token mask)."""
+        return min(n_pos, max_positions) if max_positions else n_pos
 
     def _tokens(self, t: torch.Tensor, tokens) -> np.ndarray | None:
         """Which rows are real tokens, when `t` ([N, S, ·]) has one row per token of `tokens`."""
@@ -139,7 +144,8 @@ class Consumer:
                 raise NotSupported(f"{self.name}: only 2-D convolutions have statistics")
             c = self.conv
             pads = c["pads"]
-            xt = F.pad(xt, (pads[1], pads[3], pads[0], pads[2]))
+            if any(pads):
+                xt = F.pad(xt, (pads[1], pads[3], pads[0], pads[2]))
             (kh, kw), (sh, sw), (dh, dw) = c["kernel"], c["strides"], c["dilations"]
             hout = (xt.shape[2] - dh * (kh - 1) - 1) // sh + 1
             wout = (xt.shape[3] - dw * (kw - 1) - 1) // sw + 1

@@ -155,10 +155,16 @@ class Twin(torch.nn.Module):
 
     # ----- running -------------------------------------------------------------------------------
     def forward(self, inputs: dict, gates: torch.Tensor | None = None,
-                outputs: list[str] | None = None) -> list[torch.Tensor]:
+                outputs: list[str] | None = None, weights: dict[tuple[int, int], torch.Tensor] | None = None
+                ) -> list[torch.Tensor]:
         """Run the graph. `inputs`: graph input name -> tensor (or array). `gates`: [n_classes]
         floats, indexed by class id (class 0, the fixed channel, is never gated). `outputs`: tensor
-        names to return instead of the graph outputs (any intermediate tensor)."""
+        names to return instead of the graph outputs (any intermediate tensor). `weights`: (step, input)
+        -> a tensor used instead of that constant input for this call (gated like it)."""
+        return self.resume(self.start(inputs), gates, outputs, weights)
+
+    def start(self, inputs: dict) -> TwinState:
+        """The state before the first step: the graph inputs on the twin's device."""
         env: dict[str, torch.Tensor] = {}
         for name in self.input_names:
             if name not in inputs:
@@ -168,37 +174,25 @@ class Twin(torch.nn.Module):
             if self.float_dtype is not None and x.is_floating_point():
                 x = x.to(self.float_dtype)
             env[name] = x.to(self.device)
-        g = None
-        if gates is not None:
-            g = torch.as_tensor(gates, device=self.device)
-            if g.shape != (self.n_classes,):
-                raise ValueError(f"Twin: gates must have shape [{self.n_classes}], got {list(g.shape)}")
-            g = torch.cat([torch.ones(1, dtype=g.dtype, device=g.device), g[1:]])
+        return TwinState(env, 0)
+
+    def advance(self, state: TwinState, stop: int, gates: torch.Tensor | None = None,
+                weights: dict[tuple[int, int], torch.Tensor] | None = None) -> TwinState:
+        """The state before step `stop`: the steps from `state`'s up to `stop` run once, and only the
+        tensors that later steps (or the graph outputs) read are kept. Running the rest many times from
+        it (`resume`) costs only the rest: every candidate of a group shares the network before the group."""
+        need = {r[1] for step in self.steps[stop:] for r in step.inputs if r is not None and r[0] == "var"}
+        need |= {r[1] for r in self.output_refs if r[0] == "var"}
+        env = self._run(dict(state.env), state.step, stop, self._gate_vector(gates), weights, need)
+        return TwinState({k: v for k, v in env.items() if k in need}, stop)
+
+    def resume(self, state: TwinState, gates: torch.Tensor | None = None, outputs: list[str] | None = None,
+               weights: dict[tuple[int, int], torch.Tensor] | None = None) -> list[torch.Tensor]:
+        """Run the steps from `state` to the end (as `forward`); `state` is not changed."""
         refs = self.output_refs if outputs is None else \
             [("const", self._consts[n]) if n in self._consts else ("var", n) for n in outputs]
         keep = {r[1] for r in refs if r[0] == "var"}
-        for i, step in enumerate(self.steps):
-            args: list[torch.Tensor | None] = []
-            for j, ref in enumerate(step.inputs):
-                if ref is None:
-                    args.append(None)
-                elif ref[0] == "const":
-                    w = getattr(self, ref[1])
-                    if g is not None and (i, j) in self._gated:
-                        for idx_name in self._gated[(i, j)]:
-                            w = w * g[getattr(self, idx_name)].to(w.dtype)
-                    args.append(w)
-                else:
-                    args.append(env[ref[1]])
-            out = step.fn(step, args)
-            if isinstance(out, torch.Tensor):
-                out = [out]
-            for name, t in zip(step.outputs, out):
-                if name:
-                    env[name] = t
-            for ref in step.inputs:
-                if ref is not None and ref[0] == "var" and self._last_use.get(ref[1]) == i and ref[1] not in keep:
-                    env.pop(ref[1], None)
+        env = self._run(dict(state.env), state.step, len(self.steps), self._gate_vector(gates), weights, keep)
         result = []
         for ref in refs:
             if ref[0] == "const":
@@ -208,3 +202,52 @@ class Twin(torch.nn.Module):
             else:
                 result.append(env[ref[1]])
         return result
+
+    def _gate_vector(self, gates: torch.Tensor | None) -> torch.Tensor | None:
+        if gates is None:
+            return None
+        g = torch.as_tensor(gates, device=self.device)
+        if g.shape != (self.n_classes,):
+            raise ValueError(f"Twin: gates must have shape [{self.n_classes}], got {list(g.shape)}")
+        return torch.cat([torch.ones(1, dtype=g.dtype, device=g.device), g[1:]])
+
+    def _run(self, env: dict, first: int, stop: int, g: torch.Tensor | None, weights, keep: set) -> dict:
+        extra: dict[int, list] = {}
+        for (n, j), w in sorted((weights or {}).items(), key=lambda kv: kv[0]):
+            if j >= len(self.steps[n].inputs):
+                extra.setdefault(n, []).append((j, w))
+        for i in range(first, stop):
+            step = self.steps[i]
+            args: list[torch.Tensor | None] = []
+            for j, ref in enumerate(step.inputs):
+                if ref is None:
+                    args.append(None)
+                elif ref[0] == "const":
+                    w = weights[(i, j)] if weights is not None and (i, j) in weights else getattr(self, ref[1])
+                    if g is not None and (i, j) in self._gated:
+                        for idx_name in self._gated[(i, j)]:
+                            w = w * g[getattr(self, idx_name)].to(w.dtype)
+                    args.append(w)
+                else:
+                    if ref[1] not in env:
+                        raise KeyError(f"Twin: tensor '{ref[1]}' is not in the state (step {i}, '{step.name}')")
+                    args.append(env[ref[1]])
+            for j, w in extra.get(i, ()):  # an absent optional input given (e.g. a re-fitted bias)
+                args += [None] * (j - len(args)) + [w]
+            out = step.fn(step, args)
+            if isinstance(out, torch.Tensor):
+                out = [out]
+            for name, t in zip(step.outputs, out):
+                if name:
+                    env[name] = t
+            for ref in step.inputs:
+                if ref is not None and ref[0] == "var" and self._last_use.get(ref[1]) == i and ref[1] not in keep:
+                    env.pop(ref[1], None)
+        return env
+
+
+class TwinState:
+    """The tensors live before step `step` of a twin's run (`Twin.start`, `Twin.advance`)."""
+
+    def __init__(self, env: dict[str, torch.Tensor], step: int):
+        self.env, self.step = env, step

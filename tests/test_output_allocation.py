@@ -1,0 +1,144 @@
+"""Output-aware allocation (issue 13): each group's output loss at its candidate widths, measured through the
+twin from a state shared by all groups, equals the KL recomputed here in ONNX Runtime on the masked
+reference of that group alone; the interpolated curves and the allocation that uses them."""
+import numpy as np
+import onnx
+import pytest
+import zoo
+from helpers import run
+
+from onnxprune import apply_selection, prune
+from onnxprune.analysis import Analysis
+from onnxprune.calibration import load_calibration
+from onnxprune.options import PruneOptions
+from onnxprune.pipeline import GreedyPruner
+from onnxprune.pipeline.sensitivity import candidate_widths, interpolate, output_trials
+
+
+def _log_softmax(z):
+    z = z.reshape(len(z), -1).astype(np.float64)
+    z = z - z.max(1, keepdims=True)
+    return z - np.log(np.exp(z).sum(1, keepdims=True))
+
+
+@pytest.mark.parametrize("name,refit", [("mbv3_se", "full"), ("basic_res", "gamma"), ("concat", "full")])
+def test_output_losses_equal_brute_force(zoo_models, name, refit):
+    z = next(z for z in zoo_models if z.name == name and z.exporter == "ts17")
+    x = zoo.random_input(z, 40, 1)["input"]
+    a = Analysis(onnx.load(z.path))
+    cal = load_calibration({"input": x}, a.model, holdout=0.25)
+    pruner = GreedyPruner(a, cal, PruneOptions.from_flat(flops=0.5, refit=refit, batch_size=8))
+    trials = output_trials(pruner)
+    held = x[cal.n_calib:]
+    ref = _log_softmax(run(a.model, {"input": held})[0])
+    assert trials and all(len(t) >= 2 for t in trials.values())
+    for gid, group_trials in trials.items():
+        g = a.groups[gid]
+        assert [n for n, _, _ in group_trials] == candidate_widths(g, 1, 1)
+        for n, sel, value in group_trials:
+            assert set(sel.kept) == {gid} and len(sel.kept[gid]) == n
+            out = _log_softmax(run(apply_selection(a, sel, masked=True), {"input": held})[0])
+            kl = float((np.exp(ref) * (ref - out)).sum(1).mean())
+            assert value == pytest.approx(kl, rel=1e-3, abs=1e-7), (gid, n)
+
+
+def test_interpolated_curve_passes_the_points_and_never_rises():
+    curve = interpolate(16, [2, 4, 8, 12], [0.5, 0.2, 0.25, 0.01])
+    assert len(curve) == 17 and curve[16] == 0.0
+    assert curve[2] == pytest.approx(0.5) and curve[12] == pytest.approx(0.01)
+    assert curve[4] == pytest.approx(0.25), "a rise towards more channels is flattened (never lower with fewer)"
+    assert np.all(np.diff(curve) <= 1e-12)
+    assert curve[0] >= curve[2]
+
+
+def test_output_allocation_reaches_the_target_and_differs_from_uniform(zoo_models):
+    z = next(z for z in zoo_models if z.name == "mbv3_se" and z.exporter == "ts17")
+    x = zoo.random_input(z, 48, 3)["input"]
+    _, rep = prune(str(z.path), {"input": x}, flops=0.5, allocate="output", batch_size=16)
+    _, uni = prune(str(z.path), {"input": x}, flops=0.5, allocate="uniform", batch_size=16)
+    assert abs(rep.macs_ratio - 0.5) <= 0.02 * 0.5 + 1e-9
+    assert rep.allocate == "output"
+    assert [g.kept_count for g in rep.groups] != [g.kept_count for g in uni.groups]
+
+
+def test_interpolated_curve_below_the_smallest_measured_width_costs_more_than_anything_measured():
+    curve = interpolate(256, [32, 64, 128, 192], [0.0019, 0.0005, 0.0001, 0.0])
+    assert curve[32] == pytest.approx(0.0019)
+    # one channel fewer than measured costs more than going from the full width to the smallest measured one
+    assert curve[31] - curve[32] > curve[32] - curve[256]
+    assert np.all(np.diff(curve) <= 1e-12)
+
+
+def test_output_allocation_never_goes_below_a_measured_width_while_others_can_give(zoo_models):
+    """The Fashion-MNIST collapse (allocate=output at 30% MACs): a group whose output loss is tiny at every
+    measured width was taken far below the smallest one, to a single channel. With curves built from
+    measurements at the candidate widths, every group keeps at least its smallest measured width when the
+    target is reachable that way."""
+    from onnxprune.analysis.cost_model import macs_model
+    from onnxprune.selection.allocation import allocate_by_loss
+    z = next(z for z in zoo_models if z.name == "mbv3_se" and z.exporter == "ts17")
+    a = Analysis(onnx.load(z.path))
+    model = macs_model(a)
+    groups = [a.groups[g] for g in model.gids]
+    quiet = max((g for g in groups if g.channels >= 16), key=lambda g: g.channels)
+    curves, smallest = {}, {}
+    for g in groups:
+        widths = candidate_widths(g, 1, 1)
+        scale = 1e-4 if g.id == quiet.id else 1.0
+        curves[g.id] = interpolate(g.channels, widths, [scale * (1 - n / g.channels) ** 2 for n in widths])
+        smallest[g.id] = widths[0]
+    floor = {g.id: smallest[g.id] for g in groups}
+    fraction = 0.3
+    assert model(model.vector(floor)) < fraction * model.total, "the test needs a target reachable above the floor"
+    counts = allocate_by_loss(model, curves, fraction, 1, 1, {})
+    assert abs(model(model.vector(counts)) / model.total - fraction) <= 0.02 * fraction
+    assert counts[quiet.id] >= smallest[quiet.id], (counts[quiet.id], smallest[quiet.id], quiet.channels)
+    assert all(counts[g] >= smallest[g] for g in counts)
+
+
+def test_joint_loss_of_a_stand_in_equals_brute_force_and_the_lowest_is_chosen(zoo_models):
+    """The stand-in of a whole allocation (every group pruned at once with its decision on the original
+    network): its output loss through the twin equals the KL recomputed in ONNX Runtime on its masked
+    reference; the pruned run records the three stand-ins' losses and keeps the lowest."""
+    from onnxprune.pipeline.sensitivity import Sensitivity
+    from onnxprune.selection import counts_for_ratio
+    z = next(z for z in zoo_models if z.name == "mbv3_se" and z.exporter == "ts17")
+    x = zoo.random_input(z, 40, 1)["input"]
+    a = Analysis(onnx.load(z.path))
+    cal = load_calibration({"input": x}, a.model, holdout=0.25)
+    pruner = GreedyPruner(a, cal, PruneOptions.from_flat(flops=0.5, refit="full", batch_size=8))
+    sens = Sensitivity(pruner)
+    counts = counts_for_ratio(a, 0.6, 1, 1)
+    sel = sens.stand_in(counts)
+    assert {g: len(k) for g, k in sel.kept.items()} == {g: n for g, n in counts.items()
+                                                       if g in sens.groups and n < a.groups[g].channels}
+    held = x[cal.n_calib:]
+    ref = _log_softmax(run(a.model, {"input": held})[0])
+    out = _log_softmax(run(apply_selection(a, sel, masked=True), {"input": held})[0])
+    kl = float((np.exp(ref) * (ref - out)).sum(1).mean())
+    assert sens.joint_loss(counts) == pytest.approx(kl, rel=1e-3, abs=1e-7)
+
+    _, rep = prune(str(z.path), {"input": x}, flops=0.5, allocate="output", batch_size=16)
+    losses = rep.allocation["held_out_output_loss"]
+    assert set(losses) == {"uniform", "halfway", "output"}
+    assert rep.allocation["chosen"] == min(losses, key=losses.get)
+
+
+def test_output_allocation_composes_with_a_latency_target(zoo_models, monkeypatch, tmp_path):
+    """allocate=output with the latency stage's cost model and fast widths: the curves are measured once, the
+    stand-ins (the halfway one snapped to the allowed widths) are compared, and the pruned model's cost under
+    the timer, recomputed here, is the target within the stage's 5%."""
+    from onnxprune.latency import FakeTimer, feeds
+    monkeypatch.setenv("ONNXPRUNE_TIMER", "fake:slow=2")
+    monkeypatch.setenv("ONNXPRUNE_CACHE_DIR", str(tmp_path / "cache"))
+    z = next(z for z in zoo_models if z.name == "inverted_res" and z.exporter == "ts17")
+    cal = zoo.random_input(z, 40, 3)
+    pruned, report = prune(str(z.path), cal, latency=0.6, allocate="output", batch_size=16)
+    a = Analysis(onnx.load(z.path))
+    feed = feeds(a.model, 1, cal)
+    ratio = FakeTimer().cost(pruned, feed) / FakeTimer().cost(a.model, feed)
+    assert abs(ratio / 0.6 - 1) <= 0.05, ratio
+    assert report.allocation["chosen"] == min(report.allocation["held_out_output_loss"],
+                                              key=report.allocation["held_out_output_loss"].get)
+    fast = {int(g): v["fast"] for g, v in report.latency["groups"].items()}
+    assert all(g.kept_count in fast[g.id] for g in report.groups if not g.frozen and g.id in fast)
