@@ -11,7 +11,6 @@ any image (the distillation's fresh crops every epoch).
 """
 from __future__ import annotations
 
-import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -142,19 +141,11 @@ class ImageStream(NpyStream):
         self.shape = (self.pixel_shape[0],) + images.input_shape()
         self.dtype = np.dtype(np.float32)
 
-    def blocks(self, rows: int, first: int = 0, last: int | None = None) -> Iterator[np.ndarray]:
-        last = len(self) if last is None else last
-        row_bytes = int(np.prod(self.pixel_shape[1:], dtype=np.int64))
-        with self.opener() as fh:
-            NpyStream._header(self, fh)
-            if first:
-                fh.seek(first * row_bytes, os.SEEK_CUR)
-            for start in range(first, last, rows):
-                n = min(rows, last - start)
-                buf = fh.read(n * row_bytes)
-                if len(buf) != n * row_bytes:
-                    raise UserError(f"{self.what}: file is truncated")
-                yield self.images.to_input(np.frombuffer(buf, np.uint8).reshape((n,) + tuple(self.pixel_shape[1:])))
+    def _stored(self) -> tuple[tuple, np.dtype]:
+        return tuple(self.pixel_shape), np.dtype(np.uint8)
+
+    def _convert(self, block: np.ndarray) -> np.ndarray:
+        return self.images.to_input(block)
 
 
 def spill_images(images: ImageSet, order: np.ndarray, per_image: int, seed: int, what: str

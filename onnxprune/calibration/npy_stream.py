@@ -54,11 +54,20 @@ class NpyStream:
     def __len__(self) -> int:
         return self.shape[0]
 
+    def _stored(self) -> tuple[tuple, np.dtype]:
+        """The shape and dtype of the array in the file (a subclass may hand out converted rows)."""
+        return tuple(self.shape), self.dtype
+
+    def _convert(self, block: np.ndarray) -> np.ndarray:
+        """The rows `blocks` yields for a block read from the file."""
+        return block
+
     def blocks(self, rows: int, first: int = 0, last: int | None = None) -> Iterator[np.ndarray]:
         """Blocks of `rows` rows from row `first` to `last` (the end); rows before `first` are skipped
         by seeking, not read."""
         last = len(self) if last is None else last
-        row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+        shape, dtype = self._stored()
+        row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
         try:
             with self.opener() as fh:
                 self._header(fh)  # skip it
@@ -69,7 +78,7 @@ class NpyStream:
                     buf = fh.read(n * row_bytes)
                     if len(buf) != n * row_bytes:
                         raise UserError(f"{self.what}: file is truncated")
-                    yield np.frombuffer(buf, dtype=self.dtype).reshape((n,) + tuple(self.shape[1:]))
+                    yield self._convert(np.frombuffer(buf, dtype=dtype).reshape((n,) + shape[1:]))
         except UserError:
             raise
         except _READ_ERRORS as exc:  # the data changed since it was opened, or a damaged zip member
