@@ -126,6 +126,10 @@ class Runtime:
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.log_severity_level = 3
+        # no spinning: models are timed interleaved, and a session's intra-op threads spinning after its run
+        # take the cores from the next one (docs/DESIGN.md, "Latency": the same pair measured 0.91x-2.04x over
+        # six repeats with spinning, 1.28x-1.36x without)
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         sess = inference_session(self.prepare(model), so, self.providers())
         want = EXECUTION_PROVIDERS[self.provider]
         if sess.get_providers()[0] != want:
