@@ -25,6 +25,7 @@ import onnx
 from ..analysis import Analysis, Group
 from ..calibration.taps import Tap
 from ..errors import UserError
+from ..graph.skeleton import too_big
 from .runtime import Runner, Timer, feeds, loadavg, time_budgeted
 from .subgraph import Cut, cut, elem_types, stand_in, touching, value_infos, variant
 
@@ -239,6 +240,8 @@ def build_table(analysis: Analysis, timer: Timer, batch: int = 1, example: dict 
     """Measure (or load from the cache) the latency table of `analysis.model` for the prunable groups in
     `widths` (default: every prunable group on its default grid); with `pairs`, the interactions and
     `checks` whole-model timings of random allocations too."""
+    if too_big(analysis.model):  # every timed cut and stand-in would copy the weights through a temporary file
+        raise NotMeasurable("the model is over protobuf's 2 GB limit: its latency is not measured")
     if not pairs:
         checks = 0
     if widths is None:
