@@ -409,6 +409,20 @@ def _flat(m: np.ndarray) -> np.ndarray:
     return m.reshape(-1)
 
 
+def _input_masks(ctx, node, ins) -> list[np.ndarray] | None:
+    """Each input's flat mask, all-False (of the input's length) for an input without one; None when such an
+    input's length is not known."""
+    out = []
+    for t, m in zip(node.inputs, ins):
+        if m is None:
+            n = shape_expr.length(ctx, t)
+            if n is None:
+                return None
+            m = np.zeros(n, dtype=bool)
+        out.append(_flat(m))
+    return out
+
+
 def _mask_out(ctx, node, ins) -> np.ndarray | None:
     """Which elements of the node's output hold a channel count, given its inputs'; None when the node is
     not shape arithmetic understood here (or the answer depends on values unknown)."""
@@ -439,24 +453,12 @@ def _mask_out(ctx, node, ins) -> np.ndarray | None:
         return flat[slice(*slice(int(np.reshape(vals[0], -1)[0]), int(np.reshape(vals[1], -1)[0]),
                                  step).indices(len(flat)))]
     if op == "Concat":
-        parts = []
-        for t, m in zip(node.inputs, ins):
-            if m is None:
-                n = shape_expr.length(ctx, t)
-                if n is None:
-                    return None
-                m = np.zeros(n, dtype=bool)
-            parts.append(_flat(m))
-        return np.concatenate(parts)
+        parts = _input_masks(ctx, node, ins)
+        return None if parts is None else np.concatenate(parts)
     if op in ("Add", "Sub", "Mul", "Div", "Max", "Min", "Mod"):
-        full = []
-        for t, m in zip(node.inputs, ins):
-            if m is None:
-                n = shape_expr.length(ctx, t)
-                if n is None:
-                    return None
-                m = np.zeros(n, dtype=bool)
-            full.append(_flat(m))
+        full = _input_masks(ctx, node, ins)
+        if full is None:
+            return None
         try:
             return np.logical_or.reduce(np.broadcast_arrays(*full))
         except ValueError:
