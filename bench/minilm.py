@@ -14,6 +14,10 @@ sentences of models/text_corpus.py's "calib" split and evaluated on `--eval` sen
                          on held-out sentences (output loss: MSE, chosen automatically; --global-samples)
   heads-only             greedy-local+full pruning attention heads only (--group-kind heads)
   mlp-only               greedy-local+full pruning the MLP widths only (--group-kind channels)
+  output-allocated       greedy-local+full with the budget shared among heads and MLP widths by each group's
+                         measured effect on the embeddings (--allocate output, MSE output loss)
+  output-allocated+distill  the same, then label-free distillation of the embeddings (--distill, MSE,
+                         early stopping on the held-out calibration sentences)
 
 All rows use --round-to 1 (heads of 32 are multiples of 8 at any count; round-to auto's latency probe
 is not part of these rows), and once, the issue's starting point: the six MLP widths halved
@@ -25,7 +29,8 @@ eval sentence, and nearest-neighbour agreement (each sentence's nearest other ev
 in both spaces). Cost: wall and process CPU seconds of each prune (ONNX Runtime and torch threads
 included) and the load average around it (the machine is shared). Latency: ONNX Runtime CPU, batch 32
 x 128 tokens, original and the greedy-local+full model of each target, timed interleaved. A target a
-row cannot reach (heads alone are ~37% of the MACs) is recorded with the reason.
+row cannot reach (heads alone are ~37% of the MACs) is recorded with the reason. Rows of an earlier run
+in --out that this run does not repeat (same target and row) are kept, marked with their own date.
 """
 from __future__ import annotations
 
@@ -50,6 +55,8 @@ ROWS = {
     "greedy-combined+full": dict(method="greedy-combined", refit="full"),
     "heads-only": dict(method="greedy-local", refit="full", group_kind="heads"),
     "mlp-only": dict(method="greedy-local", refit="full", group_kind="channels"),
+    "output-allocated": dict(method="greedy-local", refit="full", allocate="output"),
+    "output-allocated+distill": dict(method="greedy-local", refit="full", allocate="output", distill=True),
 }
 # the issue's starting point, run once: the six MLP widths halved (about 68% of the MACs), with padding
 # tokens in the statistics (as before they were left out) and without
@@ -85,6 +92,22 @@ def latency(original, pruned, repeats: int) -> dict:
             "pruned": summarize(times["pruned"]), "speedup_paired": float(np.median(ratio))}
 
 
+def _earlier(out: str, targets: str, rows: str, half_mlp: bool) -> tuple[list, list]:
+    """The results (and latencies) of an earlier run in `out` that this run does not repeat."""
+    if not os.path.exists(out):
+        return [], []
+    import json
+    with open(out) as f:
+        old = json.load(f)
+    date = old.get("machine", {}).get("date")
+    again = {(float(t), r) for t in targets.split(",") for r in rows.split(",")} | \
+        ({(None, r) for r in HALF_MLP} if half_mlp else set())
+    keep = [{"date": date, **r} for r in old.get("results", []) if (r["flops_target"], r["row"]) not in again]
+    rerun_latency = {float(t) for t in targets.split(",")} if "greedy-local+full" in rows.split(",") else set()
+    lat = [{"date": date, **r} for r in old.get("latency", []) if r["flops_target"] not in rerun_latency]
+    return keep, lat
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--targets", default="0.5,0.7")
@@ -107,6 +130,7 @@ def main(argv=None) -> int:
            "eval_sentences": args.eval, "tokens": minilm.SEQ_LEN,
            "calib_real_tokens_mean": float(calib["attention_mask"].sum(1).mean()),
            "global_samples": args.global_samples, "results": [], "latency": []}
+    doc["results"], doc["latency"] = _earlier(args.out, args.targets, args.rows, args.half_mlp)
     plan = [(None, name, HALF_MLP[name]) for name in HALF_MLP if args.half_mlp] + \
         [(float(t), name, ROWS[name]) for t in args.targets.split(",") for name in args.rows.split(",")]
     for target, name, row in plan:
@@ -129,7 +153,8 @@ def main(argv=None) -> int:
                    params_ratio=report.params_after / report.params_before, token_mask=report.token_mask,
                    output_loss=report.output_loss,
                    kept={f"{g.kind} {g.id}": g.kept_count for g in report.groups if not g.frozen},
-                   winners={g.id: g.method for g in report.groups if not g.frozen and g.candidates})
+                   winners={g.id: g.method for g in report.groups if not g.frozen and g.candidates},
+                   distill=report.distill, date=doc["machine"]["date"])
         rec.update(embedding_metrics(reference, embed(pruned, evaluation)))
         doc["results"].append(rec)
         print(f"{target} {name}: MACs {rec['macs_ratio']:.3f}, cosine {rec['mean_cosine']:.4f}, "

@@ -329,9 +329,15 @@ def minilm_section(data) -> str:
             rows.append([target, r["row"], "-", "-", "-", "-", "-", r["error"][:90]])
             continue
         load = r.get("loadavg_before") or [None]
+        note = [f"load {load[0]:.1f}"] if load[0] is not None else []
+        if r.get("date") and r["date"] != m.get("date"):  # a row kept from an earlier run
+            note.append(f"run of {r['date'][:16].replace('T', ' ')}")
+        if r.get("distill"):
+            d = r["distill"]
+            note.append(f"distillation {d['seconds']:.0f} s, {d['epochs']} epochs, best {d['best_epoch']}")
         rows.append([target, r["row"], f"{r['macs_ratio']:.3f}", f"{r['mean_cosine']:.4f}",
                      f"{100 * r['nn_agreement']:.1f}", f"{r['prune_wall_s']:.0f}", f"{r['prune_cpu_s']:.0f}",
-                     f"load {load[0]:.1f}" if load[0] is not None else ""])
+                     "; ".join(note)])
     lat = [[f"{r['flops_target']:.0%}", f"{r['macs_ratio']:.3f}", f"{r['original']['median_ms']:.0f}",
             f"{r['pruned']['median_ms']:.0f}", f"{r['speedup_paired']:.2f}x"] for r in data.get("latency", [])]
     took = (f"{data['total_s'] / 60:.0f} min" if "total_s" in data else

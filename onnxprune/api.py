@@ -212,10 +212,12 @@ def prune_with_options(model, calibration, options: PruneOptions, quiet: bool = 
     distilled = None
     if options.distill.distill:  # after the layer-wise pruning: docs/DESIGN.md, "Distillation"
         from .distill import distill, feature_channels
+        from .graph.outputs import resolve_output_loss
         assert cal is not None
         feats = feature_channels(analysis, selection, pruned)
-        pruned, record = distill(analysis.model, pruned, cal, options.distill, feats, options.calibration.batch_size,
-                                 options.selection.seed, quiet=quiet)
+        kind, _ = resolve_output_loss(analysis.model, options.global_imitation.output_loss)
+        pruned, record = distill(analysis.model, pruned, cal, options.distill, feats, str(kind),
+                                 options.calibration.batch_size, options.selection.seed, quiet=quiet)
         distilled = record.to_dict()
     measured = plan.finish(analysis, pruned)
     report = build_report(analysis, selection, pruned, name, method.name, {kind: fraction}, results)

@@ -1,16 +1,17 @@
 """Label-free calibration distillation of a pruned model (docs/DESIGN.md, "Distillation").
 
 After the layer-wise pruning, the pruned model's Conv/Gemm/MatMul weights and biases (`twin.trainable`)
-are trained through its torch twin (on CUDA when present) to imitate the original model: the KL of the
-softmax outputs (original ‖ pruned) plus, weighted by `distill_features`, the mean squared error of the
+are trained through its torch twin (on CUDA when present) to imitate the original model: the output loss
+of the global methods (`--output-loss`; auto: the KL of the softmax outputs, original ‖ pruned, for a
+classifier, the mean squared error of the outputs for an embedding or any other output) plus, weighted by `distill_features`, the mean squared error of the
 consumers' outputs (the kept channels of every Conv/Gemm/MatMul output the groups feed), each divided by
 the original's mean square there. No labels and no training set: only the calibration data.
 
 - Training samples: the calibration split only. From an image folder every epoch draws one *fresh*
   random-resized, flipped crop of every calibration image (crop indices after those the statistics used,
   seeded), so the distillation never sees the same sample twice; other sources are read as they are.
-- Early stopping: after every epoch the output KL on the held-out split (whole held-out images, fixed
-  crops) is measured; the weights with the lowest held-out KL are kept. An epoch that does not improve
+- Early stopping: after every epoch the output loss on the held-out split (whole held-out images, fixed
+  crops) is measured; the weights with the lowest held-out loss are kept. An epoch that does not improve
   it goes back to the best weights and divides the learning rate by 3; the run stops after
   `distill_patience` such epochs in a row, at `distill_epochs`, or when `distill_time` seconds have
   passed. If no epoch beats the model as it came, the model is returned unchanged.
@@ -31,6 +32,7 @@ from .calibration import Calibration, checked_batches
 from .calibration.taps import Tap
 from .options import DistillOptions, OptionError
 from .selection import Selection
+from .selection.global_imitation import output_discrepancy
 from .twin import Twin
 from .twin.trainable import Trainable, default_device
 
@@ -41,19 +43,20 @@ log = logging.getLogger("onnxprune")
 class DistillRecord:
     """What the distillation did (the report's `distill`)."""
     device: str
+    output_loss: str = "kl"          # the output discrepancy trained and stopped on: kl or mse
     seconds: float = 0.0
     epochs: int = 0
     steps: int = 0
     train_samples: int = 0           # samples seen in training, all epochs
     held_out_samples: int = 0
     fresh_crops: bool = False
-    held_out_kl_before: float = 0.0
-    held_out_kl_best: float = 0.0
+    held_out_loss_before: float = 0.0
+    held_out_loss_best: float = 0.0
     best_epoch: int = 0              # 0: the model as it came was kept
     stopped: str = ""                # "patience", "epochs" or "time"
     applied: bool = False
     features: int = 0                # feature tensors in the loss
-    history: list[dict] = field(default_factory=list)  # per epoch: train loss, held-out KL, seconds
+    history: list[dict] = field(default_factory=list)  # per epoch: train loss, held-out loss, seconds
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -83,13 +86,6 @@ def feature_channels(analysis: Analysis, selection: Selection, pruned: onnx.Mode
             labels = layout.reshape(-1)
             out.append((c.output, axes[0], np.flatnonzero(keep[analysis.class_of[labels]])))
     return out
-
-
-def _kl(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
-    """Sum over the batch of KL(softmax teacher ‖ softmax student)."""
-    t, s = teacher.reshape(len(teacher), -1).float(), student.reshape(len(student), -1).float()
-    lt = torch.log_softmax(t, 1)
-    return (lt.exp() * (lt - torch.log_softmax(s, 1))).sum()
 
 
 class _Teacher:
@@ -129,9 +125,10 @@ def _training_batches(cal: Calibration, epoch: int, batch_size: int, seed: int):
 
 
 def distill(original: onnx.ModelProto, pruned: onnx.ModelProto, cal: Calibration, options: DistillOptions,
-            features: list[tuple[str, int, np.ndarray]], batch_size: int = 32, seed: int = 0,
-            device: str | torch.device | None = None, quiet: bool = True) -> tuple[onnx.ModelProto, DistillRecord]:
-    """Distil `original` into `pruned` on `cal` (see the module docstring); returns the model and the record."""
+            features: list[tuple[str, int, np.ndarray]], output_loss: str = "kl", batch_size: int = 32,
+            seed: int = 0, device: str | torch.device | None = None, quiet: bool = True) -> tuple[onnx.ModelProto, DistillRecord]:
+    """Distil `original` into `pruned` on `cal` with the output discrepancy `output_loss` ("kl" or "mse"; see the
+    module docstring); returns the model and the record."""
     if cal.n_holdout == 0:
         raise OptionError("distill", True, "needs held-out calibration samples for early stopping "
                           "(holdout > 0 and at least 10 samples)")
@@ -143,18 +140,21 @@ def distill(original: onnx.ModelProto, pruned: onnx.ModelProto, cal: Calibration
     feats = features if options.distill_features > 0 else []
     teacher = _Teacher(original, [original.graph.output[0].name] + [n for n, _, _ in feats], dev)
     held_teacher = _Teacher(original, [original.graph.output[0].name], dev)
-    rec = DistillRecord(device=str(dev), fresh_crops=cal.images is not None, features=len(feats))
+    rec = DistillRecord(device=str(dev), output_loss=output_loss, fresh_crops=cal.images is not None, features=len(feats))
     held = [(b, held_teacher(b)[0].to(dev)) for _, b in checked_batches(cal, batch_size, "holdout")]
     rec.held_out_samples = sum(len(t) for _, t in held)
     index = {name: (axis, torch.as_tensor(idx, device=dev)) for name, axis, idx in feats}
 
-    def held_out_kl() -> float:
+    def discrepancy(student_out: torch.Tensor, teacher_out: torch.Tensor) -> torch.Tensor:
+        return output_discrepancy(student_out, teacher_out, output_loss, torch.float32)
+
+    def held_out_loss() -> float:
         student.eval()
         with torch.no_grad():
-            return sum(float(_kl(t, student(b)[0])) for b, t in held) / max(rec.held_out_samples, 1)
+            return sum(float(discrepancy(student(b)[0], t)) for b, t in held) / max(rec.held_out_samples, 1)
 
-    best = held_out_kl()
-    rec.held_out_kl_before = rec.held_out_kl_best = best
+    best = held_out_loss()
+    rec.held_out_loss_before = rec.held_out_loss_best = best
     best_state = {k: p.detach().clone() for k, p in tr.params.items()}
     lr = options.distill_lr
     opt = torch.optim.Adam(list(tr.params.values()), lr=lr)
@@ -167,7 +167,7 @@ def distill(original: onnx.ModelProto, pruned: onnx.ModelProto, cal: Calibration
             targets = teacher(batch)
             outs = student(batch, outputs=[out_name] + [n for n, _, _ in feats])
             n = len(outs[0])
-            loss = _kl(targets[0].to(dev), outs[0]) / n
+            loss = discrepancy(outs[0], targets[0].to(dev)) / n
             if feats:
                 mse = []
                 for (name, _, _), s, t in zip(feats, outs[1:], targets[1:]):
@@ -185,13 +185,13 @@ def distill(original: onnx.ModelProto, pruned: onnx.ModelProto, cal: Calibration
                 out_of_time = True
                 break
         rec.train_samples += n_seen
-        value = held_out_kl()
+        value = held_out_loss()
         rec.epochs = epoch + 1
-        rec.history.append({"epoch": epoch + 1, "train_loss": total / max(n_seen, 1), "held_out_kl": value,
+        rec.history.append({"epoch": epoch + 1, "train_loss": total / max(n_seen, 1), "held_out_loss": value,
                             "lr": lr, "seconds": time.perf_counter() - t0})
         if not quiet:
-            log.info("distill epoch %d: train %.4f held-out KL %.4f (%.0fs)", epoch + 1, total / max(n_seen, 1),
-                     value, time.perf_counter() - t0)
+            log.info("distill epoch %d: train %.4f held-out %s %.4g (%.0fs)", epoch + 1, total / max(n_seen, 1),
+                     output_loss, value, time.perf_counter() - t0)
         if value < best:
             best, since_best, rec.best_epoch = value, 0, epoch + 1
             best_state = {k: p.detach().clone() for k, p in tr.params.items()}
@@ -208,7 +208,7 @@ def distill(original: onnx.ModelProto, pruned: onnx.ModelProto, cal: Calibration
         if since_best >= options.distill_patience:
             rec.stopped = "patience"
             break
-    rec.held_out_kl_best = best
+    rec.held_out_loss_best = best
     rec.seconds = time.perf_counter() - t0
     if rec.best_epoch == 0:
         return pruned, rec

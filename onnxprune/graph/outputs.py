@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import onnx
 
+from ..options import OutputLossKind
+
 DISTRIBUTION, EMBEDDING = "distribution", "embedding"
 _PASS = {"Softmax", "LogSoftmax", "Sigmoid", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Identity", "Cast",
          "Relu", "Dropout", "GlobalAveragePool", "GlobalMaxPool", "AveragePool", "MaxPool", "ReduceMean",
@@ -41,3 +43,12 @@ def output_kind(model: onnx.ModelProto) -> tuple[str, str]:
             continue
         return EMBEDDING, f"output '{graph.output[0].name}' comes from {op} node '{node.name}', not a classifier head"
     return EMBEDDING, f"output '{graph.output[0].name}': no classifier head found"
+
+
+def resolve_output_loss(model: onnx.ModelProto, requested: OutputLossKind) -> tuple[OutputLossKind, str]:
+    """The output discrepancy the global methods and the distillation use: `requested`, or for auto KL when
+    the first output is a class distribution and MSE otherwise; with the reason."""
+    if requested != OutputLossKind.AUTO:
+        return requested, "chosen by --output-loss"
+    found, why = output_kind(model)
+    return (OutputLossKind.KL if found == DISTRIBUTION else OutputLossKind.MSE), why

@@ -10,7 +10,7 @@ import torch
 
 from ..analysis import Analysis
 from ..calibration import Calibration
-from ..graph.outputs import DISTRIBUTION, output_kind
+from ..graph.outputs import resolve_output_loss
 from ..options import CalibrationOptions, GlobalOptions, OptionError, OutputLossKind
 from ..selection import Selection
 from ..selection.global_imitation import OutputLoss
@@ -28,10 +28,8 @@ class GlobalImitation:
             self.original = Twin(analysis, device=self.device)
         except NotImplementedError as exc:
             raise OptionError("method", method, f"{exc}; the local methods (greedy-local) need no twin") from None
-        kind = options.output_loss
-        if kind == OutputLossKind.AUTO:  # docs/DESIGN.md, "Output kind"
-            found, why = output_kind(analysis.model)
-            kind = OutputLossKind.KL if found == DISTRIBUTION else OutputLossKind.MSE
+        kind, why = resolve_output_loss(analysis.model, options.output_loss)  # docs/DESIGN.md, "Output kind"
+        if options.output_loss == OutputLossKind.AUTO:
             log.info("global methods: output loss %s (%s)", kind.value, why)
         self.kind = str(kind)
         self._cal, self._batch = cal, calibration.batch_size

@@ -21,6 +21,16 @@ import torch
 from ..calibration import Calibration, checked_batches
 
 
+def output_discrepancy(out: torch.Tensor, ref: torch.Tensor, kind: str, dtype=torch.float64) -> torch.Tensor:
+    """Sum over the batch of the output discrepancy of `out` against the reference `ref`: "mse", each sample's
+    mean squared difference; "kl", KL(softmax ref ‖ softmax out) over each sample's flattened outputs."""
+    out, ref = out.reshape(len(out), -1).to(dtype), ref.reshape(len(ref), -1).to(dtype)
+    if kind == "mse":
+        return ((out - ref) ** 2).mean(1).sum()
+    lp = torch.log_softmax(ref, 1)
+    return (lp.exp() * (lp - torch.log_softmax(out, 1))).sum()
+
+
 class OutputLoss:
     """Output discrepancy of a gated twin against the original model on a calibration subset."""
 
@@ -43,11 +53,7 @@ class OutputLoss:
             self.reference = [twin(b)[0].detach() for b in self.batches]
 
     def _loss(self, out: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-        out, ref = out.reshape(len(out), -1).double(), ref.reshape(len(ref), -1).double()
-        if self.kind == "mse":
-            return ((out - ref) ** 2).mean(1).sum()
-        lp = torch.log_softmax(ref, 1)
-        return (lp.exp() * (lp - torch.log_softmax(out, 1))).sum()
+        return output_discrepancy(out, ref, self.kind)
 
     def value(self, twin, gates: torch.Tensor) -> float:
         with torch.no_grad():
