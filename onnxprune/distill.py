@@ -3,9 +3,10 @@
 After the layer-wise pruning, the pruned model's Conv/Gemm/MatMul weights and biases (`twin.trainable`)
 are trained through its torch twin (on CUDA when present) to imitate the original model: the output loss
 of the global methods (`--output-loss`; auto: the KL of the softmax outputs, original ‖ pruned, for a
-classifier, the mean squared error of the outputs for an embedding or any other output) plus, weighted by `distill_features`, the mean squared error of the
-consumers' outputs (the kept channels of every Conv/Gemm/MatMul output the groups feed), each divided by
-the original's mean square there. No labels and no training set: only the calibration data.
+classifier, the mean squared error of the outputs for an embedding or any other output) plus, weighted
+by `distill_features`, the mean squared error of the consumers' outputs (the kept channels of every
+Conv/Gemm/MatMul output the groups feed), each divided by the original's mean square there. No labels
+and no training set: only the calibration data.
 
 - Training samples: the calibration split only. From an image folder every epoch draws one *fresh*
   random-resized, flipped crop of every calibration image (crop indices after those the statistics used,
@@ -126,7 +127,8 @@ def _training_batches(cal: Calibration, epoch: int, batch_size: int, seed: int):
 
 def distill(original: onnx.ModelProto, pruned: onnx.ModelProto, cal: Calibration, options: DistillOptions,
             features: list[tuple[str, int, np.ndarray]], output_loss: str = "kl", batch_size: int = 32,
-            seed: int = 0, device: str | torch.device | None = None, quiet: bool = True) -> tuple[onnx.ModelProto, DistillRecord]:
+            seed: int = 0, device: str | torch.device | None = None, quiet: bool = True
+            ) -> tuple[onnx.ModelProto, DistillRecord]:
     """Distil `original` into `pruned` on `cal` with the output discrepancy `output_loss` ("kl" or "mse"; see the
     module docstring); returns the model and the record."""
     if cal.n_holdout == 0:
@@ -140,7 +142,8 @@ def distill(original: onnx.ModelProto, pruned: onnx.ModelProto, cal: Calibration
     feats = features if options.distill_features > 0 else []
     teacher = _Teacher(original, [original.graph.output[0].name] + [n for n, _, _ in feats], dev)
     held_teacher = _Teacher(original, [original.graph.output[0].name], dev)
-    rec = DistillRecord(device=str(dev), output_loss=output_loss, fresh_crops=cal.images is not None, features=len(feats))
+    rec = DistillRecord(device=str(dev), output_loss=output_loss, fresh_crops=cal.images is not None,
+                        features=len(feats))
     held = [(b, held_teacher(b)[0].to(dev)) for _, b in checked_batches(cal, batch_size, "holdout")]
     rec.held_out_samples = sum(len(t) for _, t in held)
     index = {name: (axis, torch.as_tensor(idx, device=dev)) for name, axis, idx in feats}
