@@ -323,7 +323,11 @@ def minilm_section(data) -> str:
         return ""
     m = data["machine"]
     rows = []
-    for r in data["results"]:
+    order = ["magnitude", "magnitude+full", "greedy-local+full", "greedy-combined+full", "heads-only", "mlp-only"]
+    results = sorted(data["results"], key=lambda r: (r["flops_target"] or 0.0,
+                                                     order.index(r["row"]) if r["row"] in order else len(order)))
+    runs = {r.get("date") or m.get("date") for r in results}
+    for r in results:
         target = f"{r['flops_target']:.0%}" if r["flops_target"] is not None else "MLP widths × 0.5"
         if "error" in r:
             rows.append([target, r["row"], "-", "-", "-", "-", "-", r["error"][:90]])
@@ -340,8 +344,11 @@ def minilm_section(data) -> str:
                      "; ".join(note)])
     lat = [[f"{r['flops_target']:.0%}", f"{r['macs_ratio']:.3f}", f"{r['original']['median_ms']:.0f}",
             f"{r['pruned']['median_ms']:.0f}", f"{r['speedup_paired']:.2f}x"] for r in data.get("latency", [])]
-    took = (f"{data['total_s'] / 60:.0f} min" if "total_s" in data else
-            "stopped before its last rows: the rows below are all that ran")
+    if len(runs) > 1:
+        took = f"rows from {len(runs)} runs (a row's note names its run when it is not the latest),"
+    else:
+        took = (f"{data['total_s'] / 60:.0f} min" if "total_s" in data else
+                "stopped before its last rows: the rows below are all that ran")
     out = ["### Transformers: all-MiniLM-L6-v2", "",
            f"`bench/minilm.py` (`bench/results/minilm.json`{_when(data)}, {took} on "
            f"{m.get('cores')} shared CPU cores): the pretrained sentence encoder ({data['model']}, "
