@@ -95,6 +95,9 @@ def test_distillation_trains_on_fresh_crops_of_calibration_images_and_keeps_the_
     assert before == pytest.approx(d["held_out_loss_before"], rel=1e-3)
     assert after == pytest.approx(d["held_out_loss_best"], rel=1e-3) and after < before
     assert d["history"][d["best_epoch"] - 1]["held_out_loss"] == pytest.approx(d["held_out_loss_best"])
+    line = next(t for t in rep.summary().splitlines() if t.startswith("distillation"))
+    assert f"kl on 4 held-out samples {d['held_out_loss_before']:.4g} -> {d['held_out_loss_best']:.4g}" in line
+    assert f"{d['epochs']} epochs" in line
 
 
 def test_distillation_stops_early_and_returns_the_model_unchanged_when_it_never_improves(tmp_path):
@@ -107,6 +110,7 @@ def test_distillation_stops_early_and_returns_the_model_unchanged_when_it_never_
     d = rep.distill
     assert d["stopped"] == "patience" and d["epochs"] == 2 and not d["applied"] and d["best_epoch"] == 0
     assert all(h["held_out_loss"] > d["held_out_loss_before"] for h in d["history"])
+    assert "no epoch improved on it, model left as pruned; 2 epochs, stopped by patience" in rep.summary()
     assert [h["lr"] for h in d["history"]] == pytest.approx([1e4, 1e4 / 3]), "each miss divides the rate by 3"
     for a, b in zip(plain.graph.initializer, same.graph.initializer):
         assert a.name == b.name and np.array_equal(numpy_helper.to_array(a), numpy_helper.to_array(b))

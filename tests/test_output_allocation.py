@@ -122,6 +122,8 @@ def test_joint_loss_of_a_stand_in_equals_brute_force_and_the_lowest_is_chosen(zo
     losses = rep.allocation["held_out_output_loss"]
     assert set(losses) == {"uniform", "halfway", "output"}
     assert rep.allocation["chosen"] == min(losses, key=losses.get)
+    assert f"allocation {rep.allocation['chosen']} chosen (held-out output loss uniform {losses['uniform']:.4g}" \
+        in rep.summary()
 
 
 def test_output_allocation_composes_with_a_latency_target(zoo_models, monkeypatch, tmp_path):

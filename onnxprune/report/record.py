@@ -88,6 +88,16 @@ class Report:
             text += f"\ntokens padding left out of the statistics (input '{self.token_mask}')"
         if self.output_loss:
             text += f"\nglobal output loss {self.output_loss}"
+        if self.allocation:
+            losses = self.allocation.get("held_out_output_loss", {})
+            text += (f"\nallocation {self.allocation['chosen']} chosen (held-out output loss "
+                     + ", ".join(f"{k} {v:.4g}" for k, v in losses.items()) + ")")
+        d = self.distill
+        if d:
+            did = (f"{d['held_out_loss_before']:.4g} -> {d['held_out_loss_best']:.4g}, best epoch {d['best_epoch']}"
+                   if d["applied"] else "no epoch improved on it, model left as pruned")
+            text += (f"\ndistillation {d['output_loss']} on {d['held_out_samples']} held-out samples {did}; "
+                     f"{d['epochs']} epochs, stopped by {d['stopped']}, {d['seconds']:.0f} s on {d['device']}")
         m = self.latency.get("measured")
         if m:
             text += (f"\nlatency {m['original_ms']:.3f} ms -> {m['pruned_ms']:.3f} ms (medians), speed-up "
