@@ -215,8 +215,8 @@ def prune_with_options(model, calibration, options: PruneOptions, quiet: bool = 
         from .graph.outputs import resolve_output_loss
         assert cal is not None
         feats = feature_channels(analysis, selection, pruned)
-        kind, _ = resolve_output_loss(analysis.model, options.global_imitation.output_loss)
-        pruned, record = distill(analysis.model, pruned, cal, options.distill, feats, str(kind),
+        loss_kind, _ = resolve_output_loss(analysis.model, options.global_imitation.output_loss)
+        pruned, record = distill(analysis.model, pruned, cal, options.distill, feats, str(loss_kind),
                                  options.calibration.batch_size, options.selection.seed, quiet=quiet)
         distilled = record.to_dict()
     measured = plan.finish(analysis, pruned)

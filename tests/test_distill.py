@@ -139,6 +139,7 @@ def test_distillation_uses_the_output_loss_of_the_output_kind(tmp_path, embeddin
                        **common)
     d = rep.distill
     assert d["output_loss"] == expected
+    assert rep.target == {"keep_ratio": 0.5}, "the report's target is the run's, whatever the loss"
     cal = load_calibration(folder, onnx.load(path), preprocess="none", augment=1)
     before = _held_out_loss(path, plain, cal, tmp_path, expected)
     assert before == pytest.approx(d["held_out_loss_before"], rel=1e-3)
