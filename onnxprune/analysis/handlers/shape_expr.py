@@ -163,14 +163,24 @@ def const_source(ctx, tensor, idx: int, depth: int = 0):
         return const_source(ctx, node.inputs[0], idx, depth + 1)
     if node.op != "Concat":
         return None
+    found = concat_input_at(ctx, node, idx)
+    if found is None:
+        return None
+    i, t, j, _ = found
+    if ctx.const(t) is not None:
+        return node, i, j
+    return const_source(ctx, t, j, depth + 1)
+
+
+def concat_input_at(ctx, node, idx: int) -> tuple | None:
+    """(input index, input tensor, element index within it, its length) of the Concat `node`'s input that holds
+    element `idx` of its output, or None when an input's length is unknown or `idx` is past the end."""
     for i, t in enumerate(node.inputs):
         n = length(ctx, t)
         if n is None:
             return None
         if idx < n:
-            if ctx.const(t) is not None:
-                return node, i, idx
-            return const_source(ctx, t, idx, depth + 1)
+            return i, t, idx, n
         idx -= n
     return None
 
@@ -277,11 +287,8 @@ def concat_slot(ctx, tensor, idx: int, reader) -> tuple | None:
     node = tensor.inputs[0]
     if node.op != "Concat" or attr(node, "axis", 0) != 0:
         return None
-    for i, t in enumerate(node.inputs):
-        n = length(ctx, t)
-        if n is None:
-            return None
-        if idx < n:
-            return (node, i) if n == 1 else None
-        idx -= n
-    return None
+    found = concat_input_at(ctx, node, idx)
+    if found is None:
+        return None
+    i, _, _, n = found
+    return (node, i) if n == 1 else None
