@@ -6,13 +6,16 @@ dynamo exporter at opset 18 with weights in external data beside the file. The b
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import logging
 import os
 import pathlib
+import shutil
 import tempfile
 import warnings
 
+import onnx
 import torch
 from torch import nn
 
@@ -60,3 +63,19 @@ def export_cached(make_model, exporter: str, x: torch.Tensor, path: pathlib.Path
                     os.replace(data, str(path) + ".data")
                 os.replace(staged, path)
     return failed.read_text() if failed.exists() else None
+
+
+def keyed_cache_dir(prefix: str, sources: tuple[pathlib.Path, ...]) -> pathlib.Path:
+    """`models/cache/<prefix>-<key>`, the key a hash of `sources` (the files a zoo's exports depend on, this one
+    included) and the torch and onnx versions: exports are reused by later runs until one of them changes;
+    older keys of the same prefix are removed when a new one is made."""
+    h = hashlib.sha256()
+    for source in (*sources, pathlib.Path(__file__)):
+        h.update(pathlib.Path(source).read_bytes())
+    h.update(f"torch {torch.__version__} onnx {onnx.__version__}".encode())
+    parent = pathlib.Path(__file__).resolve().parent / "cache"
+    here = parent / f"{prefix}-{h.hexdigest()[:16]}"
+    if not here.exists() and parent.exists():
+        for old in parent.glob(f"{prefix}-*"):
+            shutil.rmtree(old, ignore_errors=True)
+    return here

@@ -17,14 +17,12 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 import pathlib
 import shutil
 import tempfile
 
 import numpy as np
-import onnx
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -106,22 +104,9 @@ SPECS = {"minilm_s7": (make_minilm, 7, True), "minilm_s16": (make_minilm, 16, Tr
 UNSUPPORTED = {("vit_sdpa", "dynamo18")}
 
 
-def cache_key() -> str:
-    h = hashlib.sha256()
-    for source in (pathlib.Path(__file__), pathlib.Path(minilm.__file__), pathlib.Path(exporters.__file__)):
-        h.update(source.read_bytes())
-    h.update(f"torch {torch.__version__} onnx {onnx.__version__}".encode())
-    return h.hexdigest()[:16]
-
-
 def default_cache_dir() -> pathlib.Path:
     """`models/cache/transformer-zoo-<key>` (older keys are removed when a new one is made)."""
-    parent = pathlib.Path(__file__).resolve().parents[1] / "models" / "cache"
-    here = parent / f"transformer-zoo-{cache_key()}"
-    if not here.exists() and parent.exists():
-        for old in parent.glob("transformer-zoo-*"):
-            shutil.rmtree(old, ignore_errors=True)
-    return here
+    return exporters.keyed_cache_dir("transformer-zoo", (pathlib.Path(__file__), pathlib.Path(minilm.__file__)))
 
 
 def _export(name: str, model: nn.Module, exporter: str, seq: int, text: bool, path: pathlib.Path) -> None:

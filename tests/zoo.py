@@ -12,9 +12,7 @@ the cache and recorded in ``EXPORT_FAILURES[(name, exporter)]``.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import pathlib
-import shutil
 import time
 from collections.abc import Callable
 
@@ -359,24 +357,10 @@ def zoo_models() -> list[tuple[str, Callable[[], nn.Module]]]:
 
 
 # --------------------------------------------------------------------------- export
-def cache_key() -> str:
-    """A hash of everything an export depends on: this file, the exporters, and the torch and onnx versions."""
-    h = hashlib.sha256()
-    for source in (pathlib.Path(__file__), pathlib.Path(exporters.__file__)):
-        h.update(source.read_bytes())
-    h.update(f"torch {torch.__version__} onnx {onnx.__version__}".encode())
-    return h.hexdigest()[:16]
-
-
 def default_cache_dir() -> pathlib.Path:
     """`models/cache/test-zoo-<key>`: exports are reused by later runs until the zoo, the exporters or the
     versions change (older keys are removed when a new one is made)."""
-    parent = pathlib.Path(__file__).resolve().parents[1] / "models" / "cache"
-    here = parent / f"test-zoo-{cache_key()}"
-    if not here.exists() and parent.exists():
-        for old in parent.glob("test-zoo-*"):
-            shutil.rmtree(old, ignore_errors=True)
-    return here
+    return exporters.keyed_cache_dir("test-zoo", (pathlib.Path(__file__),))
 
 
 def build_zoo(cache_dir, exporters=EXPORTERS, names=None) -> list[ZooModel]:
