@@ -82,7 +82,8 @@ def cuda_path(model_path: str, n_calib: int, n_eval: int, providers) -> dict:
         taps._PROVIDERS = provs  # the taps' execution providers for this run (None: onnxprune's own choice)
         provs = taps.providers()
         t0 = time.perf_counter()
-        pruned, rep = prune(model_path, calib, method="greedy-local", refit="full", flops=0.5, round_to=1)
+        pruned, rep = prune(model_path, calib, method="greedy-local", refit="full", flops=0.5, round_to=1,
+                            allocate="uniform")
         wall = time.perf_counter() - t0
         out[name] = {"providers": [str(p) for p in provs], "prune_wall_s": wall, "macs_ratio": rep.macs_ratio,
                      "kept": {g.id: [int(i) for i in rep.selection.kept[g.id]] for g in rep.groups if not g.frozen},

@@ -20,13 +20,16 @@ centre crops of the calibration images themselves ("calib top-1", the over-fitti
 used by any row.
 
 Rows (--rows; all side by side in one run, every row in a fresh subprocess under /usr/bin/time -v for
-its prune wall time, process CPU time and peak RSS; default: default,output,output-distill,magfull,tp-l1,tp-taylor):
-- default: `onnxprune.prune` with every option at its default: greedy-local + full re-fit, uniform
-  allocation. Issue 13 changed no default, so this is also the pipeline before it.
+its prune wall time, process CPU time and peak RSS; default: default,uniform,output-distill,magfull,tp-l1,
+tp-taylor):
+- default: `onnxprune.prune` with every option at its default: greedy-local + full re-fit, allocate auto
+  (output-aware with calibration data), the same pipeline as the output row.
+- uniform: the same with allocate=uniform, the default before allocate auto; the rows of the JSON keyed
+  `default` before that change are this row and were renamed.
 - magfull: magnitude selection + full re-fit, uniform allocation.
-- One feature each on top of the default: grid (the re-fit's ridge grid widened to 1e3 and the
-  bias-only limit, chosen per consumer on held-out images), output (allocate=output), distill
-  (distillation with its default options), combined (greedy-combined).
+- One feature each on top of uniform: grid (the re-fit's ridge grid widened to 1e3 and the bias-only limit,
+  chosen per consumer on held-out images), output (allocate=output), distill (distillation with its
+  default options), combined (greedy-combined).
 - Together: output-distill (allocate=output + distill), all (output + distill + greedy-combined + the
   wide grid).
 - tp-l1 / tp-taylor: Torch-Pruning 1.6.1 (bench/lib/torch_pruning.py: one uniform ratio bisected to the
@@ -55,14 +58,15 @@ LEVELS = (0.9, 0.7, 0.5)
 OLD_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)   # pipeline/refit.RIDGE_GRID before issue 13
 WIDE_GRID = OLD_GRID + (100.0, 1000.0, float("inf"))   # up to the bias-only correction (infinite ridge)
 ROWS: dict[str, dict] = {
-    # the defaults did not change in issue 13: `default` is also the pipeline before it
-    "default": dict(label="default (greedy-local+full, uniform)", opts={}),
+    # the library defaults (allocate auto: output with calibration data); `uniform` is the default before auto
+    "default": dict(label="default (greedy-local+full, allocate auto = output)", opts={}),
+    "uniform": dict(label="greedy-local+full, uniform", opts=dict(allocate="uniform")),
     "magfull": dict(label="magnitude+full (uniform)", opts=dict(method="magnitude", refit="full", allocate="uniform")),
     # one feature each on top of the default
-    "grid": dict(label="default + ridge grid to bias-only", opts={}, grid=WIDE_GRID),
-    "output": dict(label="default + allocate output", opts=dict(allocate="output")),
-    "distill": dict(label="default + distill", opts=dict(distill=True)),
-    "combined": dict(label="greedy-combined+full (uniform)", opts=dict(method="greedy-combined")),
+    "grid": dict(label="uniform + ridge grid to bias-only", opts=dict(allocate="uniform"), grid=WIDE_GRID),
+    "output": dict(label="greedy-local+full, allocate output (the default's pipeline)", opts=dict(allocate="output")),
+    "distill": dict(label="uniform + distill", opts=dict(allocate="uniform", distill=True)),
+    "combined": dict(label="greedy-combined+full (uniform)", opts=dict(method="greedy-combined", allocate="uniform")),
     # together
     "output-distill": dict(label="allocate output + distill", opts=dict(allocate="output", distill=True)),
     "all": dict(label="output + distill + combined + wide grid",
@@ -70,8 +74,8 @@ ROWS: dict[str, dict] = {
     "tp-l1": dict(label="torch-pruning-l1 (uniform ratio)", tp="l1"),
     "tp-taylor": dict(label="torch-pruning-taylor (uniform ratio)", tp="taylor"),
 }
-DEFAULT_ROWS = "default,output,output-distill,magfull,tp-l1,tp-taylor"
-QUICK = dict(folds="B", levels="0.7", rows="default,output")   # --quick: one fold, one level, two rows
+DEFAULT_ROWS = "default,uniform,output-distill,magfull,tp-l1,tp-taylor"
+QUICK = dict(folds="B", levels="0.7", rows="uniform,output")   # --quick: one fold, one level, two rows
 
 
 # ------------------------------------------------------------------------------ child: one prune

@@ -208,11 +208,13 @@ def accuracy_section(path: str, threads: int, quick: bool) -> list[dict]:
                     "top1_original": _top1(original, x, y), "rows": []}
             models = {"original": original}
             t0 = time.perf_counter()
-            m, rep = prune(path, str(dirs[calib]), flops=0.5, preprocess="imagenet", latency_threads=threads)
+            # uniform: the default allocation when this section was measured (before --allocate auto)
+            m, rep = prune(path, str(dirs[calib]), flops=0.5, allocate="uniform", preprocess="imagenet",
+                           latency_threads=threads)
             flops_s = time.perf_counter() - t0
             ratio = 1.0 / speedup(default_timer(Runtime(threads=threads)), original, m, 1)["speedup"]
             fold["latency_of_flops_model"] = ratio
-            runs = [("flops 0.5 (default)", m, rep, flops_s)]
+            runs = [("flops 0.5 (uniform)", m, rep, flops_s)]
             for allocate in ("uniform", "loss"):
                 t0 = time.perf_counter()
                 lm, lrep = prune(path, str(dirs[calib]), latency=round(ratio, 3), allocate=allocate,

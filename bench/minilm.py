@@ -9,13 +9,15 @@ sentences of models/text_corpus.py's "calib" split and evaluated on `--eval` sen
 
   magnitude              L1 norm of the consumers' input slices, no re-fit (no data)
   magnitude+full         the same channels, consumers re-fitted by ridge least squares
-  greedy-local+full      the default: greedy selection on the local statistics, full re-fit
+  greedy-local+full      greedy selection on the local statistics, full re-fit, every group pruned by the same
+                         share (--allocate uniform, the default before auto)
   greedy-combined+full   per group, greedy-local or greedy-taylor, whichever imitates the embeddings better
                          on held-out sentences (output loss: MSE, chosen automatically; --global-samples)
   heads-only             greedy-local+full pruning attention heads only (--group-kind heads)
   mlp-only               greedy-local+full pruning the MLP widths only (--group-kind channels)
-  output-allocated       greedy-local+full with the budget shared among heads and MLP widths by each group's
-                         measured effect on the embeddings (--allocate output, MSE output loss)
+  output-allocated       the default pipeline (--allocate auto is output with data): greedy-local+full with the
+                         budget shared among heads and MLP widths by each group's measured effect on the
+                         embeddings (--allocate output, MSE output loss)
   output-allocated+distill  the same, then label-free distillation of the embeddings (--distill, MSE,
                          early stopping on the held-out calibration sentences)
 
@@ -50,11 +52,12 @@ from onnxprune.report.evaluate import embedding_metrics
 
 ROWS = {
     "magnitude": dict(method="magnitude", refit="none", data=False),
-    "magnitude+full": dict(method="magnitude", refit="full"),
-    "greedy-local+full": dict(method="greedy-local", refit="full"),
-    "greedy-combined+full": dict(method="greedy-combined", refit="full"),
-    "heads-only": dict(method="greedy-local", refit="full", group_kind="heads"),
-    "mlp-only": dict(method="greedy-local", refit="full", group_kind="channels"),
+    # allocate="uniform" where it was the library default when these rows were measured (before auto)
+    "magnitude+full": dict(method="magnitude", refit="full", allocate="uniform"),
+    "greedy-local+full": dict(method="greedy-local", refit="full", allocate="uniform"),
+    "greedy-combined+full": dict(method="greedy-combined", refit="full", allocate="uniform"),
+    "heads-only": dict(method="greedy-local", refit="full", group_kind="heads", allocate="uniform"),
+    "mlp-only": dict(method="greedy-local", refit="full", group_kind="channels", allocate="uniform"),
     "output-allocated": dict(method="greedy-local", refit="full", allocate="output"),
     "output-allocated+distill": dict(method="greedy-local", refit="full", allocate="output", distill=True),
 }

@@ -277,7 +277,9 @@ def latency_target_section(data) -> str:
         sec = data["accuracy"]
         out += ["Top-1 on the ImageNet sample (one photo per even class): calibrate on one fold of classes "
                 "(`--calib` folder, `--preprocess imagenet`), evaluate against the labels on the other; default "
-                "method (greedy-local, full re-fit, round-to auto). The `--latency` rows target the measured "
+                "method (greedy-local, full re-fit, round-to auto), the `--flops 0.5` row with uniform allocation "
+                "(the default when it was measured, before `--allocate auto`). The `--latency` rows target the "
+                "measured "
                 f"latency of the `--flops 0.5` model of the same fold. Load average {load(sec)}.", ""]
         rows = []
         for f in sec["folds"]:

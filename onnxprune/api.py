@@ -19,6 +19,7 @@ from .graph import check_model, load_model
 from .graph.inputs import symbolic_inputs
 from .options import (
     AUTO,
+    Allocation,
     CalibrationOptions,
     DistillOptions,
     GlobalOptions,
@@ -132,8 +133,9 @@ def prune(model, calibration=None, *, method: str = _S.method, refit: str | None
     `calibration`: a path (.npz/.npy file or folder, image folder), dict of arrays, iterable of input
     dicts or ONNX Runtime CalibrationDataReader. Needed by the greedy methods and by any re-fit.
     `refit`: none | gamma | full (default: full with calibration, none without).
-    `allocate`: uniform | loss | output. `distill`: label-free distillation after pruning. `output_loss`:
-    auto | kl | mse, the global methods' output discrepancy, measured on `global_samples`. `group_kind`: all |
+    `allocate`: auto (output with calibration data, uniform without) | uniform | loss | output. `distill`:
+    label-free distillation after pruning. `output_loss`: auto | kl | mse, the global methods' output
+    discrepancy, measured on `global_samples`. `group_kind`: all |
     heads | channels, the groups pruned. `token_mask_input`: the input whose zeros mark padding tokens left out
     of the statistics. `latency`: keep that fraction of the original's latency, measured with ONNX Runtime on
     `provider` (cpu | cuda | tensorrt) at `latency_batch`. `round_to`: an integer, or 'auto' (per group, the
@@ -167,7 +169,7 @@ def prune_with_options(model, calibration, options: PruneOptions, quiet: bool = 
     if calibration is None and (method.needs_calibration or refit != Refit.NONE):
         raise OptionError("calibration", None, f"method {method.name} with refit {refit} needs calibration data; "
                           "magnitude or random with refit none prune without data")
-    if target.allocate != "uniform" and calibration is None:
+    if target.allocate not in (Allocation.UNIFORM, Allocation.AUTO) and calibration is None:
         raise OptionError("allocate", target.allocate, "needs calibration data")
     if options.distill.distill and calibration is None:
         raise OptionError("distill", True, "needs calibration data")
@@ -191,7 +193,7 @@ def prune_with_options(model, calibration, options: PruneOptions, quiet: bool = 
             raise OptionError("group_kind", target.group_kind.value, f"{name} has no prunable group of that kind")
         overrides = {**others, **overrides}
     n_cal = 0
-    results, allocation = None, None
+    results, allocation, allocated = None, None, Allocation.UNIFORM
     token_mask = output_loss = None
     if calibration is None:
         plan = plan_counts(analysis, target, overrides)
@@ -207,6 +209,7 @@ def prune_with_options(model, calibration, options: PruneOptions, quiet: bool = 
         plan = plan_counts(analysis, target, overrides, pruner)
         selection = pruner.run(plan.counts)
         results, n_cal, allocation = pruner.results, cal.size, pruner.allocation
+        allocated = pruner.allocated or Allocation.UNIFORM   # None: a keep-ratio target, nothing allocated
         token_mask, output_loss = pruner.token_mask, pruner.output_loss
     pruned = apply_selection(analysis, selection)
     distilled = None
@@ -222,7 +225,8 @@ def prune_with_options(model, calibration, options: PruneOptions, quiet: bool = 
     measured = plan.finish(analysis, pruned)
     report = build_report(analysis, selection, pruned, name, method.name, {kind: fraction}, results)
     report.distill, report.allocation = distilled, allocation
-    report.refit, report.allocate, report.calibration_samples = str(refit), str(target.allocate), n_cal
+    report.refit, report.calibration_samples = str(refit), n_cal
+    report.allocate = str(allocated)
     report.token_mask, report.output_loss = token_mask, output_loss
     report.latency = measured
     report.selection, report.analysis = selection, analysis

@@ -60,7 +60,9 @@ class Refit(Choice):
 
 
 class Allocation(Choice):
-    """How a MACs/params target is shared among groups."""
+    """How a MACs/params/latency target is shared among groups (auto: output with calibration data, uniform
+    without; docs/DESIGN.md, "Counts and allocation")."""
+    AUTO = "auto"
     UNIFORM = "uniform"
     LOSS = "loss"
     OUTPUT = "output"
@@ -172,9 +174,10 @@ class TargetOptions:
         "Keep this fraction of the original parameters (within 2%).", target=True))
     latency: float | None = field(default=None, metadata=_help(
         "Keep this fraction of the original's latency, measured on --provider at --latency-batch.", target=True))
-    allocate: Allocation = field(default=Allocation.UNIFORM, metadata=_help(
-        "Spread a --flops/--params target uniformly, by local imitation loss per MAC (loss), or by the "
-        "network's output loss per MAC when each group alone is pruned (output)."))
+    allocate: Allocation = field(default=Allocation.AUTO, metadata=_help(
+        "Spread a --flops/--params/--latency target uniformly, by local imitation loss per MAC (loss), or by "
+        "the network's output loss per MAC when each group alone is pruned (output); auto: output with --calib "
+        "(uniform where the torch twin cannot run the model, said in the log and the report), uniform without."))
     round_to: int | str = field(default=AUTO, metadata=_help(
         "Kept counts are multiples of K; auto: per group, the rounding measured fastest near its count.",
         cli_type=str))

@@ -30,8 +30,11 @@ def test_fp16_model_prunes_in_fp16(zoo_models):
     m16 = _to_fp16(model)
     x = {"input": zoo.random_input(z, 3, 0)["input"].astype(np.float16)}
     cal = {"input": zoo.random_input(z, 40, 1)["input"].astype(np.float16)}
-    for method, data in (("magnitude", None), ("greedy-local", cal)):
-        pruned, report = prune(m16, data, method=method, flops=0.5)
+    # allocate=output runs the twin on the fp16 model with re-fitted weights given at run time
+    for method, data, allocate in (("magnitude", None, "auto"), ("greedy-local", cal, "uniform"),
+                                   ("greedy-local", cal, "output"), ("greedy-combined", cal, "uniform")):
+        pruned, report = prune(m16, data, method=method, flops=0.5, allocate=allocate)
+        assert report.allocate == ("uniform" if allocate == "auto" else allocate)
         assert {t.data_type for t in pruned.graph.initializer if len(t.dims) > 1} == {TensorProto.FLOAT16}
         out = run(pruned, x)
         assert out[0].dtype == np.float16

@@ -144,3 +144,57 @@ def test_output_allocation_composes_with_a_latency_target(zoo_models, monkeypatc
                                               key=report.allocation["held_out_output_loss"].get)
     fast = {int(g): v["fast"] for g, v in report.latency["groups"].items()}
     assert all(g.kept_count in fast[g.id] for g in report.groups if not g.frozen and g.id in fast)
+
+
+def _twin_unknown_op_model(tmp_path):
+    """Conv -> Relu -> Conv -> Shrink: ONNX Runtime runs it, the torch twin does not know Shrink."""
+    from onnx import TensorProto as T
+    from onnx import helper as h
+    from onnx import numpy_helper as nh
+    rng = np.random.default_rng(0)
+    w1 = nh.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w1")
+    w2 = nh.from_array(rng.standard_normal((4, 8, 3, 3)).astype(np.float32), "w2")
+    nodes = [h.make_node("Conv", ["x", "w1"], ["a"], pads=[1] * 4, name="c1"), h.make_node("Relu", ["a"], ["b"]),
+             h.make_node("Conv", ["b", "w2"], ["c"], pads=[1] * 4, name="c2"),
+             h.make_node("Shrink", ["c"], ["y"], lambd=0.1, name="shrink")]
+    g = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", T.FLOAT, [None, 3, 8, 8])],
+                     [h.make_tensor_value_info("y", T.FLOAT, [None, 4, 8, 8])], [w1, w2])
+    path = tmp_path / "shrink.onnx"
+    onnx.save(h.make_model(g, opset_imports=[h.make_opsetid("", 17)]), path)
+    return path, {"x": rng.standard_normal((48, 3, 8, 8)).astype(np.float32)}
+
+
+def test_auto_allocation_is_output_with_data_and_uniform_without(zoo_models):
+    """The default allocation (auto) is the output-aware one with calibration data, the same counts as asking for
+    it, and uniform without data (magnitude needs none)."""
+    z = next(z for z in zoo_models if z.name == "mbv3_se" and z.exporter == "ts17")
+    x = {"input": zoo.random_input(z, 48, 3)["input"]}
+    _, auto = prune(str(z.path), x, flops=0.5, batch_size=16, round_to=1)
+    _, out = prune(str(z.path), x, flops=0.5, batch_size=16, round_to=1, allocate="output")
+    assert auto.allocate == "output" and auto.allocation
+    assert auto.allocation["chosen"] in ("uniform", "halfway", "output")
+    assert [g.kept_count for g in auto.groups] == [g.kept_count for g in out.groups]
+    assert "allocation " in auto.summary()
+    _, nodata = prune(str(z.path), method="magnitude", flops=0.5, round_to=1)
+    _, uni = prune(str(z.path), method="magnitude", flops=0.5, round_to=1, allocate="uniform")
+    assert nodata.allocate == "uniform" and nodata.allocation is None
+    assert [g.kept_count for g in nodata.groups] == [g.kept_count for g in uni.groups]
+    _, keep = prune(str(z.path), x, keep_ratio=0.5, batch_size=16, round_to=1)
+    assert keep.allocate == "uniform", "a keep ratio allocates nothing"
+
+
+def test_auto_allocation_without_a_twin_is_uniform_and_says_why(tmp_path):
+    """auto on a model the twin cannot run: uniform, named in the report and its summary; asking for output
+    explicitly is a one-line error naming the op."""
+    from onnxprune.errors import UserError
+    path, cal = _twin_unknown_op_model(tmp_path)
+    pruned, rep = prune(str(path), cal, flops=0.5, round_to=1)
+    _, uni = prune(str(path), cal, flops=0.5, round_to=1, allocate="uniform")
+    assert rep.allocate == "uniform" and rep.allocation is not None
+    assert "Shrink" in rep.allocation["output_unavailable"] and "Shrink" in rep.summary()
+    assert [g.kept_count for g in rep.groups] == [g.kept_count for g in uni.groups]
+    out = tmp_path / "p.onnx"
+    onnx.save(pruned, out)
+    assert run(onnx.load(out), {"x": cal["x"][:2]})[0].shape == (2, 4, 8, 8)
+    with pytest.raises(UserError, match="allocate='output'.*Shrink.*--allocate uniform"):
+        prune(str(path), cal, flops=0.5, round_to=1, allocate="output")

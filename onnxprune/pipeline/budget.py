@@ -222,7 +222,17 @@ def _allocate(analysis: Analysis, pruner: GreedyPruner | None, kind: str, fracti
               model=None) -> dict[int, int]:
     a = analysis
     min_channels = target.min_channels
-    if target.allocate == Allocation.UNIFORM or pruner is None:
+    allocate = used_allocation(target.allocate, pruner)
+    if allocate == Allocation.OUTPUT and target.allocate == Allocation.AUTO:
+        assert pruner is not None
+        try:
+            _output_curves(pruner, round_to, min_channels)
+        except OptionError as exc:  # the default, not a request: said in the log and the report's allocation
+            allocate = pruner.allocated = Allocation.UNIFORM
+            if pruner.allocation is None:
+                log.warning("allocate auto: uniform, since allocate=output is not available here (%s)", exc.reason)
+            pruner.allocation = {"chosen": "uniform", "output_unavailable": exc.reason}
+    if allocate == Allocation.UNIFORM or pruner is None:
         return counts_for_target(a, fraction, kind, round_to, min_channels, overrides, widths=widths, model=model)
     if model is None:
         model = macs_model(a) if kind == "flops" else params_model(a)
@@ -230,7 +240,7 @@ def _allocate(analysis: Analysis, pruner: GreedyPruner | None, kind: str, fracti
         raise OptionError(kind, fraction, "must be in (0, 1]")
     check_reachable(model, counts_for_ratio(a, 0.0, round_to, min_channels, overrides, widths), fraction, kind,
                     0.02)
-    output = target.allocate == Allocation.OUTPUT
+    output = allocate == Allocation.OUTPUT
     curves = _output_curves(pruner, round_to, min_channels) if output else _curves(pruner)
     fixed = dict(overrides)
     for g in a.prunable:  # groups without statistics keep the uniform share
@@ -252,6 +262,16 @@ def _allocate(analysis: Analysis, pruner: GreedyPruner | None, kind: str, fracti
     log.info("allocation: %s (held-out output loss of the stand-ins: %s)", chosen,
              ", ".join(f"{k} {v:.4g}" for k, v in losses.items()))
     return candidates[chosen]
+
+
+def used_allocation(allocate: Allocation, pruner: GreedyPruner | None) -> Allocation:
+    """The allocation a run uses: auto is output with calibration data (a pruner) and uniform without; a
+    pruner that already fell back from auto to uniform (`_allocate`) keeps uniform."""
+    if pruner is None:
+        return Allocation.UNIFORM
+    if pruner.allocated is None:
+        pruner.allocated = Allocation.OUTPUT if allocate == Allocation.AUTO else allocate
+    return pruner.allocated
 
 
 def _curves(pruner: GreedyPruner) -> dict[int, np.ndarray]:

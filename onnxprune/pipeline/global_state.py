@@ -19,6 +19,14 @@ from ..twin import Twin
 log = logging.getLogger("onnxprune")
 
 
+class TwinUnavailable(OptionError):
+    """The torch twin cannot run the model (an op or a subgraph it does not know): `cause` says why."""
+
+    def __init__(self, option: str, value, cause: str, advice: str):
+        self.cause = cause
+        super().__init__(option, value, f"{cause}; {advice}")
+
+
 class GlobalImitation:
     def __init__(self, analysis: Analysis, cal: Calibration, method: str, options: GlobalOptions,
                  calibration: CalibrationOptions):
@@ -27,7 +35,7 @@ class GlobalImitation:
         try:
             self.original = Twin(analysis, device=self.device)
         except NotImplementedError as exc:
-            raise OptionError("method", method, f"{exc}; the local methods (greedy-local) need no twin") from None
+            raise TwinUnavailable("method", method, str(exc), "the local methods (greedy-local) need no twin") from None
         kind, why = resolve_output_loss(analysis.model, options.output_loss)  # docs/DESIGN.md, "Output kind"
         if options.output_loss == OutputLossKind.AUTO:
             log.info("global methods: output loss %s (%s)", kind.value, why)

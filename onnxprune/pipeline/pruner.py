@@ -19,7 +19,7 @@ from ..analysis import Analysis, Group
 from ..calibration import Calibration
 from ..calibration.source import token_mask_input
 from ..calibration.taps import Tap
-from ..options import PruneOptions, Refit
+from ..options import Allocation, PruneOptions, Refit
 from ..rewrite import Rewriter
 from ..selection import Selection, greedy
 from ..selection.baselines import ensure_segments, magnitude_scores, top_k
@@ -92,6 +92,7 @@ class GreedyPruner:
         self._global: GlobalImitation | None = None
         self._outputs: OutputCache | bool | None = None   # None: not built yet; False: cannot be cached
         self.allocation: dict | None = None   # allocate=output: the stand-ins' held-out losses and the choice
+        self.allocated: Allocation | None = None   # the allocation used (auto resolved; pipeline/budget.py)
         # docs/DESIGN.md, "Statistics": padding tokens stay out of every consumer's statistics
         self.token_mask = token_mask_input(analysis.model, options.calibration.token_mask_input)
         if self.token_mask:

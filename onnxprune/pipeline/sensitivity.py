@@ -35,6 +35,7 @@ from ..selection.baselines import ensure_segments
 from ..statistics import NotSupported, consumers_of
 from ..statistics.collector import Collector
 from ..statistics.consumer import Consumer
+from .global_state import TwinUnavailable
 from .problem import LocalProblem
 from .refit import apply_refit
 
@@ -147,8 +148,9 @@ class Sensitivity:
         self.pruner = pruner
         try:
             state = pruner.global_imitation()
-        except OptionError as exc:
-            raise OptionError("allocate", "output", exc.reason) from None
+        except TwinUnavailable as exc:
+            raise OptionError("allocate", "output", f"{exc.cause} (the output-aware allocation runs the torch "
+                              "twin; --allocate uniform or loss need none)") from None
         t0 = time.perf_counter()
         self.twin, self.device = state.original, state.device
         self.dtype = self.twin.float_dtype or torch.float32

@@ -57,7 +57,9 @@ class Report:
     token_mask: str | None = None    # the input whose padding tokens were left out of the statistics
     output_loss: str | None = None   # the global methods' output loss (kl or mse), when one ran
     distill: dict | None = None   # the distillation's record (`onnxprune.distill.DistillRecord`), if it ran
-    allocation: dict | None = None  # allocate=output: {"chosen", "held_out_output_loss": {candidate: loss}}
+    # allocate=output: {"chosen", "held_out_output_loss": {candidate: loss}}; auto that could not use output:
+    # {"chosen": "uniform", "output_unavailable": why}
+    allocation: dict | None = None
     # what the run decided, for `masked_reference` and further rewrites; not part of the JSON record
     selection: Selection | None = field(default=None, repr=False, compare=False, metadata={"record": False})
     analysis: Analysis | None = field(default=None, repr=False, compare=False, metadata={"record": False})
@@ -88,7 +90,10 @@ class Report:
             text += f"\ntokens padding left out of the statistics (input '{self.token_mask}')"
         if self.output_loss:
             text += f"\nglobal output loss {self.output_loss}"
-        if self.allocation:
+        if self.allocation and "output_unavailable" in self.allocation:
+            why = self.allocation["output_unavailable"]
+            text += f"\nallocation uniform: output-aware allocation unavailable ({why})"
+        elif self.allocation:
             losses = self.allocation.get("held_out_output_loss", {})
             text += (f"\nallocation {self.allocation['chosen']} chosen (held-out output loss "
                      + ", ".join(f"{k} {v:.4g}" for k, v in losses.items()) + ")")

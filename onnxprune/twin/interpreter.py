@@ -223,7 +223,9 @@ class Twin(torch.nn.Module):
                 if ref is None:
                     args.append(None)
                 elif ref[0] == "const":
-                    w = weights[(i, j)] if weights is not None and (i, j) in weights else getattr(self, ref[1])
+                    w = getattr(self, ref[1])
+                    if weights is not None and (i, j) in weights:  # in the dtype of the constant it stands for
+                        w = weights[(i, j)].to(w.dtype)
                     if g is not None and (i, j) in self._gated:
                         for idx_name in self._gated[(i, j)]:
                             w = w * g[getattr(self, idx_name)].to(w.dtype)
@@ -232,8 +234,9 @@ class Twin(torch.nn.Module):
                     if ref[1] not in env:
                         raise KeyError(f"Twin: tensor '{ref[1]}' is not in the state (step {i}, '{step.name}')")
                     args.append(env[ref[1]])
-            for j, w in extra.get(i, ()):  # an absent optional input given (e.g. a re-fitted bias)
-                args += [None] * (j - len(args)) + [w]
+            for j, w in extra.get(i, ()):  # an absent optional input given (e.g. a re-fitted bias), in the
+                like = next((a for a in args if a is not None and a.is_floating_point()), None)  # node's float dtype
+                args += [None] * (j - len(args)) + [w if like is None else w.to(like.dtype)]
             out = step.fn(step, args)
             if isinstance(out, torch.Tensor):
                 out = [out]
