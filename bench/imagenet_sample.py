@@ -59,7 +59,7 @@ OLD_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)   # pipeline/refit.RIDGE_GRID bef
 WIDE_GRID = OLD_GRID + (100.0, 1000.0, float("inf"))   # up to the bias-only correction (infinite ridge)
 ROWS: dict[str, dict] = {
     # the library defaults (allocate auto: output with calibration data); `uniform` is the default before auto
-    "default": dict(label="default (greedy-local+full, allocate auto = output)", opts={}),
+    "default": dict(label="default: greedy-local+full, allocate auto = output", opts={}),
     "uniform": dict(label="greedy-local+full, uniform", opts=dict(allocate="uniform")),
     "magfull": dict(label="magnitude+full (uniform)", opts=dict(method="magnitude", refit="full", allocate="uniform")),
     # one feature each on top of the default
