@@ -146,21 +146,28 @@ def test_output_allocation_composes_with_a_latency_target(zoo_models, monkeypatc
     assert all(g.kept_count in fast[g.id] for g in report.groups if not g.frozen and g.id in fast)
 
 
-def _twin_unknown_op_model(tmp_path):
-    """Conv -> Relu -> Conv -> Shrink: ONNX Runtime runs it, the torch twin does not know Shrink."""
+def _twin_unknown_op_model(tmp_path, tail: str = "shrink"):
+    """Conv -> Relu -> Conv -> a last node that ONNX Runtime runs and the torch twin does not: Shrink (an op it
+    does not know: refused when the twin is built) or Resize with antialias (refused when it runs)."""
     from onnx import TensorProto as T
     from onnx import helper as h
     from onnx import numpy_helper as nh
     rng = np.random.default_rng(0)
     w1 = nh.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w1")
     w2 = nh.from_array(rng.standard_normal((4, 8, 3, 3)).astype(np.float32), "w2")
+    inits, out_hw = [w1, w2], 8
     nodes = [h.make_node("Conv", ["x", "w1"], ["a"], pads=[1] * 4, name="c1"), h.make_node("Relu", ["a"], ["b"]),
-             h.make_node("Conv", ["b", "w2"], ["c"], pads=[1] * 4, name="c2"),
-             h.make_node("Shrink", ["c"], ["y"], lambd=0.1, name="shrink")]
+             h.make_node("Conv", ["b", "w2"], ["c"], pads=[1] * 4, name="c2")]
+    if tail == "shrink":
+        nodes.append(h.make_node("Shrink", ["c"], ["y"], lambd=0.1, name="shrink"))
+    else:
+        inits.append(nh.from_array(np.array([1, 1, 0.5, 0.5], np.float32), "scales"))
+        nodes.append(h.make_node("Resize", ["c", "", "scales"], ["y"], mode="linear", antialias=1, name="resize"))
+        out_hw = 4
     g = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", T.FLOAT, [None, 3, 8, 8])],
-                     [h.make_tensor_value_info("y", T.FLOAT, [None, 4, 8, 8])], [w1, w2])
-    path = tmp_path / "shrink.onnx"
-    onnx.save(h.make_model(g, opset_imports=[h.make_opsetid("", 17)]), path)
+                     [h.make_tensor_value_info("y", T.FLOAT, [None, 4, out_hw, out_hw])], inits)
+    path = tmp_path / f"{tail}.onnx"
+    onnx.save(h.make_model(g, opset_imports=[h.make_opsetid("", 18)]), path)
     return path, {"x": rng.standard_normal((48, 3, 8, 8)).astype(np.float32)}
 
 
@@ -183,18 +190,38 @@ def test_auto_allocation_is_output_with_data_and_uniform_without(zoo_models):
     assert keep.allocate == "uniform", "a keep ratio allocates nothing"
 
 
-def test_auto_allocation_without_a_twin_is_uniform_and_says_why(tmp_path):
-    """auto on a model the twin cannot run: uniform, named in the report and its summary; asking for output
-    explicitly is a one-line error naming the op."""
+@pytest.mark.parametrize("tail,why", [("shrink", "Shrink"), ("resize", "antialias")])
+def test_auto_allocation_without_a_twin_is_uniform_and_says_why(tmp_path, tail, why):
+    """auto on a model the twin cannot run (an unknown op, or an op setting it refuses only when it runs):
+    uniform, named in the report and its summary; asking for output explicitly is a one-line error naming it."""
     from onnxprune.errors import UserError
-    path, cal = _twin_unknown_op_model(tmp_path)
+    path, cal = _twin_unknown_op_model(tmp_path, tail)
     pruned, rep = prune(str(path), cal, flops=0.5, round_to=1)
     _, uni = prune(str(path), cal, flops=0.5, round_to=1, allocate="uniform")
     assert rep.allocate == "uniform" and rep.allocation is not None
-    assert "Shrink" in rep.allocation["output_unavailable"] and "Shrink" in rep.summary()
+    assert why in rep.allocation["output_unavailable"] and why in rep.summary()
     assert [g.kept_count for g in rep.groups] == [g.kept_count for g in uni.groups]
     out = tmp_path / "p.onnx"
     onnx.save(pruned, out)
-    assert run(onnx.load(out), {"x": cal["x"][:2]})[0].shape == (2, 4, 8, 8)
-    with pytest.raises(UserError, match="allocate='output'.*Shrink.*--allocate uniform"):
+    assert run(onnx.load(out), {"x": cal["x"][:2]})[0].shape[:2] == (2, 4)
+    with pytest.raises(UserError, match=f"allocate='output'.*{why}.*--allocate uniform"):
         prune(str(path), cal, flops=0.5, round_to=1, allocate="output")
+
+
+def test_output_allocation_refuses_a_twin_that_disagrees_with_onnx_runtime(zoo_models, monkeypatch):
+    """A twin that computes something else than ONNX Runtime on the model (here its Relu made to leak) would
+    steer the allocation (or a global method) by a wrong loss: explicit output and the global methods are
+    refused, auto allocates uniformly and says why."""
+    import torch
+
+    from onnxprune.errors import UserError
+    from onnxprune.twin import ops
+    z = next(z for z in zoo_models if z.name == "mbv3_se" and z.exporter == "ts17")
+    x = {"input": zoo.random_input(z, 32, 3)["input"]}
+    monkeypatch.setitem(ops._REGISTRY, ("", "Relu"), lambda s, ins: torch.nn.functional.leaky_relu(ins[0], 0.1))
+    with pytest.raises(UserError, match="differ from ONNX Runtime"):
+        prune(str(z.path), x, flops=0.5, batch_size=16, round_to=1, allocate="output")
+    _, rep = prune(str(z.path), x, flops=0.5, batch_size=16, round_to=1)
+    assert rep.allocate == "uniform" and "differ from ONNX Runtime" in rep.allocation["output_unavailable"]
+    with pytest.raises(UserError, match="method='greedy-taylor'.*differ from ONNX Runtime"):  # global methods too
+        prune(str(z.path), x, flops=0.5, batch_size=16, round_to=1, method="greedy-taylor", allocate="uniform")

@@ -10,6 +10,7 @@ import torch
 
 from ..analysis import Analysis
 from ..calibration import Calibration
+from ..calibration.taps import Tap
 from ..graph.outputs import resolve_output_loss
 from ..options import CalibrationOptions, GlobalOptions, OptionError, OutputLossKind
 from ..selection import Selection
@@ -17,6 +18,7 @@ from ..selection.global_imitation import OutputLoss
 from ..twin import Twin
 
 log = logging.getLogger("onnxprune")
+LOCAL_ADVICE = "the local methods (greedy-local) need no twin"
 
 
 class TwinUnavailable(OptionError):
@@ -27,15 +29,36 @@ class TwinUnavailable(OptionError):
         super().__init__(option, value, f"{cause}; {advice}")
 
 
+# largest relative difference (of the output's largest magnitude) of the twin's outputs from ONNX Runtime's that is
+# trusted: float32 models agree to ~1e-5 (tests/test_twin.py), half-precision ones to ~1e-3
+TWIN_TOLERANCE = {np.dtype(np.float16): 1e-2}
+TWIN_TOLERANCE_DEFAULT = 1e-3
+
+
+def twin_difference(model, part: OutputLoss) -> tuple[float, float]:
+    """(largest relative difference, tolerance) of the twin's reference outputs on `part`'s samples from ONNX
+    Runtime's on the same inputs."""
+    name = model.graph.output[0].name
+    tap = Tap(model, [name])
+    worst, tol = 0.0, TWIN_TOLERANCE_DEFAULT
+    for batch, ref in zip(part.batches, part.reference):
+        out = np.asarray(tap({k: v.cpu().numpy() for k, v in batch.items()})[name])
+        tol = max(tol, TWIN_TOLERANCE.get(out.dtype, TWIN_TOLERANCE_DEFAULT))
+        want = out.astype(np.float64)
+        got = ref.detach().cpu().double().numpy().reshape(want.shape)
+        worst = max(worst, float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-12)))
+    return worst, tol
+
+
 class GlobalImitation:
     def __init__(self, analysis: Analysis, cal: Calibration, method: str, options: GlobalOptions,
                  calibration: CalibrationOptions):
-        self.analysis, self.options = analysis, options
+        self.analysis, self.options, self.method = analysis, options, method
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         try:
             self.original = Twin(analysis, device=self.device)
         except NotImplementedError as exc:
-            raise TwinUnavailable("method", method, str(exc), "the local methods (greedy-local) need no twin") from None
+            raise TwinUnavailable("method", method, str(exc), LOCAL_ADVICE) from None
         kind, why = resolve_output_loss(analysis.model, options.output_loss)  # docs/DESIGN.md, "Output kind"
         if options.output_loss == OutputLossKind.AUTO:
             log.info("global methods: output loss %s (%s)", kind.value, why)
@@ -45,7 +68,15 @@ class GlobalImitation:
     def _subset(self, split: str) -> OutputLoss:
         part = OutputLoss(self._cal, self.kind, self.options.global_samples, self._batch,
                           self.device, split)
-        part.set_reference(self.original)
+        try:
+            part.set_reference(self.original)
+        except NotImplementedError as exc:  # an op setting the twin refuses when it runs
+            raise TwinUnavailable("method", self.method, str(exc), LOCAL_ADVICE) from None
+        # a twin that computes something else on this model would steer every decision by a wrong loss
+        worst, tol = twin_difference(self.analysis.model, part)
+        if not worst <= tol:
+            raise TwinUnavailable("method", self.method, f"the torch twin's outputs differ from ONNX Runtime's on "
+                                  f"this model (relative difference {worst:.2g} > {tol:g})", LOCAL_ADVICE)
         return part
 
     @cached_property

@@ -139,6 +139,11 @@ def interpolate(channels: int, counts: list[int], losses: list[float]) -> np.nda
     return np.maximum.accumulate(curve[::-1])[::-1]
 
 
+def _unavailable(cause: str) -> OptionError:
+    return OptionError("allocate", "output", f"{cause} (the output-aware allocation runs the torch twin; "
+                       "--allocate uniform or loss need none)")
+
+
 class Sensitivity:
     """The groups' consumers and statistics on the original network, their channel orders and re-fits, and the
     output loss on the held-out calibration samples of any such decisions (see the module docstring)."""
@@ -146,15 +151,15 @@ class Sensitivity:
     def __init__(self, pruner: GreedyPruner):
         a = self.analysis = pruner.analysis
         self.pruner = pruner
+        t0 = time.perf_counter()
         try:
             state = pruner.global_imitation()
+            # the reference outputs run the twin: an op setting it does not know fails here, not later
+            self.loss = state.holdout if state.holdout.samples else state.calib
         except TwinUnavailable as exc:
-            raise OptionError("allocate", "output", f"{exc.cause} (the output-aware allocation runs the torch "
-                              "twin; --allocate uniform or loss need none)") from None
-        t0 = time.perf_counter()
+            raise _unavailable(exc.cause) from None
         self.twin, self.device = state.original, state.device
         self.dtype = self.twin.float_dtype or torch.float32
-        self.loss = state.holdout if state.holdout.samples else state.calib
         t1 = time.perf_counter()
         self.groups, collectors = profile_collectors(pruner)
         self.seconds = {"held_out_subset": t1 - t0, "profiling": time.perf_counter() - t1}
