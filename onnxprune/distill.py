@@ -32,6 +32,7 @@ from .analysis import Analysis
 from .calibration import Calibration, checked_batches
 from .calibration.taps import Tap
 from .options import DistillOptions, OptionError
+from .pipeline.global_state import differs_reason, twin_difference
 from .selection import Selection
 from .selection.global_imitation import output_discrepancy
 from .twin import Twin
@@ -136,15 +137,24 @@ def distill(original: onnx.ModelProto, pruned: onnx.ModelProto, cal: Calibration
                           "(holdout > 0 and at least 10 samples)")
     t0 = time.perf_counter()
     dev = torch.device(device or default_device())
-    tr = Trainable(pruned, dev, torch.float32)
-    student = tr.twin
     out_name = pruned.graph.output[0].name
     feats = features if options.distill_features > 0 else []
-    teacher = _Teacher(original, [original.graph.output[0].name] + [n for n, _, _ in feats], dev)
-    held_teacher = _Teacher(original, [original.graph.output[0].name], dev)
+    try:  # the twins are built, and run once: an op (setting) they do not know fails here
+        tr = Trainable(pruned, dev, torch.float32)
+        student = tr.twin
+        teacher = _Teacher(original, [original.graph.output[0].name] + [n for n, _, _ in feats], dev)
+        held_teacher = _Teacher(original, [original.graph.output[0].name], dev)
+        held = [(b, held_teacher(b)[0].to(dev)) for _, b in checked_batches(cal, batch_size, "holdout")]
+        with torch.no_grad():
+            first = student(held[0][0])[0] if held else None
+    except NotImplementedError as exc:
+        raise OptionError("distill", True, f"{exc} (the distillation trains through the torch twin)") from None
+    if first is not None:  # the student computes what ONNX Runtime computes on the pruned model
+        worst, tol = twin_difference(pruned, [(held[0][0], first)])
+        if not worst <= tol:
+            raise OptionError("distill", True, differs_reason(worst, tol))
     rec = DistillRecord(device=str(dev), output_loss=output_loss, fresh_crops=cal.images is not None,
                         features=len(feats))
-    held = [(b, held_teacher(b)[0].to(dev)) for _, b in checked_batches(cal, batch_size, "holdout")]
     rec.held_out_samples = sum(len(t) for _, t in held)
     index = {name: (axis, torch.as_tensor(idx, device=dev)) for name, axis, idx in feats}
 

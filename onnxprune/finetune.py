@@ -75,7 +75,10 @@ def finetune(model: onnx.ModelProto, x, y, epochs: int = 1, lr: float = 0.01, ba
     if epochs < 0 or lr < 0 or batch_size < 1:
         raise UserError("finetune: epochs and lr must be >= 0 and batch_size >= 1")
     device = torch.device(device or default_device())
-    tr = _Trainable(model, device, dtype)
+    try:
+        tr = _Trainable(model, device, dtype)
+    except NotImplementedError as exc:
+        raise UserError(f"finetune: {exc} (finetuning trains through the torch twin)") from None
     twin = tr.twin
     inputs = _as_inputs(x, twin.input_names)
     labels = torch.as_tensor(np.asarray(y), dtype=torch.long)

@@ -146,3 +146,37 @@ def test_distillation_uses_the_output_loss_of_the_output_kind(tmp_path, embeddin
     assert d["applied"]
     after = _held_out_loss(path, tuned, cal, tmp_path, expected)
     assert after == pytest.approx(d["held_out_loss_best"], rel=1e-3) and after < before
+
+
+@pytest.mark.parametrize("tail,why", [("shrink", "Shrink"), ("resize", "antialias")])
+def test_distillation_of_a_model_the_twin_cannot_run_is_a_one_line_refusal(tmp_path, tail, why):
+    """--distill trains through the twin: a model with an op (or an op setting) it does not know is refused by
+    name from the API, and by the command line with exit code 2, no traceback and nothing written."""
+    import zoo
+    from click.testing import CliRunner
+
+    from onnxprune.cli import main
+    path, cal = zoo.twin_unknown_op_model(tmp_path, tail)
+    with pytest.raises(UserError, match=f"distill.*{why}.*torch twin"):
+        prune(str(path), cal, flops=0.5, round_to=1, allocate="uniform", distill=True)
+    np.savez(tmp_path / "cal.npz", **cal)
+    out = tmp_path / "out.onnx"
+    res = CliRunner().invoke(main, ["prune", str(path), "-o", str(out), "--calib", str(tmp_path / "cal.npz"),
+                                    "--flops", "0.5", "--distill"])
+    assert res.exit_code == 2, res.output
+    assert why in res.output and "Traceback" not in res.output and len(res.output.strip().splitlines()) <= 3
+    assert not out.exists()
+
+
+def test_distillation_refuses_a_student_twin_that_disagrees_with_onnx_runtime(zoo_models, monkeypatch):
+    """The student twin is checked against ONNX Runtime on the pruned model before training: a twin that computes
+    something else (its Relu made to leak) would train the wrong function."""
+    import torch
+    import zoo
+
+    from onnxprune.twin import ops
+    z = next(z for z in zoo_models if z.name == "mbv3_se" and z.exporter == "ts17")
+    x = {"input": zoo.random_input(z, 32, 3)["input"]}
+    monkeypatch.setitem(ops._REGISTRY, ("", "Relu"), lambda s, ins: torch.nn.functional.leaky_relu(ins[0], 0.1))
+    with pytest.raises(UserError, match="distill.*differ from ONNX Runtime"):
+        prune(str(z.path), x, flops=0.5, batch_size=16, round_to=1, allocate="uniform", distill=True)

@@ -428,3 +428,28 @@ def custom_op_graph(path) -> pathlib.Path:
     model.ir_version = 8
     onnx.save(model, str(path))
     return path
+
+
+def twin_unknown_op_model(tmp_path, tail: str = "shrink"):
+    """Conv -> Relu -> Conv -> a last node that ONNX Runtime runs and the torch twin does not: Shrink (an op it
+    does not know: refused when the twin is built) or Resize with antialias (refused when it runs)."""
+    from onnx import TensorProto as T
+    from onnx import helper as h
+    from onnx import numpy_helper as nh
+    rng = np.random.default_rng(0)
+    w1 = nh.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w1")
+    w2 = nh.from_array(rng.standard_normal((4, 8, 3, 3)).astype(np.float32), "w2")
+    inits, out_hw = [w1, w2], 8
+    nodes = [h.make_node("Conv", ["x", "w1"], ["a"], pads=[1] * 4, name="c1"), h.make_node("Relu", ["a"], ["b"]),
+             h.make_node("Conv", ["b", "w2"], ["c"], pads=[1] * 4, name="c2")]
+    if tail == "shrink":
+        nodes.append(h.make_node("Shrink", ["c"], ["y"], lambd=0.1, name="shrink"))
+    else:
+        inits.append(nh.from_array(np.array([1, 1, 0.5, 0.5], np.float32), "scales"))
+        nodes.append(h.make_node("Resize", ["c", "", "scales"], ["y"], mode="linear", antialias=1, name="resize"))
+        out_hw = 4
+    g = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", T.FLOAT, [None, 3, 8, 8])],
+                     [h.make_tensor_value_info("y", T.FLOAT, [None, 4, out_hw, out_hw])], inits)
+    path = tmp_path / f"{tail}.onnx"
+    onnx.save(h.make_model(g, opset_imports=[h.make_opsetid("", 18)]), path)
+    return path, {"x": rng.standard_normal((48, 3, 8, 8)).astype(np.float32)}

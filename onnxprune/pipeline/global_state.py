@@ -35,19 +35,25 @@ TWIN_TOLERANCE = {np.dtype(np.float16): 1e-2}
 TWIN_TOLERANCE_DEFAULT = 1e-3
 
 
-def twin_difference(model, part: OutputLoss) -> tuple[float, float]:
-    """(largest relative difference, tolerance) of the twin's reference outputs on `part`'s samples from ONNX
-    Runtime's on the same inputs."""
+def twin_difference(model, pairs) -> tuple[float, float]:
+    """(largest relative difference, tolerance) of twin outputs from ONNX Runtime's on the same inputs: `pairs`
+    of (inputs: name -> array or tensor, the twin's first output on them)."""
     name = model.graph.output[0].name
     tap = Tap(model, [name])
     worst, tol = 0.0, TWIN_TOLERANCE_DEFAULT
-    for batch, ref in zip(part.batches, part.reference):
-        out = np.asarray(tap({k: v.cpu().numpy() for k, v in batch.items()})[name])
+    for batch, ref in pairs:
+        out = np.asarray(tap({k: v.cpu().numpy() if isinstance(v, torch.Tensor) else v
+                              for k, v in batch.items()})[name])
         tol = max(tol, TWIN_TOLERANCE.get(out.dtype, TWIN_TOLERANCE_DEFAULT))
         want = out.astype(np.float64)
         got = ref.detach().cpu().double().numpy().reshape(want.shape)
         worst = max(worst, float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-12)))
     return worst, tol
+
+
+def differs_reason(worst: float, tol: float) -> str:
+    return (f"the torch twin's outputs differ from ONNX Runtime's on this model (relative difference {worst:.2g} > "
+            f"{tol:g})")
 
 
 class GlobalImitation:
@@ -73,10 +79,9 @@ class GlobalImitation:
         except NotImplementedError as exc:  # an op setting the twin refuses when it runs
             raise TwinUnavailable("method", self.method, str(exc), LOCAL_ADVICE) from None
         # a twin that computes something else on this model would steer every decision by a wrong loss
-        worst, tol = twin_difference(self.analysis.model, part)
+        worst, tol = twin_difference(self.analysis.model, zip(part.batches, part.reference))
         if not worst <= tol:
-            raise TwinUnavailable("method", self.method, f"the torch twin's outputs differ from ONNX Runtime's on "
-                                  f"this model (relative difference {worst:.2g} > {tol:g})", LOCAL_ADVICE)
+            raise TwinUnavailable("method", self.method, differs_reason(worst, tol), LOCAL_ADVICE)
         return part
 
     @cached_property
