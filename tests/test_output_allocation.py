@@ -200,3 +200,21 @@ def test_output_allocation_refuses_a_twin_that_disagrees_with_onnx_runtime(zoo_m
     assert rep.allocate == "uniform" and "differ from ONNX Runtime" in rep.allocation["output_unavailable"]
     with pytest.raises(UserError, match="method='greedy-taylor'.*differ from ONNX Runtime"):  # global methods too
         prune(str(z.path), x, flops=0.5, batch_size=16, round_to=1, method="greedy-taylor", allocate="uniform")
+
+
+def test_auto_allocation_falls_back_on_any_twin_failure_and_explicit_output_does_not(zoo_models, monkeypatch):
+    """auto is the default, so a failure of the twin on a model (here an op made to raise) must not stop the run:
+    uniform, with the failure in the report; an explicit --allocate output lets it through."""
+    from onnxprune.twin import ops
+
+    def broken(s, ins):
+        raise RuntimeError("broken on purpose")
+    z = next(z for z in zoo_models if z.name == "mbv3_se" and z.exporter == "ts17")
+    x = {"input": zoo.random_input(z, 32, 3)["input"]}
+    monkeypatch.setitem(ops._REGISTRY, ("", "Relu"), broken)
+    _, rep = prune(str(z.path), x, flops=0.5, batch_size=16, round_to=1)
+    assert rep.allocate == "uniform"
+    assert rep.allocation == {"chosen": "uniform", "output_unavailable": "RuntimeError: broken on purpose"}
+    assert abs(rep.macs_ratio - 0.5) <= 0.02 * 0.5 + 1e-9
+    with pytest.raises(RuntimeError, match="broken on purpose"):
+        prune(str(z.path), x, flops=0.5, batch_size=16, round_to=1, allocate="output")

@@ -223,15 +223,6 @@ def _allocate(analysis: Analysis, pruner: GreedyPruner | None, kind: str, fracti
     a = analysis
     min_channels = target.min_channels
     allocate = used_allocation(target.allocate, pruner)
-    if allocate == Allocation.OUTPUT and target.allocate == Allocation.AUTO:
-        assert pruner is not None
-        try:
-            _output_curves(pruner, round_to, min_channels)
-        except OptionError as exc:  # the default, not a request: said in the log and the report's allocation
-            allocate = pruner.allocated = Allocation.UNIFORM
-            if pruner.allocation is None:
-                log.warning("allocate auto: uniform, since allocate=output is not available here (%s)", exc.reason)
-            pruner.allocation = {"chosen": "uniform", "output_unavailable": exc.reason}
     if allocate == Allocation.UNIFORM or pruner is None:
         return counts_for_target(a, fraction, kind, round_to, min_channels, overrides, widths=widths, model=model)
     if model is None:
@@ -240,15 +231,39 @@ def _allocate(analysis: Analysis, pruner: GreedyPruner | None, kind: str, fracti
         raise OptionError(kind, fraction, "must be in (0, 1]")
     check_reachable(model, counts_for_ratio(a, 0.0, round_to, min_channels, overrides, widths), fraction, kind,
                     0.02)
-    output = allocate == Allocation.OUTPUT
-    curves = _output_curves(pruner, round_to, min_channels) if output else _curves(pruner)
+    if allocate == Allocation.LOSS:
+        return _by_curves(a, _curves(pruner), model, fraction, round_to, min_channels, overrides, widths)[0]
+    try:
+        return _by_output(a, pruner, kind, fraction, round_to, min_channels, overrides, widths, model)
+    except UserError as exc:  # a user error other than the output allocation's own refusal stays one
+        if target.allocate != Allocation.AUTO or not (isinstance(exc, OptionError) and exc.option == "allocate"):
+            raise
+        reason = exc.reason
+    except Exception as exc:  # auto is the default, not a request: any failure of the twin falls back, said
+        if target.allocate != Allocation.AUTO:
+            raise
+        reason = f"{type(exc).__name__}: {exc}"
+    pruner.allocated = Allocation.UNIFORM   # said in the log, the report's allocation and the run summary
+    log.warning("allocate auto: uniform, since allocate=output is not available here (%s)", reason)
+    pruner.allocation = {"chosen": "uniform", "output_unavailable": reason}
+    return counts_for_target(a, fraction, kind, round_to, min_channels, overrides, widths=widths, model=model)
+
+
+def _by_curves(a: Analysis, curves: dict[int, np.ndarray], model, fraction: float, round_to: int, min_channels: int,
+               overrides: dict[int, int], widths: dict[int, np.ndarray] | None
+               ) -> tuple[dict[int, int], dict[int, int]]:
+    """Counts by marginal loss per unit of cost on `curves` (`selection/allocation.py`), and the counts fixed."""
     fixed = dict(overrides)
     for g in a.prunable:  # groups without statistics keep the uniform share
         if g.id not in curves and g.id not in fixed:
             fixed[g.id] = counts_for_ratio(a, fraction, round_to, min_channels, widths=widths)[g.id]
-    found = allocate_by_loss(model, curves, fraction, round_to, min_channels, fixed, widths=widths)
-    if not output:
-        return found
+    return allocate_by_loss(model, curves, fraction, round_to, min_channels, fixed, widths=widths), fixed
+
+
+def _by_output(a: Analysis, pruner: GreedyPruner, kind: str, fraction: float, round_to: int, min_channels: int,
+               overrides: dict[int, int], widths: dict[int, np.ndarray] | None, model) -> dict[int, int]:
+    found, fixed = _by_curves(a, _output_curves(pruner, round_to, min_channels), model, fraction, round_to,
+                              min_channels, overrides, widths)
     # each curve is one group pruned alone; how the groups' errors add up is checked on stand-ins of the whole
     # allocation: uniform, halfway and output-aware counts, the lowest held-out output loss wins
     # (docs/DESIGN.md, "Counts and allocation")
