@@ -218,3 +218,28 @@ def test_auto_allocation_falls_back_on_any_twin_failure_and_explicit_output_does
     assert abs(rep.macs_ratio - 0.5) <= 0.02 * 0.5 + 1e-9
     with pytest.raises(RuntimeError, match="broken on purpose"):
         prune(str(z.path), x, flops=0.5, batch_size=16, round_to=1, allocate="output")
+
+
+def test_stand_ins_reuse_the_trials_decisions_at_measured_widths(zoo_models, monkeypatch):
+    """A stand-in whose counts are all measured widths re-fits nothing new, and its loss is the one computed
+    from fresh re-fits; after forget() the decisions are computed again."""
+    import onnxprune.pipeline.sensitivity as sensitivity
+    z = next(z for z in zoo_models if z.name == "mbv3_se" and z.exporter == "ts17")
+    x = zoo.random_input(z, 40, 1)["input"]
+    a = Analysis(onnx.load(z.path))
+    cal = load_calibration({"input": x}, a.model, holdout=0.25)
+    pruner = GreedyPruner(a, cal, PruneOptions.from_flat(flops=0.5, refit="full", batch_size=8))
+    calls = []
+    real = sensitivity.apply_refit
+    monkeypatch.setattr(sensitivity, "apply_refit", lambda *args, **kw: calls.append(1) or real(*args, **kw))
+    sens = sensitivity.Sensitivity(pruner)
+    trials = sens.trials()
+    n_trials = len(calls)
+    assert n_trials == sum(len(t) for t in trials.values())
+    counts = {gid: t[1][0] for gid, t in trials.items()}   # every group at its second measured width
+    cached = sens.joint_loss(counts)
+    assert len(calls) == n_trials, "the stand-in re-fitted a decision the trials had made"
+    sens.forget()
+    fresh = sens.joint_loss(counts)
+    assert len(calls) == n_trials + len(counts)
+    assert cached == pytest.approx(fresh, rel=1e-9, abs=1e-12)

@@ -272,6 +272,7 @@ def _by_output(a: Analysis, pruner: GreedyPruner, kind: str, fraction: float, ro
     candidates = {"uniform": uniform, "halfway": blend(model, uniform, found, 0.5, fraction * model.total, round_to,
                                                        min_channels, set(fixed), widths), "output": found}
     losses = {name: sens.joint_loss(c) for name, c in candidates.items()}
+    sens.forget()
     chosen = min(losses, key=lambda k: losses[k])
     pruner.allocation = {"chosen": chosen, "held_out_output_loss": losses}
     log.info("allocation: %s (held-out output loss of the stand-ins: %s)", chosen,

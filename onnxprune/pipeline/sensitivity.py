@@ -169,14 +169,24 @@ class Sensitivity:
                                            ones, constrained=False) for gid, cs in self.groups.items()}
         self.orders = {gid: list(pruner.method.profile_order(p)[0]) for gid, p in self.problems.items()}
         self.first = {gid: min(c.node for c in cs) for gid, cs in self.groups.items()}
+        self._decided: dict[tuple[int, int], Selection] = {}
 
     def decision(self, gid: int, n: int) -> Selection:
-        """Group `gid` alone keeping the first n channels of its order, with the run's re-fit."""
-        pruner, problem, g = self.pruner, self.problems[gid], self.analysis.groups[gid]
-        idx = _kept(pruner, g, self.orders[gid], n)
-        gam = greedy.ls_gamma(problem.G, problem.c, idx) if pruner.refit == Refit.GAMMA else np.ones(len(idx))
-        out = apply_refit(self.analysis, Selection(), {}, problem, idx, gam, pruner.refit, pruner.options.refit.ridge)
-        return Selection({gid: out.kept}, {gid: out.gamma}, dict(out.replace))
+        """Group `gid` alone keeping the first n channels of its order, with the run's re-fit (kept until `forget`:
+        the stand-ins reuse the trials' decisions at the measured widths instead of re-fitting them again)."""
+        key = (gid, n)
+        if key not in self._decided:
+            pruner, problem, g = self.pruner, self.problems[gid], self.analysis.groups[gid]
+            idx = _kept(pruner, g, self.orders[gid], n)
+            gam = greedy.ls_gamma(problem.G, problem.c, idx) if pruner.refit == Refit.GAMMA else np.ones(len(idx))
+            out = apply_refit(self.analysis, Selection(), {}, problem, idx, gam, pruner.refit,
+                              pruner.options.refit.ridge)
+            self._decided[key] = Selection({gid: out.kept}, {gid: out.gamma}, dict(out.replace))
+        return self._decided[key]
+
+    def forget(self) -> None:
+        """Drop the decisions kept so far (their re-fitted weights)."""
+        self._decided.clear()
 
     def _gated(self, sel: Selection) -> tuple[torch.Tensor, dict]:
         keep, gamma = sel.class_arrays(self.analysis)
