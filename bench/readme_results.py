@@ -134,7 +134,8 @@ def imagenet_sample_section(data) -> str:
         out.insert(out.index("Top-1 % on the centre crops of the calibration photos themselves (how much the fit "
                              "over-fits them):") - 1,
                    f"\nThe default row's cells {', '.join(earlier)} were measured with `--allocate output` before "
-                   "`auto` made it the default: the same pipeline (A 70% measured both ways gave 54.8% each).")
+                   "`auto` made it the default: the same code path, since auto resolves to output with "
+                   "calibration data.")
     plot = pathlib.Path("bench/results/imagenet_sample.png")
     if (ROOT / plot).exists():
         out += [f"![imagenet sample]({plot.as_posix()})", ""]
