@@ -171,12 +171,10 @@ def test_distillation_of_a_model_the_twin_cannot_run_is_a_one_line_refusal(tmp_p
 def test_distillation_refuses_a_student_twin_that_disagrees_with_onnx_runtime(zoo_models, monkeypatch):
     """The student twin is checked against ONNX Runtime on the pruned model before training: a twin that computes
     something else (its Relu made to leak) would train the wrong function."""
-    import torch
     import zoo
 
-    from onnxprune.twin import ops
     z = next(z for z in zoo_models if z.name == "mbv3_se" and z.exporter == "ts17")
     x = {"input": zoo.random_input(z, 32, 3)["input"]}
-    monkeypatch.setitem(ops._REGISTRY, ("", "Relu"), lambda s, ins: torch.nn.functional.leaky_relu(ins[0], 0.1))
+    zoo.leak_twin_relu(monkeypatch)
     with pytest.raises(UserError, match="distill.*differ from ONNX Runtime"):
         prune(str(z.path), x, flops=0.5, batch_size=16, round_to=1, allocate="uniform", distill=True)

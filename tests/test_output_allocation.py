@@ -187,13 +187,10 @@ def test_output_allocation_refuses_a_twin_that_disagrees_with_onnx_runtime(zoo_m
     """A twin that computes something else than ONNX Runtime on the model (here its Relu made to leak) would
     steer the allocation (or a global method) by a wrong loss: explicit output and the global methods are
     refused, auto allocates uniformly and says why."""
-    import torch
-
     from onnxprune.errors import UserError
-    from onnxprune.twin import ops
     z = next(z for z in zoo_models if z.name == "mbv3_se" and z.exporter == "ts17")
     x = {"input": zoo.random_input(z, 32, 3)["input"]}
-    monkeypatch.setitem(ops._REGISTRY, ("", "Relu"), lambda s, ins: torch.nn.functional.leaky_relu(ins[0], 0.1))
+    zoo.leak_twin_relu(monkeypatch)
     with pytest.raises(UserError, match="differ from ONNX Runtime"):
         prune(str(z.path), x, flops=0.5, batch_size=16, round_to=1, allocate="output")
     _, rep = prune(str(z.path), x, flops=0.5, batch_size=16, round_to=1)

@@ -453,3 +453,9 @@ def twin_unknown_op_model(tmp_path, tail: str = "shrink"):
     path = tmp_path / f"{tail}.onnx"
     onnx.save(h.make_model(g, opset_imports=[h.make_opsetid("", 18)]), path)
     return path, {"x": rng.standard_normal((48, 3, 8, 8)).astype(np.float32)}
+
+
+def leak_twin_relu(monkeypatch) -> None:
+    """Make the torch twin's Relu leak (slope 0.1) for one test: a twin that disagrees with ONNX Runtime."""
+    from onnxprune.twin import ops
+    monkeypatch.setitem(ops._REGISTRY, ("", "Relu"), lambda s, ins: torch.nn.functional.leaky_relu(ins[0], 0.1))
