@@ -240,3 +240,56 @@ def test_stand_ins_reuse_the_trials_decisions_at_measured_widths(zoo_models, mon
     fresh = sens.joint_loss(counts)
     assert len(calls) == n_trials + len(counts)
     assert cached == pytest.approx(fresh, rel=1e-9, abs=1e-12)
+
+
+def test_output_curves_choose_each_consumers_ridge_once_per_group(zoo_models, monkeypatch):
+    """The trials' full re-fits choose a consumer's ridge strength on the held-out split once per group, at the
+    candidate width nearest half the group, and re-fit the other widths with that strength alone: one solve per
+    consumer and width after the first, the grid's size at the first. The strength kept is the one a re-fit
+    with the whole grid chooses at that width."""
+    import onnxprune.pipeline.refit as refit
+    import onnxprune.pipeline.sensitivity as sensitivity
+    z = next(z for z in zoo_models if z.name == "mbv3_se" and z.exporter == "ts17")
+    x = zoo.random_input(z, 40, 1)["input"]
+    a = Analysis(onnx.load(z.path))
+    cal = load_calibration({"input": x}, a.model, holdout=0.25)
+    pruner = GreedyPruner(a, cal, PruneOptions.from_flat(flops=0.5, refit="full", batch_size=8))
+    solves: list[float] = []
+    real = refit.ridge_refit
+    monkeypatch.setattr(refit, "ridge_refit", lambda st, f, lam, *args, **kw: solves.append(lam) or
+                        real(st, f, lam, *args, **kw))
+    sens = sensitivity.Sensitivity(pruner)
+    trials = sens.trials()
+    expected = sum(len(sens.groups[gid]) * (len(refit.RIDGE_GRID) + len(t) - 1) for gid, t in trials.items())
+    assert len(solves) == expected
+    for gid, t in trials.items():
+        g = a.groups[gid]
+        first = min((n for n, _, _ in t), key=lambda n: abs(n - g.channels / 2))
+        p = sens.problems[gid]
+        idx = sensitivity._kept(pruner, g, sens.orders[gid], first)
+        whole_grid = refit.apply_refit(a, sensitivity.Selection(), {}, p, idx, np.ones(len(idx)), pruner.refit,
+                                       pruner.options.refit.ridge)
+        assert sens.ridges[gid] == whole_grid.ridge and set(whole_grid.ridge) == {c.name for c in sens.groups[gid]}
+
+
+def test_the_sequential_pass_runs_without_the_output_allocations_statistics(zoo_models, monkeypatch):
+    """The output-aware allocation's statistics and decisions on the original network are dropped once the counts
+    are final: no group of the sequential pass sees them in memory beside its own."""
+    import onnxprune.pipeline.sensitivity as sensitivity
+    z = next(z for z in zoo_models if z.name == "mbv3_se" and z.exporter == "ts17")
+    x = {"input": zoo.random_input(z, 32, 3)["input"]}
+    built, alive = [], []
+    real_init, real_group = sensitivity.Sensitivity.__init__, GreedyPruner._prune_group
+
+    def init(self, pruner):
+        built.append(1)
+        real_init(self, pruner)
+
+    def group(self, g, k):
+        alive.append(hasattr(self, "_sensitivity"))
+        real_group(self, g, k)
+    monkeypatch.setattr(sensitivity.Sensitivity, "__init__", init)
+    monkeypatch.setattr(GreedyPruner, "_prune_group", group)
+    _, rep = prune(str(z.path), x, flops=0.5, batch_size=16, round_to=1)
+    assert rep.allocate == "output" and built == [1]
+    assert alive and not any(alive)

@@ -149,6 +149,9 @@ class GreedyPruner:
                                  o.batch_size, o.max_positions, self.seed, self.token_mask)
 
     def run(self, counts: dict[int, int]) -> Selection:
+        # the counts are final: the output-aware allocation's statistics, orders and re-fits on the original
+        # network (pipeline/sensitivity.py) are not needed by the pass, and would stay in memory beside its own
+        self.__dict__.pop("_sensitivity", None)
         order = [g for g in visiting_order(self.analysis) if g.id in counts]
         for g in tqdm(order, desc="groups", unit="group", disable=self.quiet or None):
             self._prune_group(g, counts[g.id])

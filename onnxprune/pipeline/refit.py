@@ -30,15 +30,17 @@ class Outcome:
 
 
 def apply_refit(analysis: Analysis, sel: Selection, dense: dict[int, np.ndarray], problem, idx: np.ndarray,
-                gam: np.ndarray, refit: Refit, ridge: float) -> Outcome:
-    """Re-fit the candidate (kept `idx`, scales `gam`) of `problem`'s group on top of the selection so far."""
+                gam: np.ndarray, refit: Refit, ridge: float, chosen: dict[str, float] | None = None) -> Outcome:
+    """Re-fit the candidate (kept `idx`, scales `gam`) of `problem`'s group on top of the selection so far.
+    `chosen` (consumer name -> ridge strength) skips the held-out choice of the ridge for those consumers
+    and uses the strength given (the output-aware curves choose it once per consumer, not at every width)."""
     out = Outcome(idx, gam)
     if refit == Refit.FULL:
         out.gamma = np.ones(len(idx))
         trial = Selection(dict(sel.kept), dict(sel.gamma))
         trial.kept[problem.group.id], trial.gamma[problem.group.id] = idx, out.gamma
         new_keep, _ = trial.class_arrays(analysis)
-        total, total_h = _full_refit(analysis, dense, problem, new_keep, out, ridge)
+        total, total_h = _full_refit(analysis, dense, problem, new_keep, out, ridge, chosen or {})
         out.err_calib = total / max(problem.rr, 1e-300)
         out.err_holdout = None if problem.held is None else total_h / max(problem.rrh, 1e-300)
     else:
@@ -49,7 +51,7 @@ def apply_refit(analysis: Analysis, sel: Selection, dense: dict[int, np.ndarray]
 
 
 def _full_refit(analysis: Analysis, dense: dict[int, np.ndarray], problem, new_keep: np.ndarray, out: Outcome,
-                ridge: float) -> tuple[float, float]:
+                ridge: float, chosen: dict[str, float]) -> tuple[float, float]:
     """Ridge re-fit of every consumer's whole weight (and bias) on its kept inputs; returns the summed loss
     on the calibration and held-out splits."""
     roots = analysis.class_of
@@ -62,10 +64,10 @@ def _full_refit(analysis: Analysis, dense: dict[int, np.ndarray], problem, new_k
         feats = new_keep[roots[c.labels]]
         # ridge towards the current weights, its strength chosen on the held-out split when there is
         # one: with few samples per input the fit stays near the original instead of near 0
-        lams = RIDGE_GRID if held is not None else (ridge,)
+        lams = (chosen[c.name],) if c.name in chosen else RIDGE_GRID if held is not None else (ridge,)
         blocks = c.blocks(current.shape[0])
         fits = [ridge_refit(calib, feats, lam, fixed_bias, prior=current, blocks=blocks) for lam in lams]
-        best = int(np.argmin([held.loss(f) for f in fits])) if held is not None else 0
+        best = int(np.argmin([held.loss(f) for f in fits])) if held is not None and len(fits) > 1 else 0
         wt = fits[best]
         out.ridge[c.name] = float(lams[best])
         out.dense[c.node] = wt

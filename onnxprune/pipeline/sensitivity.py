@@ -14,7 +14,8 @@ tried as a stand-in of the whole network (every group pruned at once with its de
 network, `Sensitivity.joint_loss`) and the lowest held-out output loss is kept (`pipeline/budget.py`).
 
 Cost: the consumers' statistics on the original network (a profiling pass, cut into chunks so that the
-tapped activations stay within a bounded memory), one re-fit per group and width, and per batch one
+tapped activations stay within a bounded memory), one re-fit per group and width (a full re-fit chooses
+each consumer's ridge strength at the group's first width only, `Sensitivity.decision`), and per batch one
 forward of the twin up to each group (`Twin.advance`, shared by all groups) plus one run of the rest of
 the network per width (`Twin.resume`).
 """
@@ -170,17 +171,23 @@ class Sensitivity:
         self.orders = {gid: list(pruner.method.profile_order(p)[0]) for gid, p in self.problems.items()}
         self.first = {gid: min(c.node for c in cs) for gid, cs in self.groups.items()}
         self._decided: dict[tuple[int, int], Selection] = {}
+        # group -> consumer name -> the ridge strength the group's first re-fit chose for that consumer
+        self.ridges: dict[int, dict[str, float]] = {}
 
     def decision(self, gid: int, n: int) -> Selection:
         """Group `gid` alone keeping the first n channels of its order, with the run's re-fit (kept until `forget`:
-        the stand-ins reuse the trials' decisions at the measured widths instead of re-fitting them again)."""
+        the stand-ins reuse the trials' decisions at the measured widths instead of re-fitting them again). The
+        full re-fit chooses each consumer's ridge strength on the held-out split once, at the group's first
+        decision (`trials` takes the width nearest half first), and re-fits the other widths with it: one
+        solve per width instead of one per strength of the grid."""
         key = (gid, n)
         if key not in self._decided:
             pruner, problem, g = self.pruner, self.problems[gid], self.analysis.groups[gid]
             idx = _kept(pruner, g, self.orders[gid], n)
             gam = greedy.ls_gamma(problem.G, problem.c, idx) if pruner.refit == Refit.GAMMA else np.ones(len(idx))
             out = apply_refit(self.analysis, Selection(), {}, problem, idx, gam, pruner.refit,
-                              pruner.options.refit.ridge)
+                              pruner.options.refit.ridge, chosen=self.ridges.get(gid))
+            self.ridges.setdefault(gid, dict(out.ridge))
             self._decided[key] = Selection({gid: out.kept}, {gid: out.gamma}, dict(out.replace))
         return self._decided[key]
 
@@ -201,9 +208,13 @@ class Sensitivity:
         each candidate width."""
         t0 = time.perf_counter()
         a = self.analysis
-        plan = {gid: [(n, self.decision(gid, n)) for n in candidate_widths(a.groups[gid], min_channels, round_to,
-                                                                           widths)]
-                for gid in self.groups}
+        plan: dict[int, list[tuple[int, Selection]]] = {}
+        for gid in self.groups:
+            counts = candidate_widths(a.groups[gid], min_channels, round_to, widths)
+            half = a.groups[gid].channels / 2
+            for n in sorted(counts, key=lambda n: abs(n - half)):   # the ridge strengths are chosen at the first
+                self.decision(gid, n)
+            plan[gid] = [(n, self.decision(gid, n)) for n in counts]
         gated = {gid: [self._gated(sel) for _, sel in t] for gid, t in plan.items()}
         t1 = time.perf_counter()
         totals = {gid: np.zeros(len(t)) for gid, t in plan.items()}
