@@ -40,6 +40,7 @@ The JSON goes to --out; the plot (top-1 vs MACs kept, one line per row, one pane
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import resource
@@ -164,7 +165,8 @@ def run_row(key: str, fold: str, flops: float, args, data: dict, tmp: str) -> di
     save = os.path.join(tmp, f"{key}_{fold}_{flops}.onnx")
     spec = dict(row=key, fold=fold, flops=flops, augment=args.augment, threads=args.threads, save=save,
                 round_to=args.round_to if args.round_to == "auto" else int(args.round_to))
-    rec = {"row": key, "label": ROWS[key]["label"], "fold": fold, "flops": flops, "loadavg_before": loadavg()}
+    rec = {"row": key, "label": ROWS[key]["label"], "fold": fold, "flops": flops, "loadavg_before": loadavg(),
+           "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
     t0 = time.perf_counter()
     res = subprocess.run(["/usr/bin/time", "-v", sys.executable, "-m", "bench.imagenet_sample", "--child",
                           json.dumps(spec)], cwd=ROOT, capture_output=True, text=True)

@@ -95,7 +95,8 @@ def imagenet_sample_section(data) -> str:
     res = [r for r in data["results"] if "error" not in r]
     levels = sorted({r["flops"] for r in res}, reverse=True)
     folds = sorted({r["fold"] for r in res})
-    rows = list(dict.fromkeys(r["row"] for r in res))
+    present = {r["row"] for r in res}
+    rows = [k for k in data["rows"] if k in present]   # the bench's order of rows, whichever run measured them
     cell = {(r["row"], r["fold"], r["flops"]): r for r in res}
     orig = {f: next(r["top1_original"] for r in res if r["fold"] == f) for f in folds}
     head = ["row"] + [f"{f} {lv:.0%}" for f in folds for lv in levels]
@@ -129,6 +130,13 @@ def imagenet_sample_section(data) -> str:
            f"Prune wall time and peak RSS (each row a fresh process, 2 CPU cores shared with other jobs; load "
            f"average {min(loads):.1f}–{max(loads):.1f} at the rows' starts, so times are noisy):", "",
            _table(head, cost), ""]
+    start = (data.get("machine") or {}).get("date", "")
+    older = [labels[k] for k in rows if any(r.get("date", "") < start for r in res if r["row"] == k)]
+    if older:   # rows a run with --merge kept (results before rows were dated have no date)
+        out.insert(out.index("Top-1 % on the centre crops of the calibration photos themselves (how much the fit "
+                             "over-fits them):") - 1,
+                   f"\nMeasured by earlier runs of the bench (kept by `--merge`; same data and options): "
+                   f"{'; '.join(older)}.")
     earlier = sorted({f"{r['fold']} {r['flops']:.0%}" for r in res if r.get("measured_as")})
     if earlier:
         out.insert(out.index("Top-1 % on the centre crops of the calibration photos themselves (how much the fit "
