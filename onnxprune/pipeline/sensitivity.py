@@ -211,9 +211,8 @@ class Sensitivity:
         plan: dict[int, list[tuple[int, Selection]]] = {}
         for gid in self.groups:
             counts = candidate_widths(a.groups[gid], min_channels, round_to, widths)
-            half = a.groups[gid].channels / 2
-            for n in sorted(counts, key=lambda n: abs(n - half)):   # the ridge strengths are chosen at the first
-                self.decision(gid, n)
+            if counts:  # the group's first decision chooses its consumers' ridge strengths: the width nearest half
+                self.decision(gid, min(counts, key=lambda n: abs(n - a.groups[gid].channels / 2)))
             plan[gid] = [(n, self.decision(gid, n)) for n in counts]
         gated = {gid: [self._gated(sel) for _, sel in t] for gid, t in plan.items()}
         t1 = time.perf_counter()
