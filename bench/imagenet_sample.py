@@ -40,7 +40,6 @@ The JSON goes to --out; the plot (top-1 vs MACs kept, one line per row, one pane
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import resource
@@ -51,7 +50,7 @@ import time
 
 import numpy as np
 
-from bench.lib.common import format_table, loadavg, machine_info, time_v
+from bench.lib.common import format_table, loadavg, machine_info, now, time_v
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "bench", "results", "imagenet_sample.json")
@@ -166,7 +165,7 @@ def run_row(key: str, fold: str, flops: float, args, data: dict, tmp: str) -> di
     spec = dict(row=key, fold=fold, flops=flops, augment=args.augment, threads=args.threads, save=save,
                 round_to=args.round_to if args.round_to == "auto" else int(args.round_to))
     rec = {"row": key, "label": ROWS[key]["label"], "fold": fold, "flops": flops, "loadavg_before": loadavg(),
-           "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
+           "date": now()}
     t0 = time.perf_counter()
     res = subprocess.run(["/usr/bin/time", "-v", sys.executable, "-m", "bench.imagenet_sample", "--child",
                           json.dumps(spec)], cwd=ROOT, capture_output=True, text=True)

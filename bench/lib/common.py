@@ -18,8 +18,13 @@ from onnxprune.latency.runtime import cores, cpu_model, loadavg, summarize
 __all__ = ["cores", "cpu_model", "loadavg", "summarize"]
 
 
+def now() -> str:
+    """The local time with its offset, to the second (a bench record's `date`)."""
+    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
 def machine_info(note: str = "") -> dict:
-    return {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+    return {"date": now(),
             "onnxruntime": ort.__version__, "onnx": onnx.__version__, "numpy": np.__version__,
             "python": platform.python_version(), "cpu_model": cpu_model(), "cores": cores(),
             "loadavg_start": loadavg(), "note": note}
