@@ -20,13 +20,15 @@ centre crops of the calibration images themselves ("calib top-1", the over-fitti
 used by any row.
 
 Rows (--rows; all side by side in one run, every row in a fresh subprocess under /usr/bin/time -v for
-its prune wall time, process CPU time and peak RSS; default: default,uniform,output-distill,magfull,tp-l1,
-tp-taylor):
+its prune wall time, process CPU time and peak RSS; default: default,no-residual,uniform,output-distill,magfull,
+tp-l1,tp-taylor):
 - default: `onnxprune.prune` with every option at its default: greedy-local + full re-fit, allocate auto
-  (output-aware with calibration data), the same pipeline as the output row.
-- uniform: the same with allocate=uniform, the default before allocate auto; the rows of the JSON keyed
-  `default` before that change are this row and were renamed.
-- magfull: magnitude selection + full re-fit, uniform allocation.
+  (output-aware with calibration data), residual targets; the same pipeline as the output row.
+- no-residual: the default without residual targets (`residual_target=False`), the default before them; the
+  rows of the JSON keyed `default` before that change are this row and were renamed.
+- uniform: greedy-local + full re-fit with allocate=uniform and no residual targets, the default before
+  issue 13 (the rows keyed `default` before allocate auto are this row and were renamed).
+- magfull: magnitude selection + full re-fit (with residual targets), uniform allocation.
 - One feature each on top of uniform: grid (the re-fit's ridge grid widened to 1e3 and the bias-only limit,
   chosen per consumer on held-out images), output (allocate=output), distill (distillation with its
   default options), combined (greedy-combined).
@@ -58,15 +60,22 @@ LEVELS = (0.9, 0.7, 0.5)
 OLD_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)   # pipeline/refit.RIDGE_GRID before issue 13
 WIDE_GRID = OLD_GRID + (100.0, 1000.0, float("inf"))   # up to the bias-only correction (infinite ridge)
 ROWS: dict[str, dict] = {
-    # the library defaults (allocate auto: output with calibration data); `uniform` is the default before auto
-    "default": dict(label="default: greedy-local+full, allocate auto = output", opts={}),
-    "uniform": dict(label="greedy-local+full, uniform", opts=dict(allocate="uniform")),
+    # the library defaults (allocate auto: output with calibration data; residual targets)
+    "default": dict(label="default: greedy-local+full, allocate auto = output, residual targets", opts={}),
+    # the default before residual targets; the rows of the JSON keyed `default` before that change are this row
+    "no-residual": dict(label="the same without residual targets (--no-residual-target)",
+                        opts=dict(residual_target=False)),
+    # the default before issue 13 (uniform allocation, no residual targets)
+    "uniform": dict(label="greedy-local+full, uniform, no residual targets",
+                    opts=dict(allocate="uniform", residual_target=False)),
     "magfull": dict(label="magnitude+full (uniform)", opts=dict(method="magnitude", refit="full", allocate="uniform")),
-    # one feature each on top of the default
-    "grid": dict(label="uniform + ridge grid to bias-only", opts=dict(allocate="uniform"), grid=WIDE_GRID),
+    # one feature each on top of `uniform`
+    "grid": dict(label="uniform + ridge grid to bias-only", opts=dict(allocate="uniform", residual_target=False),
+                 grid=WIDE_GRID),
     "output": dict(label="greedy-local+full, allocate output (the default's pipeline)", opts=dict(allocate="output")),
-    "distill": dict(label="uniform + distill", opts=dict(allocate="uniform", distill=True)),
-    "combined": dict(label="greedy-combined+full (uniform)", opts=dict(method="greedy-combined", allocate="uniform")),
+    "distill": dict(label="uniform + distill", opts=dict(allocate="uniform", residual_target=False, distill=True)),
+    "combined": dict(label="greedy-combined+full (uniform)",
+                     opts=dict(method="greedy-combined", allocate="uniform", residual_target=False)),
     # together
     "output-distill": dict(label="allocate output + distill", opts=dict(allocate="output", distill=True)),
     "all": dict(label="output + distill + combined + wide grid",
@@ -74,7 +83,7 @@ ROWS: dict[str, dict] = {
     "tp-l1": dict(label="torch-pruning-l1 (uniform ratio)", tp="l1"),
     "tp-taylor": dict(label="torch-pruning-taylor (uniform ratio)", tp="taylor"),
 }
-DEFAULT_ROWS = "default,uniform,output-distill,magfull,tp-l1,tp-taylor"
+DEFAULT_ROWS = "default,no-residual,uniform,output-distill,magfull,tp-l1,tp-taylor"
 QUICK = dict(folds="B", levels="0.7", rows="uniform,output")   # --quick: one fold, one level, two rows
 
 

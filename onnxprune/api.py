@@ -119,8 +119,8 @@ def prune(model, calibration=None, *, method: str = _S.method, refit: str | None
           latency_threads: int | None = _T.latency_threads, latency_fp16: bool = _T.latency_fp16,
           allocate: str = _T.allocate, norm: str = _S.norm, seed: int = _S.seed, batch_size: int = _C.batch_size,
           max_positions: int | None = _C.max_positions, holdout: float = _C.holdout, ridge: float = _R.ridge,
-          preprocess: str = _C.preprocess, image_size: int | None = _C.image_size, augment: int = _C.augment,
-          output_loss: str = _G.output_loss,
+          residual_target: bool = _R.residual_target, preprocess: str = _C.preprocess,
+          image_size: int | None = _C.image_size, augment: int = _C.augment, output_loss: str = _G.output_loss,
           global_samples: int = _G.global_samples, taylor_rounds: int = _G.taylor_rounds,
           exact_limit: int = _G.exact_limit, group_kind: str = _T.group_kind,
           token_mask_input: str = _C.token_mask_input, input_shapes: dict | None = _M.input_shapes,
@@ -132,7 +132,8 @@ def prune(model, calibration=None, *, method: str = _S.method, refit: str | None
 
     `calibration`: a path (.npz/.npy file or folder, image folder), dict of arrays, iterable of input
     dicts or ONNX Runtime CalibrationDataReader. Needed by the greedy methods and by any re-fit.
-    `refit`: none | gamma | full (default: full with calibration, none without).
+    `refit`: none | gamma | full (default: full with calibration, none without). `residual_target`: a consumer
+    whose output is added to a residual stream imitates the original sum (default on).
     `allocate`: auto (output with calibration data, uniform without) | uniform | loss | output. `distill`:
     label-free distillation after pruning. `output_loss`: auto | kl | mse, the global methods' output
     discrepancy, measured on `global_samples`. `group_kind`: all |
@@ -147,8 +148,9 @@ def prune(model, calibration=None, *, method: str = _S.method, refit: str | None
         round_to=round_to, provider=provider, latency_batch=latency_batch, latency_threads=latency_threads,
         latency_fp16=latency_fp16,
         min_channels=min_channels, keep=keep or {}, allocate=allocate, norm=norm, seed=seed, batch_size=batch_size,
-        max_positions=max_positions, holdout=holdout, ridge=ridge, preprocess=preprocess, image_size=image_size,
-        augment=augment, output_loss=output_loss, global_samples=global_samples, taylor_rounds=taylor_rounds,
+        max_positions=max_positions, holdout=holdout, ridge=ridge, residual_target=residual_target,
+        preprocess=preprocess, image_size=image_size, augment=augment, output_loss=output_loss,
+        global_samples=global_samples, taylor_rounds=taylor_rounds,
         exact_limit=exact_limit, group_kind=group_kind, token_mask_input=token_mask_input, input_shapes=input_shapes,
         distill=distill, distill_time=distill_time, distill_epochs=distill_epochs, distill_lr=distill_lr,
         distill_features=distill_features, distill_patience=distill_patience)
@@ -204,7 +206,7 @@ def prune_with_options(model, calibration, options: PruneOptions, quiet: bool = 
                           round_to=1 if target.round_to == AUTO else int(target.round_to), widths=plan.widths)
     else:
         assert cal is not None
-        options = dataclasses.replace(options, refit=RefitOptions(refit, options.refit.ridge))
+        options = dataclasses.replace(options, refit=dataclasses.replace(options.refit, refit=refit))
         pruner = GreedyPruner(analysis, cal, options, quiet=quiet)
         plan = plan_counts(analysis, target, overrides, pruner)
         selection = pruner.run(plan.counts)

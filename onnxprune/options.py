@@ -273,8 +273,13 @@ class RefitOptions:
     refit: Refit | None = field(default=None, metadata=_help(
         "Re-fit after selection  [default: full with --calib, none without]"))
     ridge: float = field(default=1e-3, metadata=_help("Ridge strength without a held-out split.", cli=False))
+    residual_target: bool = field(default=True, metadata=_help(
+        "Where a consumer's output is added to a residual stream, imitate the original sum: the re-fit also "
+        "corrects the error the layers pruned before left in that stream.", flag=True))
 
     def __post_init__(self):
+        if not isinstance(self.residual_target, bool):
+            raise OptionError("residual_target", self.residual_target, "must be true or false")
         if self.refit is not None:
             object.__setattr__(self, "refit", Refit.parse("refit", self.refit))
         if isinstance(self.ridge, bool) or not isinstance(self.ridge, (int, float)) or not \

@@ -9,6 +9,7 @@ kept. The decision is applied before the next group.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 
@@ -126,6 +127,13 @@ class GreedyPruner:
         return Collector(consumers, self.options.calibration, self.seed, self.quiet, self.token_mask)
 
     # ----- the sequential pass -------------------------------------------------------------------------
+    def consumers_of(self, group: Group) -> list[Consumer]:
+        """The group's consumers; without `--residual-target` none imitates a residual sum."""
+        consumers = consumers_of(self.analysis, group)
+        if self.options.refit.residual_target:
+            return consumers
+        return [dataclasses.replace(c, residual=None) for c in consumers]
+
     def output_cache(self) -> OutputCache | None:
         """The original network's consumer outputs at the sampled positions, for every group's statistics (built
         once, on first use), or None when they cannot be cached (docs/DESIGN.md, "Statistics")."""
@@ -137,7 +145,7 @@ class GreedyPruner:
         consumers: dict[int, Consumer] = {}
         for g in groups:
             try:
-                consumers.update({c.node: c for c in consumers_of(self.analysis, g)})
+                consumers.update({c.node: c for c in self.consumers_of(g)})
             except NotSupported:
                 continue
         shapes = {t.name: t.shape for t in self.analysis.graph.tensors().values()}
@@ -160,7 +168,7 @@ class GreedyPruner:
     def _prune_group(self, group: Group, k: int) -> None:
         keep, gamma = self.sel.class_arrays(self.analysis)
         try:
-            consumers = consumers_of(self.analysis, group)
+            consumers = self.consumers_of(group)
         except NotSupported as exc:
             method = self.method.fallback
             scores = self.baseline_scores(group, method)
@@ -171,9 +179,15 @@ class GreedyPruner:
         masked = Rewriter(self.analysis, keep, gamma, masked=True, replace=self.sel.replace).run()
         col = self.collector(consumers)
         cache = self.output_cache()
-        outputs = cache if cache is not None and all(c.node in cache for c in consumers) \
-            else Tap(self.analysis.model, [c.output for c in consumers])
-        col.run(self.cal, Tap(masked, [c.input for c in consumers]), outputs, f"group {group.id}")
+        residual = [c for c in consumers if c.residual]
+        outputs = cache if cache is not None and all(cache.holds(c) for c in consumers) \
+            else Tap(self.analysis.model, [c.output for c in consumers] + [str(c.residual) for c in residual])
+        # docs/DESIGN.md, "Residual targets": the kept output channels imitate the original residual sum
+        roots = self.analysis.class_of
+        residual_keep = {c.node: keep[roots[c.out_labels]] if c.out_labels is not None else np.ones(1, bool)
+                         for c in residual}
+        col.run(self.cal, Tap(masked, [c.input for c in consumers] + [str(c.residual) for c in residual]), outputs,
+                f"group {group.id}", residual_keep)
         problem = LocalProblem(self, group, k, consumers, col, keep, gamma)
         cands = [self._completed(problem, cand) for cand in self.method.candidates(problem)]
         outcomes = [(cand, apply_refit(self.analysis, self.sel, self.dense, problem, cand.kept, cand.gamma,
@@ -201,6 +215,9 @@ class GreedyPruner:
             note = "; ".join(x for x in (note, warning) if x)
         if out.ridge:
             note = "; ".join(x for x in (note, "ridge " + ", ".join(f"{k}: {v:g}" for k, v in out.ridge.items()))
+                             if x)
+        if residual:
+            note = "; ".join(x for x in (note, "imitates the residual sum after " + ", ".join(c.name for c in residual))
                              if x)
         self.results[group.id] = GroupResult(self.method.label(cand.method), out.err_calib, out.err_holdout,
                                              cand.curve, note, compared)

@@ -87,7 +87,7 @@ def profile_collectors(pruner: GreedyPruner) -> tuple[dict[int, list[Consumer]],
     for n, chunk in enumerate(chunks):
         consumers = {c.node: c for gid in chunk for c in groups[gid]}
         col = pruner.collector(list(consumers.values()))
-        if cache is not None and all(node in cache for node in consumers):
+        if cache is not None and all((node, "output") in cache for node in consumers):
             col.run(pruner.cal, Tap(a.model, [c.input for c in consumers.values()]), cache,
                     f"profiling {n + 1}/{len(chunks)}")
         else:

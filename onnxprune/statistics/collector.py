@@ -3,6 +3,7 @@ on the calibration and held-out splits (docs/DESIGN.md, "Statistics")."""
 from __future__ import annotations
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from ..calibration import Calibration, checked_batches
@@ -28,30 +29,54 @@ class Collector:
         self.token_mask = token_mask
         self.stats: dict[str, dict[int, Stats]] = {split: {} for split in SPLITS}
 
-    def run(self, cal: Calibration, tap_in: Tap, tap_out: Tap | OutputCache, desc: str) -> None:
+    def run(self, cal: Calibration, tap_in: Tap, tap_out: Tap | OutputCache, desc: str,
+            residual_keep: dict[int, np.ndarray] | None = None) -> None:
         """Inputs from `tap_in` (the network pruned so far), outputs from `tap_out` (the original), or their
-        sampled rows from an `OutputCache` of the original's consumer outputs."""
+        sampled rows from an `OutputCache` of the original's consumer outputs.
+
+        `residual_keep[node]`: for a consumer whose output is added to a residual stream (`Consumer.residual`),
+        its target becomes the original sum minus the stream in the network pruned so far, on the output
+        channels marked True (the others are pruned: their target stays the original output). Both taps then
+        give the residual operand too (docs/DESIGN.md, "Residual targets")."""
         bar = tqdm(total=cal.size, desc=desc, unit="sample", leave=False, disable=self.quiet or None)
         mp = self.options.max_positions
+        residual_keep = residual_keep or {}
         for split in SPLITS:
             for first, batch in checked_batches(cal, self.options.batch_size, split):
                 xs = tap_in(batch)
                 n = len(next(iter(batch.values())))
                 tokens = batch[self.token_mask] if self.token_mask else None
-                if isinstance(tap_out, OutputCache):
-                    pairs = [c.features(xs[c.input], None, first, mp, self.seed, tokens,
-                                        outputs=(tap_out.rows(c.node, first, n), None)) for c in self.consumers]
-                else:
-                    ys = xs if tap_out is tap_in else tap_out(batch)
-                    pairs = [c.features(xs[c.input], ys[c.output], first, mp, self.seed, tokens)
-                             for c in self.consumers]
-                for c, (x, y) in zip(self.consumers, pairs):
+                ys = None if isinstance(tap_out, OutputCache) else xs if tap_out is tap_in else tap_out(batch)
+                for c in self.consumers:
+                    outputs: tuple[torch.Tensor, int | None]
+                    if ys is None:
+                        assert isinstance(tap_out, OutputCache)
+                        outputs = (tap_out.rows(c.node, first, n), None)
+                    else:
+                        outputs = c.output_rows(ys[c.output], first, mp, self.seed, tokens)
+                    if c.node in residual_keep and c.residual:
+                        outputs = (self._residual_target(c, outputs[0], xs, ys, tap_out, first, n, tokens,
+                                                         residual_keep[c.node]), outputs[1])
+                    x, y = c.features(xs[c.input], None, first, mp, self.seed, tokens, outputs=outputs)
                     if not (np.isfinite(x.numpy()).all() and np.isfinite(y.numpy()).all()):
                         raise UserError(f"{cal.what}: activations at '{c.name}' are NaN or Inf")
                     st = self.stats[split].get(c.node)
                     if st is None:
                         st = self.stats[split][c.node] = Stats(x.shape[1], y.shape[1])
                     st.add(x, y)
-                bar.update(len(next(iter(batch.values()))))
+                bar.update(n)
         bar.close()
 
+    def _residual_target(self, c: Consumer, y, xs, ys, tap_out, first: int, n: int, tokens, keep: np.ndarray):
+        """y + (r_original − r_pruned) on the kept output channels: what the consumer must give for the sum
+        to be the original's."""
+        assert c.residual is not None
+        mp = self.options.max_positions
+        pruned, _ = c.output_rows(xs[c.residual], first, mp, self.seed, tokens)
+        original = tap_out.rows(c.node, first, n, "residual") if ys is None else \
+            c.output_rows(ys[c.residual], first, mp, self.seed, tokens)[0]
+        if pruned.shape != y.shape or original.shape != y.shape:  # broadcast at run time: not a residual stream
+            return y
+        delta = (original.to(torch.float64) - pruned.to(torch.float64)) * torch.from_numpy(
+            np.asarray(keep, np.float64))
+        return y.to(torch.float64) + delta

@@ -32,6 +32,11 @@ class Consumer:
     # a MatMul whose only reader is Add(·, constant bias): (Add node index, bias input index); `output` is
     # then the Add's output and the bias is the consumer's (re-fitted with its weight)
     bias_add: tuple[int, int] | None = None
+    # the other operand of a residual Add that is the only reader of `output` (same shape): the sequential
+    # pass imitates the sum, not the consumer alone (docs/DESIGN.md, "Residual targets"); None otherwise
+    residual: str | None = None
+    # the channel label (atom) of every output feature, when the consumer's outputs are a group's channels
+    out_labels: np.ndarray | None = None
 
     def dense(self, w: np.ndarray, bias: np.ndarray | None, attrs: dict) -> tuple[np.ndarray, np.ndarray]:
         """Weight as (out × F) over features, and the bias (out)."""
@@ -190,8 +195,11 @@ def consumers_of(analysis: Analysis, group: Group) -> list[Consumer]:
             raise NotSupported(f"{node.op} '{node.name}' has no statistics")
         bias_add = _bias_add(analysis, node) if node.op == "MatMul" else None
         output = node.outputs[0].name if bias_add is None else analysis.graph.nodes[bias_add[0]].outputs[0].name
+        out_tensor = node.outputs[0] if bias_add is None else analysis.graph.nodes[bias_add[0]].outputs[0]
+        out_labels = next((p.labels for p in analysis.edits if p.kind == "producer" and p.node == e.node
+                           and p.input == e.input), None)
         out.append(Consumer(e.node, node.name, node.op, node.inputs[0].name, output, e.input, labels, conv,
-                            bias_add))
+                            bias_add, _residual(analysis, out_tensor), out_labels))
     if not out:
         raise NotSupported("no consumer with statistics")
     return out
@@ -216,6 +224,24 @@ def _bias_add(analysis: Analysis, node) -> tuple[int, int] | None:
             or not np.issubdtype(bias.dtype, np.floating):
         return None
     return analysis.index[id(add)], i
+
+
+def _residual(analysis: Analysis, out) -> str | None:
+    """The other operand of the Add that is the only reader of `out`, when it is a computed tensor of
+    `out`'s shape (a residual connection), else None."""
+    if len(out.outputs) != 1 or out.name in {t.name for t in analysis.graph.outputs}:
+        return None
+    add = out.outputs[0]
+    if add.op != "Add" or len(add.inputs) != 2 or add.inputs[0] is add.inputs[1]:
+        return None
+    other = add.inputs[1] if add.inputs[0] is out else add.inputs[0]
+    if analysis.const(other) is not None:
+        return None
+    a, b = analysis.shape(out), analysis.shape(other)
+    if a is None or b is None or len(a) != len(b) or any(x is not None and y is not None and x != y
+                                                         for x, y in zip(a, b)):
+        return None
+    return other.name
 
 
 def _bias_values(consumer: Consumer, analysis: Analysis) -> np.ndarray | None:
