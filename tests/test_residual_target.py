@@ -1,5 +1,7 @@
 """Residual targets (docs/DESIGN.md, "Residual targets"): a consumer whose output is added to a residual stream
 imitates the original sum, so its re-fit also corrects the error the groups pruned before left in the stream."""
+import json
+
 import numpy as np
 import onnx
 import patterns as P
@@ -16,11 +18,15 @@ from onnxprune.statistics import consumers_of
 from onnxprune.statistics.collector import Collector
 from onnxprune.statistics.output_cache import OutputCache
 
+AFFINE = ("", "bn", "muladd")   # what lies between Conv c and the residual Add
 
-def residual_block(head: bool, seed=0, b_reads: str = "r") -> onnx.ModelProto:
+
+def residual_block(head: bool, seed=0, b_reads: str = "r", between: str = "") -> onnx.ModelProto:
     """x -> Conv p (16) -> Relu -> Conv a (8) = r; r -> Conv b (16) -> Relu -> Conv c (8); y = r + c, the graph
     output (`head` False: the stream is frozen) or read by a pooled Gemm head (the stream is a group).
-    `b_reads` "x": Conv b is a copy of Conv p reading x, so Conv c sees every channel Relu(p) has."""
+    `b_reads` "x": Conv b is a copy of Conv p reading x, so Conv c sees every channel Relu(p) has.
+    `between`: "bn", an inference BatchNormalization after Conv c; "muladd", Mul and Add of per-channel
+    constants (as tf2onnx writes a BatchNormalization)."""
     rng = np.random.default_rng(seed)
     nodes, inits = [], {}
     b = ("b", "r", "b", 8, 16, 1) if b_reads == "r" else ("b", "x", "b", 3, 16, 3)
@@ -34,7 +40,19 @@ def residual_block(head: bool, seed=0, b_reads: str = "r") -> onnx.ModelProto:
         if name in ("p", "b"):
             nodes.append(helper.make_node("Relu", [out], [out + "r"], name=out + "_relu"))
     add = "y" if not head else "s"
-    nodes.append(helper.make_node("Add", ["r", "c"], [add], name="residual_add"))
+    last = "c"
+    if between == "bn":
+        inits.update(bn_s=rng.uniform(0.5, 2.0, 8).astype(np.float32), bn_b=rng.normal(0, 0.3, 8).astype(np.float32),
+                     bn_m=rng.normal(0, 0.3, 8).astype(np.float32), bn_v=rng.uniform(0.3, 3.0, 8).astype(np.float32))
+        nodes.append(helper.make_node("BatchNormalization", ["c", "bn_s", "bn_b", "bn_m", "bn_v"], ["cn"], name="bn"))
+        last = "cn"
+    elif between == "muladd":
+        inits.update(mul_k=rng.uniform(-2.0, 2.0, (1, 8, 1, 1)).astype(np.float32),
+                     add_k=rng.normal(0, 0.3, (8, 1, 1)).astype(np.float32))
+        nodes += [helper.make_node("Mul", ["mul_k", "c"], ["cm"], name="mul"),
+                  helper.make_node("Add", ["cm", "add_k"], ["cn"], name="add_k")]
+        last = "cn"
+    nodes.append(helper.make_node("Add", ["r", last], [add], name="residual_add"))
     outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, 6, 6])]
     if head:
         hn, hw = P.head("s", 8, rng)
@@ -53,16 +71,43 @@ def _rows(t: np.ndarray) -> np.ndarray:
     return t.transpose(0, 2, 3, 1).reshape(-1, t.shape[1]).astype(np.float64)
 
 
-def test_consumer_names_the_residual_operand_only_where_its_output_is_added_to_a_stream():
-    a = Analysis(residual_block(head=False))
+def _scale(m: onnx.ModelProto, between: str) -> np.ndarray:
+    """The per-channel scale from Conv c's output to the Add."""
+    w = {t.name: onnx.numpy_helper.to_array(t).astype(np.float64) for t in m.graph.initializer}
+    if between == "bn":
+        return w["bn_s"] / np.sqrt(w["bn_v"] + 1e-5)
+    return w["mul_k"].reshape(-1) if between == "muladd" else np.ones(8)
+
+
+@pytest.mark.parametrize("between", AFFINE)
+def test_consumer_names_the_residual_operand_only_where_its_output_is_added_to_a_stream(between):
+    m = residual_block(head=False, between=between)
+    a = Analysis(m)
     by_name = {c.name: c for g in a.prunable for c in consumers_of(a, g)}
     assert by_name["c"].residual == "r", "Conv c's output is added to r"
+    scale = by_name["c"].residual_scale
+    if between:
+        np.testing.assert_allclose(scale, _scale(m, between), rtol=1e-6)
+    else:
+        assert scale is None
     assert by_name["a"].residual is None, "Conv a writes the stream itself; no Add reads its output alone"
 
 
-@pytest.mark.parametrize("cached", [False, True])
-def test_statistics_target_the_original_sum_on_the_kept_output_channels(cached):
-    a = Analysis(residual_block(head=True))
+def test_no_residual_where_the_path_to_the_add_is_not_per_channel_affine():
+    m = residual_block(head=False, between="muladd")
+    # a constant that varies over positions is not a per-channel scale
+    for t in m.graph.initializer:
+        if t.name == "mul_k":
+            t.CopyFrom(onnx.numpy_helper.from_array(np.full((1, 8, 6, 6), 1.5, np.float32), "mul_k"))
+    a = Analysis(m)
+    (c,) = consumers_of(a, _group_read_by(a, "c"))
+    assert c.residual is None
+
+
+@pytest.mark.parametrize("cached,between", [(False, ""), (True, ""), (False, "bn"), (True, "muladd")])
+def test_statistics_target_the_original_sum_on_the_kept_output_channels(cached, between):
+    m = residual_block(head=True, between=between)
+    a = Analysis(m)
     x = np.random.default_rng(1).standard_normal((12, 3, 6, 6)).astype(np.float32)
     cal = load_calibration({"x": x}, a.model, holdout=0.0)
     gp, gb = _group_read_by(a, "a"), _group_read_by(a, "c")
@@ -82,7 +127,7 @@ def test_statistics_target_the_original_sum_on_the_kept_output_channels(cached):
     col.run(cal, Tap(masked, [c.input, "r"]), out, "test", {c.node: keep})
     orig = Tap(a.model, ["c", "r"])({"x": x})
     pruned = Tap(masked, ["br", "r"])({"x": x})
-    target = _rows(orig["c"]) + keep * (_rows(orig["r"]) - _rows(pruned["r"]))
+    target = _rows(orig["c"]) + keep * (_rows(orig["r"]) - _rows(pruned["r"])) / _scale(m, between)
     feats = np.concatenate([_rows(pruned["br"]), np.ones((len(target), 1))], 1)
     A, B, yy = col.stats["calib"][c.node].numpy()
     np.testing.assert_allclose(A, feats.T @ feats, rtol=1e-6, atol=1e-6)
@@ -95,10 +140,12 @@ def _sum_error(model: onnx.ModelProto, x: np.ndarray, ref: np.ndarray) -> float:
     return float(((Tap(model, ["y"])({"x": x})["y"].astype(np.float64) - ref) ** 2).sum())
 
 
-def test_the_refit_imitates_the_sum_and_reaches_its_least_squares_optimum(tmp_path):
+@pytest.mark.parametrize("between", AFFINE)
+def test_the_refit_imitates_the_sum_and_reaches_its_least_squares_optimum(tmp_path, between):
     """Conv c reads every channel of Relu(p), so it can give back what pruning p took from the stream r: with
-    residual targets the sum's error is the least-squares optimum (near zero), without it the stream's error."""
-    m = residual_block(head=False, b_reads="x")
+    residual targets the sum's error is the least-squares optimum (near zero), without it the stream's error.
+    Per-channel affine ops between Conv c and the Add do not change the optimum."""
+    m = residual_block(head=False, b_reads="x", between=between)
     a = Analysis(m)
     gb = _group_read_by(a, "c")
     x = np.random.default_rng(2).standard_normal((40, 3, 6, 6)).astype(np.float32)
@@ -134,7 +181,6 @@ def test_the_command_line_switch_reaches_the_pass_and_the_report_says_which_sums
     res = CliRunner().invoke(main, ["prune", str(m), "-o", str(out), "--calib", str(tmp_path / "calib.npz"),
                                     "--keep-ratio", "0.5", "--report", str(rep), flag], catch_exceptions=False)
     assert res.exit_code == 0, res.output
-    import json
     notes = {g["id"]: g.get("note") or "" for g in json.loads(rep.read_text())["groups"]}
     a = Analysis(residual_block(head=True))
     said = "imitates the residual sum after c" in notes[_group_read_by(a, "c").id]

@@ -68,8 +68,9 @@ class Collector:
         bar.close()
 
     def _residual_target(self, c: Consumer, y, xs, ys, tap_out, first: int, n: int, tokens, keep: np.ndarray):
-        """y + (r_original − r_pruned) on the kept output channels: what the consumer must give for the sum
-        to be the original's."""
+        """y + (r_original − r_pruned) / a on the kept output channels (a: the scale of the per-channel affine
+        ops between the consumer and the Add, 1 without): what the consumer must give for the sum to be the
+        original's."""
         assert c.residual is not None
         mp = self.options.max_positions
         pruned, _ = c.output_rows(xs[c.residual], first, mp, self.seed, tokens)
@@ -77,6 +78,10 @@ class Collector:
             c.output_rows(ys[c.residual], first, mp, self.seed, tokens)[0]
         if pruned.shape != y.shape or original.shape != y.shape:  # broadcast at run time: not a residual stream
             return y
-        delta = (original.to(torch.float64) - pruned.to(torch.float64)) * torch.from_numpy(
-            np.asarray(keep, np.float64))
+        weight = np.asarray(keep, np.float64)
+        if c.residual_scale is not None:  # y reaches the Add as a·y + b: the stream's error counts 1/a in y
+            a = np.asarray(c.residual_scale, np.float64)
+            usable = np.abs(a) > 1e-12 * max(float(np.abs(a).max()), 1e-300)
+            weight = weight * np.where(usable, 1.0 / np.where(usable, a, 1.0), 0.0)
+        delta = (original.to(torch.float64) - pruned.to(torch.float64)) * torch.from_numpy(weight)
         return y.to(torch.float64) + delta

@@ -32,11 +32,14 @@ class Consumer:
     # a MatMul whose only reader is Add(·, constant bias): (Add node index, bias input index); `output` is
     # then the Add's output and the bias is the consumer's (re-fitted with its weight)
     bias_add: tuple[int, int] | None = None
-    # the other operand of a residual Add that is the only reader of `output` (same shape): the sequential
-    # pass imitates the sum, not the consumer alone (docs/DESIGN.md, "Residual targets"); None otherwise
+    # the other operand of the residual Add that `output` reaches, alone or through per-channel affine ops
+    # (BatchNormalization, Mul/Add of constants): the sequential pass imitates the sum, not the consumer alone
+    # (docs/DESIGN.md, "Residual targets"); None otherwise
     residual: str | None = None
     # the channel label (atom) of every output feature, when the consumer's outputs are a group's channels
     out_labels: np.ndarray | None = None
+    # the affine chain's scale per output channel (one value: the same for all), None when there is none
+    residual_scale: np.ndarray | None = None
 
     def dense(self, w: np.ndarray, bias: np.ndarray | None, attrs: dict) -> tuple[np.ndarray, np.ndarray]:
         """Weight as (out × F) over features, and the bias (out)."""
@@ -198,8 +201,10 @@ def consumers_of(analysis: Analysis, group: Group) -> list[Consumer]:
         out_tensor = node.outputs[0] if bias_add is None else analysis.graph.nodes[bias_add[0]].outputs[0]
         out_labels = next((p.labels for p in analysis.edits if p.kind == "producer" and p.node == e.node
                            and p.input == e.input), None)
+        residual = _residual(analysis, out_tensor, 1 if node.op == "Conv" else -1)
         out.append(Consumer(e.node, node.name, node.op, node.inputs[0].name, output, e.input, labels, conv,
-                            bias_add, _residual(analysis, out_tensor), out_labels))
+                            bias_add, residual[0] if residual else None, out_labels,
+                            residual[1] if residual else None))
     if not out:
         raise NotSupported("no consumer with statistics")
     return out
@@ -226,22 +231,69 @@ def _bias_add(analysis: Analysis, node) -> tuple[int, int] | None:
     return analysis.index[id(add)], i
 
 
-def _residual(analysis: Analysis, out) -> str | None:
-    """The other operand of the Add that is the only reader of `out`, when it is a computed tensor of
-    `out`'s shape (a residual connection), else None."""
-    if len(out.outputs) != 1 or out.name in {t.name for t in analysis.graph.outputs}:
+def _channel_vector(value: np.ndarray, shape: tuple, axis: int) -> np.ndarray | None:
+    """A constant that broadcasts over a tensor of `shape` as one value per channel (along `axis`), as that
+    vector (a scalar gives one value for all); None when it varies along any other axis or widens the shape."""
+    v = np.asarray(value, np.float64)
+    if v.ndim > len(shape) or not np.issubdtype(v.dtype, np.floating):
         return None
-    add = out.outputs[0]
-    if add.op != "Add" or len(add.inputs) != 2 or add.inputs[0] is add.inputs[1]:
+    v = v.reshape((1,) * (len(shape) - v.ndim) + v.shape)
+    if any(d != 1 for i, d in enumerate(v.shape) if i != axis % len(shape)):
         return None
-    other = add.inputs[1] if add.inputs[0] is out else add.inputs[0]
-    if analysis.const(other) is not None:
+    return v.reshape(-1)
+
+
+def _affine_step(analysis: Analysis, node, t, shape: tuple, axis: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """(scale, shift) per channel when `node` maps its input `t` to a·t + b channel by channel with constants
+    (inference BatchNormalization, Mul or Add of a constant, Identity), else None."""
+    if node.op == "Identity":
+        return np.ones(1), np.zeros(1)
+    if node.op == "BatchNormalization" and node.inputs[0] is t and len(node.outputs) == 1 and len(node.inputs) == 5 \
+            and not node.attrs.get("training_mode", 0) and axis % len(shape) == 1:
+        vals = [analysis.const(x) for x in node.inputs[1:]]
+        if any(v is None for v in vals):
+            return None
+        gamma, beta, mean, var = (np.asarray(v, np.float64).reshape(-1) for v in vals)
+        a = gamma / np.sqrt(var + float(node.attrs.get("epsilon", 1e-5)))
+        return a, beta - a * mean
+    if node.op in ("Mul", "Add") and len(node.inputs) == 2:
+        other = node.inputs[1] if node.inputs[0] is t else node.inputs[0]
+        value = analysis.const(other)
+        vec = None if value is None or other is t else _channel_vector(value, shape, axis)
+        if vec is None:
+            return None
+        return (vec, np.zeros(1)) if node.op == "Mul" else (np.ones(1), vec)
+    return None
+
+
+def _residual(analysis: Analysis, out, axis: int) -> tuple[str, np.ndarray | None] | None:
+    """The other operand of the residual Add `out` reaches through per-channel affine ops (`_affine_step`,
+    each the only reader of its input), when it is a computed tensor of `out`'s shape: (its name, the chain's
+    scale per channel along `axis`, or None when there is no scaling), else None."""
+    shape = analysis.shape(out)
+    if shape is None:
         return None
-    a, b = analysis.shape(out), analysis.shape(other)
-    if a is None or b is None or len(a) != len(b) or any(x is not None and y is not None and x != y
-                                                         for x, y in zip(a, b)):
-        return None
-    return other.name
+    graph_outputs = {t.name for t in analysis.graph.outputs}
+    scale = np.ones(1)
+    t = out
+    for _ in range(8):
+        if len(t.outputs) != 1 or t.name in graph_outputs:
+            return None
+        node = t.outputs[0]
+        if node.op == "Add" and len(node.inputs) == 2 and node.inputs[0] is not node.inputs[1]:
+            other = node.inputs[1] if node.inputs[0] is t else node.inputs[0]
+            if analysis.const(other) is None:
+                b = analysis.shape(other)
+                if b is None or len(b) != len(shape) or any(x is not None and y is not None and x != y
+                                                            for x, y in zip(shape, b)):
+                    return None
+                return other.name, (None if np.all(scale == 1.0) else scale)
+        step = _affine_step(analysis, node, t, shape, axis)
+        if step is None or len(node.outputs) != 1:
+            return None
+        scale = scale * step[0]
+        t = node.outputs[0]
+    return None
 
 
 def _bias_values(consumer: Consumer, analysis: Analysis) -> np.ndarray | None:
