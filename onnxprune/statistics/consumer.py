@@ -234,13 +234,13 @@ def _bias_add(analysis: Analysis, node) -> tuple[int, int] | None:
 def _channel_vector(value: np.ndarray, shape: tuple, axis: int) -> np.ndarray | None:
     """A constant that broadcasts over a tensor of `shape` as one value per channel (along `axis`), as that
     vector (a scalar gives one value for all); None when it varies along any other axis or widens the shape."""
-    v = np.asarray(value, np.float64)
-    if v.ndim > len(shape) or not np.issubdtype(v.dtype, np.floating):
+    raw = np.asarray(value)
+    if raw.ndim > len(shape) or not np.issubdtype(raw.dtype, np.floating):
         return None
-    v = v.reshape((1,) * (len(shape) - v.ndim) + v.shape)
-    if any(d != 1 for i, d in enumerate(v.shape) if i != axis % len(shape)):
+    dims: tuple[int, ...] = (1,) * (len(shape) - raw.ndim) + tuple(raw.shape)
+    if any(d != 1 for i, d in enumerate(dims) if i != axis % len(shape)):
         return None
-    return v.reshape(-1)
+    return raw.astype(np.float64).reshape(-1)
 
 
 def _affine_step(analysis: Analysis, node, t, shape: tuple, axis: int) -> tuple[np.ndarray, np.ndarray] | None:
