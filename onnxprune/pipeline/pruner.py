@@ -180,14 +180,15 @@ class GreedyPruner:
         col = self.collector(consumers)
         cache = self.output_cache()
         residual = [c for c in consumers if c.residual]
+        streams = [str(c.residual) for c in residual]
         outputs = cache if cache is not None and all(cache.holds(c) for c in consumers) \
-            else Tap(self.analysis.model, [c.output for c in consumers] + [str(c.residual) for c in residual])
+            else Tap(self.analysis.model, [c.output for c in consumers] + streams)
         # docs/DESIGN.md, "Residual targets": the kept output channels imitate the original residual sum
         roots = self.analysis.class_of
         residual_keep = {c.node: keep[roots[c.out_labels]] if c.out_labels is not None else np.ones(1, bool)
                          for c in residual}
-        col.run(self.cal, Tap(masked, [c.input for c in consumers] + [str(c.residual) for c in residual]), outputs,
-                f"group {group.id}", residual_keep)
+        col.run(self.cal, Tap(masked, [c.input for c in consumers] + streams), outputs, f"group {group.id}",
+                residual_keep)
         problem = LocalProblem(self, group, k, consumers, col, keep, gamma)
         cands = [self._completed(problem, cand) for cand in self.method.candidates(problem)]
         outcomes = [(cand, apply_refit(self.analysis, self.sel, self.dense, problem, cand.kept, cand.gamma,

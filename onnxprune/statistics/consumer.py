@@ -177,6 +177,8 @@ def consumers_of(analysis: Analysis, group: Group) -> list[Consumer]:
     """Every Conv/Gemm/MatMul reading the group; NotSupported if one cannot be modelled."""
     roots = analysis.class_of
     classes = set(group.classes.tolist())
+    # (node, weight input) -> the channel labels of that weight's outputs (the consumer's output channels)
+    produced = {(p.node, p.input): p.labels for p in analysis.edits if p.kind == "producer"}
     out = []
     for e in analysis.edits:
         if e.kind not in ("consumer", "grouped_consumer") or not classes & set(roots[e.labels].tolist()):
@@ -197,13 +199,10 @@ def consumers_of(analysis: Analysis, group: Group) -> list[Consumer]:
         elif node.op not in ("Gemm", "MatMul"):
             raise NotSupported(f"{node.op} '{node.name}' has no statistics")
         bias_add = _bias_add(analysis, node) if node.op == "MatMul" else None
-        output = node.outputs[0].name if bias_add is None else analysis.graph.nodes[bias_add[0]].outputs[0].name
-        out_tensor = node.outputs[0] if bias_add is None else analysis.graph.nodes[bias_add[0]].outputs[0]
-        out_labels = next((p.labels for p in analysis.edits if p.kind == "producer" and p.node == e.node
-                           and p.input == e.input), None)
-        residual = _residual(analysis, out_tensor, 1 if node.op == "Conv" else -1)
-        out.append(Consumer(e.node, node.name, node.op, node.inputs[0].name, output, e.input, labels, conv,
-                            bias_add, residual[0] if residual else None, out_labels,
+        output = node.outputs[0] if bias_add is None else analysis.graph.nodes[bias_add[0]].outputs[0]
+        residual = _residual(analysis, output, 1 if node.op == "Conv" else -1)
+        out.append(Consumer(e.node, node.name, node.op, node.inputs[0].name, output.name, e.input, labels, conv,
+                            bias_add, residual[0] if residual else None, produced.get((e.node, e.input)),
                             residual[1] if residual else None))
     if not out:
         raise NotSupported("no consumer with statistics")
@@ -243,31 +242,30 @@ def _channel_vector(value: np.ndarray, shape: tuple, axis: int) -> np.ndarray | 
     return raw.astype(np.float64).reshape(-1)
 
 
-def _affine_step(analysis: Analysis, node, t, shape: tuple, axis: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """(scale, shift) per channel when `node` maps its input `t` to a·t + b channel by channel with constants
+def _channel_scale(analysis: Analysis, node, t, shape: tuple, axis: int) -> np.ndarray | None:
+    """The scale a per channel when `node` maps its input `t` to a·t + b channel by channel with constants
     (inference BatchNormalization, Mul or Add of a constant, Identity), else None."""
     if node.op == "Identity":
-        return np.ones(1), np.zeros(1)
+        return np.ones(1)
     if node.op == "BatchNormalization" and node.inputs[0] is t and len(node.outputs) == 1 and len(node.inputs) == 5 \
             and not node.attrs.get("training_mode", 0) and axis % len(shape) == 1:
-        vals = [analysis.const(x) for x in node.inputs[1:]]
+        vals = [analysis.const(x) for x in node.inputs[1:]]   # scale, bias, mean, var: all constants
         if any(v is None for v in vals):
             return None
-        gamma, beta, mean, var = (np.asarray(v, np.float64).reshape(-1) for v in vals)
-        a = gamma / np.sqrt(var + float(node.attrs.get("epsilon", 1e-5)))
-        return a, beta - a * mean
+        gamma, var = (np.asarray(vals[i], np.float64).reshape(-1) for i in (0, 3))
+        return gamma / np.sqrt(var + float(node.attrs.get("epsilon", 1e-5)))
     if node.op in ("Mul", "Add") and len(node.inputs) == 2:
         other = node.inputs[1] if node.inputs[0] is t else node.inputs[0]
         value = analysis.const(other)
         vec = None if value is None or other is t else _channel_vector(value, shape, axis)
         if vec is None:
             return None
-        return (vec, np.zeros(1)) if node.op == "Mul" else (np.ones(1), vec)
+        return vec if node.op == "Mul" else np.ones(1)
     return None
 
 
 def _residual(analysis: Analysis, out, axis: int) -> tuple[str, np.ndarray | None] | None:
-    """The other operand of the residual Add `out` reaches through per-channel affine ops (`_affine_step`,
+    """The other operand of the residual Add `out` reaches through per-channel affine ops (`_channel_scale`,
     each the only reader of its input), when it is a computed tensor of `out`'s shape: (its name, the chain's
     scale per channel along `axis`, or None when there is no scaling), else None."""
     shape = analysis.shape(out)
@@ -288,10 +286,10 @@ def _residual(analysis: Analysis, out, axis: int) -> tuple[str, np.ndarray | Non
                                                             for x, y in zip(shape, b)):
                     return None
                 return other.name, (None if np.all(scale == 1.0) else scale)
-        step = _affine_step(analysis, node, t, shape, axis)
+        step = _channel_scale(analysis, node, t, shape, axis)
         if step is None or len(node.outputs) != 1:
             return None
-        scale = scale * step[0]
+        scale = scale * step
         t = node.outputs[0]
     return None
 
