@@ -184,8 +184,10 @@ def prune_with_options(model, calibration, options: PruneOptions, quiet: bool = 
     shapes = options.model.input_shapes or (_calibration_shapes(proto, cal) if cal is not None else None)
     analysis = _analysis(proto, model, shapes)
     if kind == "flops" and analysis.unknown_costs:
-        raise OptionError("input_shapes", None, f"{name}: a MACs target needs every layer's MACs, and "
-                          f"{analysis.unknown_cost_reason()}")
+        why = f"{name}: a MACs target needs every layer's MACs, and {analysis.unknown_cost_reason()}"
+        if not analysis.input_shapes_would_help():
+            raise UnsupportedModel(why)
+        raise OptionError("input_shapes", None, why)
     if not analysis.prunable:
         raise UserError(f"{name}: every channel group is frozen; nothing to prune")
     overrides = _overrides(analysis, target.keep)

@@ -154,3 +154,26 @@ def test_dynamic_spatial_export_has_the_static_exports_macs(zoo_models, tmp_path
     shape = {z.input_name: (1,) + tuple(z.input_shape[1:])}
     sized = onnxprune.analyze(str(path), input_shapes=shape)
     assert not sized.unknown_costs and sized.total_macs == static.total_macs
+
+
+def test_macs_target_names_the_op_where_shape_inference_stops(tmp_path):
+    """Static input shapes, but an op of a custom domain that ONNX cannot size sits before the convolutions:
+    the refusal names that op, not --input-shape (giving shapes cannot help), and writes nothing."""
+    path = tmp_path / "custom.onnx"
+    m = onnx.load(str(_conv_net(tmp_path / "dyn.onnx")))
+    m.graph.input[0].type.tensor_type.shape.dim[2].dim_value = 16
+    m.graph.input[0].type.tensor_type.shape.dim[3].dim_value = 16
+    m.graph.node.insert(0, helper.make_node("Scale", ["x0"], ["x"], domain="com.example", name="prep"))
+    m.graph.input[0].name = "x0"
+    m.opset_import.append(helper.make_opsetid("com.example", 1))
+    onnx.save(m, str(path))
+    out = tmp_path / "o.onnx"
+    res = invoke("prune", path, "-o", out, "--flops", "0.5", "--method", "magnitude")
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.exit_code == 2 and len(lines) == 1 and not out.exists(), res.stderr
+    assert "shape inference stops at Scale 'prep' of domain 'com.example'" in lines[0], lines[0]
+    assert "--input-shape" not in lines[0], lines[0]
+    table = invoke("analyze", path).stdout
+    assert "stops at Scale 'prep'" in table and "--input-shape" not in table, table
+    # the same network without the custom op: every layer is sized, nothing to name
+    assert onnxprune.analyze(str(tmp_path / "dyn.onnx")).shape_inference_stop() is None

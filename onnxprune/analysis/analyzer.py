@@ -393,8 +393,34 @@ class Analysis:
                                                   for i, x in enumerate(d)) for n, d in need.items())
             return (f"the MACs of {len(unknown)} layers ({layers}) are unknown: their sizes depend on the symbolic "
                     f"dimensions of input {which}; give its shape ({example}, in numbers)")
+        stop = self.shape_inference_stop()
+        if stop is not None:
+            domain = f" of domain '{stop.domain}'" if stop.domain not in ("", "ai.onnx") else ""
+            return (f"the MACs of {len(unknown)} layers ({layers}) are unknown: shape inference stops at "
+                    f"{stop.op} '{stop.name}'{domain}, whose output shapes could not be inferred from its "
+                    "inputs' shapes")
         return (f"the MACs of {len(unknown)} layers ({layers}) are unknown: their sizes could not be inferred "
                 "from the input shapes")
+
+    def input_shapes_would_help(self) -> bool:
+        """Whether giving input shapes may size the layers of unknown MACs: some input has symbolic dims, or
+        shape inference does not stop at a node whose inputs are all sized."""
+        return bool({n for n in symbolic_inputs(self.model) if n not in self.input_shapes}) or \
+            self.shape_inference_stop() is None
+
+    def shape_inference_stop(self):
+        """The first node (in graph order) whose inputs all have known shapes and an output does not: where
+        ONNX shape inference gave up (an op of a custom domain, or one it cannot size), or None."""
+        def known(t) -> bool:  # the batch axis may stay symbolic: MACs are per sample
+            shape = self.cost_shape(t)
+            return shape is not None and all(d is not None for d in shape[1:])
+        for node in self.graph.nodes:
+            if node.op == "Constant":
+                continue
+            ins = [t for t in node.inputs if not t.is_empty()]
+            if all(known(t) for t in ins) and any(not known(t) for t in node.outputs):
+                return node
+        return None
 
     def total_params(self) -> int:
         return count_params(self.model)

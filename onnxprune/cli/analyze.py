@@ -34,7 +34,8 @@ def command(model, as_json, input_shape):
     click.echo(f"{model}: {a.total_macs:,} MACs per sample{' (known layers)' if unknown else ''}, "
                f"{a.total_params():,} parameters, {len(a.prunable)} of {len(a.groups)} groups prunable")
     if unknown:
-        click.echo(f"{a.unknown_cost_reason()}: --input-shape NAME=D0,D1,...")
+        hint = ": --input-shape NAME=D0,D1,..." if a.input_shapes_would_help() else ""
+        click.echo(f"{a.unknown_cost_reason()}{hint}")
         click.echo("layers of unknown MACs: " + ", ".join(f"{c['op']} '{c['node']}'" for c in unknown))
     click.echo(f"{'id':>4} {'ch':>5} {'MACs%':>6}  {'status':<8} producers -> consumers")
     for g in groups:
