@@ -409,18 +409,27 @@ class Analysis:
             self.shape_inference_stop() is None
 
     def shape_inference_stop(self):
-        """The first node (in graph order) whose inputs all have known shapes and an output does not: where
-        ONNX shape inference gave up (an op of a custom domain, or one it cannot size), or None."""
+        """Where ONNX shape inference gave up on the way to a layer of unknown MACs: the first node (in graph
+        order) among that layer's ancestors whose inputs all have known shapes and an output does not (an op of
+        a custom domain, or one it cannot size); None when there is none."""
         def known(t) -> bool:  # the batch axis may stay symbolic: MACs are per sample
             shape = self.cost_shape(t)
             return shape is not None and all(d is not None for d in shape[1:])
-        for node in self.graph.nodes:
-            if node.op == "Constant":
+        unknown = {c.node for c in self.unknown_costs}
+        order = {id(n): i for i, n in enumerate(self.graph.nodes)}
+        frontier = [n for n in self.graph.nodes if n.name in unknown]
+        seen = set()
+        stops = []
+        while frontier:
+            node = frontier.pop()
+            if id(node) in seen:
                 continue
+            seen.add(id(node))
             ins = [t for t in node.inputs if not t.is_empty()]
-            if all(known(t) for t in ins) and any(not known(t) for t in node.outputs):
-                return node
-        return None
+            if node.op != "Constant" and all(known(t) for t in ins) and any(not known(t) for t in node.outputs):
+                stops.append(node)
+            frontier += [p for t in ins for p in t.inputs]
+        return min(stops, key=lambda n: order[id(n)]) if stops else None
 
     def total_params(self) -> int:
         return count_params(self.model)
