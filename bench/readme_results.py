@@ -359,8 +359,10 @@ def minilm_section(data) -> str:
         rows.append([target, r["row"], f"{r['macs_ratio']:.3f}", f"{r['mean_cosine']:.4f}",
                      f"{100 * r['nn_agreement']:.1f}", f"{r['prune_wall_s']:.0f}", f"{r['prune_cpu_s']:.0f}",
                      "; ".join(note)])
-    lat = [[f"{r['flops_target']:.0%}", f"{r['macs_ratio']:.3f}", f"{r['original']['median_ms']:.0f}",
-            f"{r['pruned']['median_ms']:.0f}", f"{r['speedup_paired']:.2f}x"] for r in data.get("latency", [])]
+    lat = [[f"{r['flops_target']:.0%}", r.get("row", "greedy-local+full"), f"{r['macs_ratio']:.3f}",
+            f"{r['original']['median_ms']:.0f}", f"{r['pruned']['median_ms']:.0f}", f"{r['speedup_paired']:.2f}x",
+            f"run of {r['date'][:16].replace('T', ' ')}" if r.get("date") and r["date"] != m.get("date") else ""]
+           for r in sorted(data.get("latency", []), key=lambda r: (r["flops_target"], r.get("row", "")))]
     if len(runs) > 1:
         took = f"rows from {len(runs)} runs (a row's note names its run when it is not the latest),"
     else:
@@ -378,9 +380,9 @@ def minilm_section(data) -> str:
            _table(["MACs target", "row", "MACs", "mean cosine", "NN agreement %", "prune wall s", "prune CPU s",
                    "note"], rows), ""]
     if lat:
-        out += ["ONNX Runtime CPU latency of the greedy-local+full models, batch 32 × 128 tokens (medians of "
-                "interleaved rounds; speed-up is the median of the paired ratios):", "",
-                _table(["MACs target", "MACs", "original ms", "pruned ms", "speed-up"], lat), ""]
+        out += ["ONNX Runtime CPU latency of the pruned models, batch 32 × 128 tokens (medians of interleaved "
+                "rounds; speed-up is the median of the paired ratios):", "",
+                _table(["MACs target", "row", "MACs", "original ms", "pruned ms", "speed-up", "note"], lat), ""]
     return "\n".join(out)
 
 
