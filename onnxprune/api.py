@@ -72,8 +72,32 @@ def _analysis(proto: onnx.ModelProto, model, input_shapes: dict | None) -> Analy
             count = sum(analysis.subgraph_layers.values())
             raise UserError(f"{_name(model)}: its {count} Conv, Gemm or MatMul layers all lie inside subgraphs "
                             f"(of {where}), which onnxprune does not prune")
-        raise UserError(f"{_name(model)}: has no Conv, Gemm or MatMul layer to prune")
+        raise UserError(f"{_name(model)}: {_why_no_layers(proto)}")
     return analysis
+
+
+_QUANTIZED_OPS = ("QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QGemm", "DynamicQuantizeMatMul",
+                  "MatMulIntegerToFloat", "MatMulNBits", "QAttention")
+
+
+def _why_no_layers(proto: onnx.ModelProto) -> str:
+    """Why a model has no layer to prune: quantized operators, layers whose weights are computed (a QDQ model's
+    DequantizeLinear), or none at all."""
+    ops = [n.op_type for n in proto.graph.node]
+    quantized = sorted({op for op in ops if op in _QUANTIZED_OPS})
+    if quantized:
+        return (f"a quantized model ({', '.join(quantized)}): onnxprune prunes float weights; prune the float "
+                "model, then quantize it")
+    produced = {o: n.op_type for n in proto.graph.node for o in n.output}
+    layers = [n for n in proto.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
+    if layers:
+        sources = sorted({produced.get(n.input[1], "graph inputs") for n in layers if len(n.input) > 1})
+        if "DequantizeLinear" in sources:
+            return (f"a QDQ-quantized model (the weights of its {len(layers)} Conv, Gemm or MatMul layers come from "
+                    "DequantizeLinear): onnxprune prunes float weights; prune the float model, then quantize it")
+        return (f"the weights of its {len(layers)} Conv, Gemm or MatMul layers are computed at run time (by "
+                f"{', '.join(sources)}), not constants: onnxprune prunes layers with constant weights")
+    return "has no Conv, Gemm or MatMul layer to prune"
 
 
 def _calibration_shapes(proto: onnx.ModelProto, cal) -> dict | None:

@@ -105,6 +105,8 @@ BAD = {
     "truncated": lambda d, m: ["prune", _truncated(d, m), "-o", d / "o.onnx", *HALF_MAG],
     "random bytes": lambda d, m: ["prune", _random_bytes(d), "-o", d / "o.onnx", *HALF_MAG],
     "no conv": lambda d, m: ["prune", _no_conv_model(d / "relu.onnx"), "-o", d / "o.onnx", *HALF_MAG],
+    "qdq-quantized model": lambda d, m: ["prune", _quantized(d, m, "QDQ"), "-o", d / "o.onnx", *HALF_MAG],
+    "qoperator-quantized model": lambda d, m: ["analyze", _quantized(d, m, "QOperator")],
     "flops 0": lambda d, m: ["prune", m, "-o", d / "o.onnx", "--flops", "0", "--method", "magnitude"],
     "no target": lambda d, m: ["prune", m, "-o", d / "o.onnx", "--method", "magnitude"],
     "output is input": lambda d, m: ["prune", m, "-o", m, *HALF_MAG],
@@ -261,7 +263,8 @@ BAD = {
 
 
 # what the one line must name, where the exit code alone does not show the right refusal
-MUST_SAY = {"eval truncated member": "truncated", "calib truncated member": "truncated",
+MUST_SAY = {"qdq-quantized model": "a QDQ-quantized model", "qoperator-quantized model": "a quantized model (",
+            "eval truncated member": "truncated", "calib truncated member": "truncated",
             "eval header declares 100 GB": "declares", "calib header declares 100 GB": "declares",
             "zero-channel conv": "empty_conv", "zero-channel conv analyze": "empty_conv",
             "run-time reshape error in calibration": "bad_reshape", "run-time tile error in calibration": "huge_tile",
@@ -270,6 +273,24 @@ MUST_SAY = {"eval truncated member": "truncated", "calib truncated member": "tru
             "input shape unknown input": "nosuch", "model is /dev/zero": "/dev/zero",
             "external data location with NUL": "NUL", "eval different output sizes": "shape",
             "eval different input names": "pixels", "report missing field": "groups"}
+
+
+def _quantized(d, m, fmt: str):
+    """`m` statically quantized to int8 by ONNX Runtime's tool, in its QDQ or QOperator format."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            sess = load_in_ort(m)
+            inp = sess.get_inputs()[0]
+            shape = [d if isinstance(d, int) else 1 for d in inp.shape]
+            self.feeds = iter([{inp.name: np.random.default_rng(i).random(shape, dtype=np.float32)} for i in range(2)])
+
+        def get_next(self):
+            return next(self.feeds, None)
+    out = d / f"{fmt.lower()}.onnx"
+    quantize_static(str(m), str(out), Reader(), quant_format=getattr(QuantFormat, fmt), weight_type=QuantType.QInt8)
+    return out
 
 
 def _write(p, content):
