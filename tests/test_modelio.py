@@ -1,5 +1,6 @@
 """Loading and saving: external data both ways, refusal of escaping locations, atomic writes; every file
 written here is loaded by ONNX Runtime from disk, with its external data (issue 16, item 1)."""
+import pathlib
 import shutil
 import signal
 import subprocess
@@ -16,6 +17,8 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxprune.cli import main
 from onnxprune.errors import UserError
 from onnxprune.graph import load_model, path_uses_external_data, save_model
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _dynamo(zoo_models):
@@ -37,6 +40,24 @@ def test_external_data_model_prunes_and_saves_with_external_data(zoo_models, tmp
     assert (out.parent / "pruned.onnx.data").is_file() and path_uses_external_data(out)
     feeds = {"input": np.ones((1, 3, 16, 16), np.float32)}
     assert run_file(out, feeds)[0].shape == (1, 10)
+
+
+def test_size_line_counts_external_data_of_any_name(tmp_path):
+    """The summary's model sizes include the external data files the models refer to, whatever their names
+    (not only MODEL.onnx.data): pruning to half the channels cannot look like growth."""
+    m = onnx.load(str(ROOT / "models" / "fmnist_resnet.onnx"))  # 1.45 MB of weights
+    src = tmp_path / "model ü.onnx"
+    onnx.save(m, str(src), save_as_external_data=True, all_tensors_to_one_file=True, location="weights ü.bin",
+              size_threshold=0)
+    out = tmp_path / "pruned.onnx"
+    res = CliRunner().invoke(main, ["prune", str(src), "-o", str(out), "--method", "magnitude", "--keep-ratio", "0.5"])
+    assert res.exit_code == 0, res.output
+    line = next(ln for ln in res.stdout.splitlines() if ln.startswith("size"))
+    before, after = (float(x) for x in line.split()[1:5:3])
+    total = (src.stat().st_size + (tmp_path / "weights ü.bin").stat().st_size) / 1e6
+    assert total > 1.0 and abs(before - total) < 0.01 and 0 < after < 0.8 * before, line
+    run_file(out, {i.name: np.zeros([d.dim_value or 1 for d in i.type.tensor_type.shape.dim], np.float32)
+                   for i in m.graph.input})
 
 
 @pytest.mark.parametrize("location", ["../../etc/passwd", "/etc/passwd"])

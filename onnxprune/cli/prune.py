@@ -10,7 +10,7 @@ import click
 from .. import api
 from ..errors import UserError
 from ..graph import atomic_write_bytes, check_output_path, path_uses_external_data, save_model
-from ..graph.save import check_collisions
+from ..graph.save import check_collisions, external_data_files
 from ..options import (
     TARGETS,
     CalibrationOptions,
@@ -27,9 +27,8 @@ from .options import options_from, values_of
 
 
 def _size(path) -> float:
-    total = os.path.getsize(path)
-    data = str(path) + ".data"
-    return (total + (os.path.getsize(data) if path_uses_external_data(path) and os.path.exists(data) else 0)) / 1e6
+    """MB of the model file and the external data files it refers to (whatever their names)."""
+    return (os.path.getsize(path) + sum(os.path.getsize(f) for f in external_data_files(path) if f.is_file())) / 1e6
 
 
 def _parse_keep(values) -> dict[int, int]:
