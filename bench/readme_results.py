@@ -353,6 +353,8 @@ def minilm_section(data) -> str:
         note = [f"load {load[0]:.1f}"] if load[0] is not None else []
         if r.get("date") and r["date"] != m.get("date"):  # a row kept from an earlier run
             note.append(f"run of {r['date'][:16].replace('T', ' ')}")
+        if r.get("calib_sentences") and r["calib_sentences"] != data["calib_sentences"]:
+            note.append(f"calibrated on {r['calib_sentences']} sentences")
         if r.get("distill"):
             d = r["distill"]
             note.append(f"distillation {d['seconds']:.0f} s, {d['epochs']} epochs, best {d['best_epoch']}")
