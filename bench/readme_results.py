@@ -334,6 +334,22 @@ def coverage_section(data) -> str:
                               "attention+MLP channels prunable", "MACs reached", "oracle error"], rows), ""])
 
 
+def imagenet_scaling_section(data) -> str:
+    """bench/imagenet_scaling.py: fold A's calibration photos against those plus half its evaluation classes."""
+    if not data:
+        return ""
+    rows = [[r["row"], r["photos"], r["samples"], f"{100 * r['top1']:.1f}", f"{100 * r['top1_original']:.1f}",
+             f"{100 * r['agreement']:.1f}", f"{r['prune_wall_s']:.0f}"] for r in data["results"]]
+    return "\n".join([
+        "### ImageNet MobileNetV2: more calibration photos", "",
+        f"`bench/imagenet_scaling.py` (`bench/results/imagenet_scaling.json`{_when(data)}): the default at "
+        f"{data['flops']:.0%} MACs (`--augment {data['augment']}`, `--round-to 1`), calibrated on fold A's photos "
+        "and on those plus half of fold A's evaluation classes (E1: the classes c with c // 4 even), both "
+        f"evaluated on the other half (E2, {data['eval_photos']} photos of classes neither calibration saw).", "",
+        _table(["calibration", "photos", "samples", "top-1 %", "original top-1 %", "agreement %", "prune wall s"],
+               rows), ""])
+
+
 def minilm_section(data) -> str:
     """bench/minilm.py: the pretrained sentence encoder at each MACs target, side by side."""
     if not data:
@@ -437,6 +453,7 @@ def main() -> None:
             parts.append(quality_section(data, title))
     parts.append(finetune_section(_load("finetune.json")))
     parts.append(imagenet_sample_section(_load("imagenet_sample.json")))
+    parts.append(imagenet_scaling_section(_load("imagenet_scaling.json")))
     parts.append(imagenet_section(_load("imagenet.json")))
     parts += [gpu_section(_load("gpu.json")), latency_section(_load("latency.json")),
               latency_target_section(_load("latency_target.json")), minilm_section(_load("minilm.json")),
