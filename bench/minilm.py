@@ -38,9 +38,10 @@ eval sentence, and nearest-neighbour agreement (each sentence's nearest other ev
 in both spaces). Cost: wall and process CPU seconds of each prune (ONNX Runtime and torch threads
 included) and the load average around it (the machine is shared). Latency: ONNX Runtime CPU, batch 32
 x 128 tokens, original and the model of each LATENCY_ROWS row (greedy-local+full and the default) of each
-target, timed interleaved. A target a
-row cannot reach (heads alone are ~37% of the MACs) is recorded with the reason. Rows of an earlier run
-in --out that this run does not repeat (same target and row) are kept, marked with their own date.
+target, timed interleaved. A target a row cannot reach (heads alone are ~37% of the MACs) is recorded with
+the reason. Rows of an earlier run in --out that this run does not repeat (same target and row) are kept,
+marked with their own date. --rows is a comma-separated list of row names (names that hold a comma, such as
+"output-allocated, no residual targets", are recognised whole).
 """
 from __future__ import annotations
 
@@ -115,6 +116,18 @@ def latency(original, pruned, repeats: int) -> dict:
             "pruned": summarize(times["pruned"]), "speedup_paired": float(np.median(ratio))}
 
 
+def row_names(arg: str) -> list[str]:
+    """The row names in a comma-separated --rows value, longest name first where one holds a comma."""
+    pieces, names, i = arg.split(","), [], 0
+    while i < len(pieces):
+        j = next((j for j in range(len(pieces), i, -1) if ",".join(pieces[i:j]).strip() in ROWS), None)
+        if j is None:
+            raise SystemExit(f"--rows: unknown row {pieces[i].strip()!r}; rows: {'; '.join(ROWS)}")
+        names.append(",".join(pieces[i:j]).strip())
+        i = j
+    return names
+
+
 def _earlier(out: str, targets: str, rows: str, half_mlp: bool) -> tuple[list, list]:
     """The results (and latencies) of an earlier run in `out` that this run does not repeat."""
     if not os.path.exists(out):
@@ -123,7 +136,7 @@ def _earlier(out: str, targets: str, rows: str, half_mlp: bool) -> tuple[list, l
     with open(out) as f:
         old = json.load(f)
     date = old.get("machine", {}).get("date")
-    again = {(float(t), r) for t in targets.split(",") for r in rows.split(",")} | \
+    again = {(float(t), r) for t in targets.split(",") for r in row_names(rows)} | \
         ({(None, r) for r in HALF_MLP} if half_mlp else set())
     keep = [{"date": date, **r} for r in old.get("results", []) if (r["flops_target"], r["row"]) not in again]
     lat = [{"date": date, "row": LATENCY_ROWS[0], **r} for r in old.get("latency", [])]
@@ -154,7 +167,7 @@ def main(argv=None) -> int:
            "global_samples": args.global_samples, "results": [], "latency": []}
     doc["results"], doc["latency"] = _earlier(args.out, args.targets, args.rows, args.half_mlp)
     plan = [(None, name, HALF_MLP[name]) for name in HALF_MLP if args.half_mlp] + \
-        [(float(t), name, ROWS[name]) for t in args.targets.split(",") for name in args.rows.split(",")]
+        [(float(t), name, ROWS[name]) for t in args.targets.split(",") for name in row_names(args.rows)]
     for target, name, row in plan:
         spec = dict(row)
         n_calib = spec.pop("calib", args.calib)
