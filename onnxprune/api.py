@@ -66,6 +66,10 @@ def _analysis(proto: onnx.ModelProto, model, input_shapes: dict | None) -> Analy
         analysis = Analysis(proto, in_place=proto is not model, input_shapes=input_shapes)  # a loaded model is ours
     except UnsupportedModel as exc:
         raise UnsupportedModel(f"{_name(model)}: {exc}") from None
+    quantized = _quantized(proto)
+    if quantized and not analysis.groups:
+        raise UnsupportedModel(f"{_name(model)}: {quantized}: onnxprune prunes float weights; prune the float "
+                               "model, then quantize it")
     if not analysis.costs:
         if analysis.subgraph_layers:
             where = ", ".join(f"'{n}'" for n in list(analysis.subgraph_layers)[:3])
@@ -80,21 +84,27 @@ _QUANTIZED_OPS = ("QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"
                   "MatMulIntegerToFloat", "MatMulNBits", "QAttention")
 
 
+def _quantized(proto: onnx.ModelProto) -> str | None:
+    """What makes the model a quantized one (QOperator ops, or layers whose weights come from DequantizeLinear),
+    or None."""
+    ops = sorted({n.op_type for n in proto.graph.node if n.op_type in _QUANTIZED_OPS})
+    if ops:
+        return f"a quantized model ({', '.join(ops)})"
+    produced = {o: n.op_type for n in proto.graph.node for o in n.output}
+    layers = [n for n in proto.graph.node if n.op_type in ("Conv", "Gemm", "MatMul") and len(n.input) > 1
+              and produced.get(n.input[1]) == "DequantizeLinear"]
+    if layers:
+        return (f"a QDQ-quantized model (the weights of {len(layers)} Conv, Gemm or MatMul layers come from "
+                "DequantizeLinear)")
+    return None
+
+
 def _why_no_layers(proto: onnx.ModelProto) -> str:
-    """Why a model has no layer to prune: quantized operators, layers whose weights are computed (a QDQ model's
-    DequantizeLinear), or none at all."""
-    ops = [n.op_type for n in proto.graph.node]
-    quantized = sorted({op for op in ops if op in _QUANTIZED_OPS})
-    if quantized:
-        return (f"a quantized model ({', '.join(quantized)}): onnxprune prunes float weights; prune the float "
-                "model, then quantize it")
+    """Why a model without a quantized layer has no layer to prune: their weights are computed, or there are none."""
     produced = {o: n.op_type for n in proto.graph.node for o in n.output}
     layers = [n for n in proto.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
     if layers:
         sources = sorted({produced.get(n.input[1], "graph inputs") for n in layers if len(n.input) > 1})
-        if "DequantizeLinear" in sources:
-            return (f"a QDQ-quantized model (the weights of its {len(layers)} Conv, Gemm or MatMul layers come from "
-                    "DequantizeLinear): onnxprune prunes float weights; prune the float model, then quantize it")
         return (f"the weights of its {len(layers)} Conv, Gemm or MatMul layers are computed at run time (by "
                 f"{', '.join(sources)}), not constants: onnxprune prunes layers with constant weights")
     return "has no Conv, Gemm or MatMul layer to prune"

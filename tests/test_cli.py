@@ -275,8 +275,9 @@ MUST_SAY = {"qdq-quantized model": "a QDQ-quantized model", "qoperator-quantized
             "eval different input names": "pixels", "report missing field": "groups"}
 
 
-def _quantized(d, m, fmt: str):
-    """`m` statically quantized to int8 by ONNX Runtime's tool, in its QDQ or QOperator format."""
+def _quantized(d, m, fmt: str, nodes: list[str] | None = None):
+    """`m` statically quantized to int8 by ONNX Runtime's tool, in its QDQ or QOperator format (only `nodes`
+    when given)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     class Reader(CalibrationDataReader):
@@ -289,8 +290,29 @@ def _quantized(d, m, fmt: str):
         def get_next(self):
             return next(self.feeds, None)
     out = d / f"{fmt.lower()}.onnx"
-    quantize_static(str(m), str(out), Reader(), quant_format=getattr(QuantFormat, fmt), weight_type=QuantType.QInt8)
+    quantize_static(str(m), str(out), Reader(), quant_format=getattr(QuantFormat, fmt), weight_type=QuantType.QInt8,
+                    nodes_to_quantize=nodes)
     return out
+
+
+def test_partly_quantized_model_counts_every_layers_macs(model_path, tmp_path):
+    """One Conv of a QDQ model reads its weight from DequantizeLinear: it is frozen, but its MACs still count, so
+    the totals are the float model's and a MACs target is a share of the whole model."""
+    import onnxprune
+    float_model = onnx.load(str(model_path))
+    conv = [n.name for n in float_model.graph.node if n.op_type == "Conv"][1]
+    q = _quantized(tmp_path, model_path, "QDQ", nodes=[conv])
+    a, f = onnxprune.analyze(str(q)), onnxprune.analyze(str(model_path))
+    assert not a.unknown_costs and a.total_macs == f.total_macs, (a.total_macs, f.total_macs)
+    assert conv in {c.node for c in a.costs if c.macs > 0}
+    out, rep = tmp_path / "o.onnx", tmp_path / "r.json"
+    res = invoke("prune", q, "-o", out, "--report", rep, *HALF_MAG)
+    assert res.exit_code == 0, res.output
+    r = json.loads(rep.read_text())
+    assert r["macs_before"] == f.total_macs and abs(r["macs_after"] / r["macs_before"] - 0.5) <= 0.02 * 0.5
+    sess = load_in_ort(out)
+    inp = sess.get_inputs()[0]
+    sess.run(None, {inp.name: np.zeros([d if isinstance(d, int) else 1 for d in inp.shape], np.float32)})
 
 
 def _write(p, content):

@@ -38,14 +38,19 @@ def _set_group(count_labels):
 @handles("Conv")
 def conv(node, ctx):
     w = ctx.const(node.inputs[1])
-    if w is None or (len(node.inputs) > 2 and not node.inputs[2].is_empty() and ctx.const(node.inputs[2]) is None):
-        ctx.freeze_node(node, "weights or bias computed at run time")
-        return
     group = int(attr(node, "group", 1))
+    out = node.outputs[0]
+    if w is None or (len(node.inputs) > 2 and not node.inputs[2].is_empty() and ctx.const(node.inputs[2]) is None):
+        # still a layer of the model (a QDQ model's DequantizeLinear weights): its MACs count, from the shapes
+        ws = ctx.cost_shape(node.inputs[1])
+        spatial = _spatial(ctx.cost_shape(out))
+        known = ws is not None and len(ws) >= 2 and all(d is not None for d in ws) and spatial is not None
+        ctx.freeze_node(node, "weights or bias computed at run time")
+        ctx.cost(node, spatial * int(np.prod(ws, dtype=np.int64)) if known else None)
+        return
     cout, cin_g = w.shape[0], w.shape[1]
     cin = cin_g * group
     kernel = int(np.prod(w.shape[2:], dtype=np.int64))
-    out = node.outputs[0]
     spatial = _spatial(ctx.cost_shape(out))
     macs = None if spatial is None else spatial * cout * cin_g * kernel  # None: size symbolic
     lab, vec = _input_labels(node, ctx, cin)
@@ -84,6 +89,9 @@ def conv_transpose(node, ctx):
     group = int(attr(node, "group", 1))
     if w is None or group != 1 or "output_shape" in node.attrs:
         ctx.freeze_node(node, "grouped, shape-fixed or run-time-weight ConvTranspose is not supported")
+        ws, spatial = ctx.cost_shape(node.inputs[1]), _spatial(ctx.cost_shape(node.inputs[0]))
+        known = ws is not None and len(ws) >= 2 and all(d is not None for d in ws) and spatial is not None
+        ctx.cost(node, spatial * int(np.prod(ws, dtype=np.int64)) * group if known else None)
         return
     cin, cout = w.shape[0], w.shape[1]
     spatial = _spatial(ctx.cost_shape(node.inputs[0]))
