@@ -126,3 +126,22 @@ def test_shape_constant_that_is_a_graph_output_keeps_its_value(zoo_models, tmp_p
     onnx.save(pruned, tmp_path / "p.onnx")
     got = run_file(tmp_path / "p.onnx", zoo.random_input(z, 2, 0))
     assert np.array_equal(got[-1], numpy_helper.to_array(sizes))
+
+
+def test_frozen_layers_still_count_their_macs(tmp_path):
+    """A grouped ConvTranspose (not pruned) and a Conv whose weight is a graph input (given at run time) are
+    frozen, but their MACs count, from the shapes: H·W·Cin·(Cout/g)·k per input position for the ConvTranspose,
+    H'·W'·Cout·(Cin/g)·k for the Conv."""
+    rng = np.random.default_rng(0)
+    wt = numpy_helper.from_array(rng.standard_normal((4, 3, 2, 2)).astype(np.float32), "wt")  # Cin 4, Cout/g 3
+    nodes = [helper.make_node("ConvTranspose", ["x", "wt"], ["t"], group=2, strides=[2, 2], name="up"),
+             helper.make_node("Conv", ["t", "wc"], ["y"], pads=[1, 1, 1, 1], name="conv")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 5, 5]),
+                                       helper.make_tensor_value_info("wc", TensorProto.FLOAT, [5, 6, 3, 3])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5, 10, 10])], [wt])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    a = api.analyze(str(path))
+    macs = {c.node: c.macs for c in a.costs}
+    assert macs == {"up": 5 * 5 * 4 * 3 * 2 * 2, "conv": 10 * 10 * 5 * 6 * 3 * 3}, macs
+    assert not a.unknown_costs and not a.prunable

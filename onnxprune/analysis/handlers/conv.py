@@ -91,7 +91,7 @@ def conv_transpose(node, ctx):
         ctx.freeze_node(node, "grouped, shape-fixed or run-time-weight ConvTranspose is not supported")
         ws, spatial = ctx.cost_shape(node.inputs[1]), _spatial(ctx.cost_shape(node.inputs[0]))
         known = ws is not None and len(ws) >= 2 and all(d is not None for d in ws) and spatial is not None
-        ctx.cost(node, spatial * int(np.prod(ws, dtype=np.int64)) * group if known else None)
+        ctx.cost(node, spatial * int(np.prod(ws, dtype=np.int64)) if known else None)  # [Cin, Cout/g, k...]
         return
     cin, cout = w.shape[0], w.shape[1]
     spatial = _spatial(ctx.cost_shape(node.inputs[0]))
