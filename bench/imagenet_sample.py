@@ -156,7 +156,7 @@ def _tp_child(importance: str, folder: str, spec: dict, path: str) -> dict:
 
 
 # ------------------------------------------------------------------------------ parent
-def _evaluate(model_file: str, data: dict) -> dict:
+def evaluate(model_file: str, data: dict) -> dict:
     from bench.lib.imagenet import logits
     from onnxprune.report.evaluate import output_metrics
     out = {}
@@ -182,7 +182,7 @@ def run_row(key: str, fold: str, flops: float, args, data: dict, tmp: str) -> di
     if res.returncode:
         return {**rec, "error": res.stderr.strip()[-3000:]}
     rec.update(json.loads(res.stdout.strip().splitlines()[-1]), **time_v(res.stderr))
-    rec.update(_evaluate(save, data))
+    rec.update(evaluate(save, data))
     os.remove(save)
     return rec
 

@@ -17,11 +17,11 @@ import sys
 import tempfile
 import time
 
+from bench.imagenet_sample import evaluate
 from bench.lib import imagenet_sample as S
 from bench.lib.common import format_table, loadavg, machine_info, write_json
 from bench.lib.imagenet import logits, model_path
 from onnxprune import prune, save_model
-from onnxprune.report.evaluate import output_metrics
 
 OUT = os.path.join("bench", "results", "imagenet_scaling.json")
 
@@ -50,15 +50,13 @@ def main(argv=None) -> int:
         pruned, rep = prune(model_path(), links.name, flops=args.flops, preprocess="imagenet", augment=args.augment,
                             round_to=1, quiet=True)
         wall = time.time() - w0
+        rec = {"row": name, "photos": len(items), "samples": rep.calibration_samples, "macs_ratio": rep.macs_ratio,
+               "prune_wall_s": wall, "loadavg_before": load0}
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "pruned.onnx")
             save_model(pruned, path)
-            m = output_metrics(reference, logits(path, x), y)
+            rec.update(evaluate(path, {"eval": (x, y, reference)}))  # top-1/5 with labels, agreement, KL
         links.cleanup()
-        rec = {"row": name, "photos": len(items), "samples": rep.calibration_samples, "macs_ratio": rep.macs_ratio,
-               "prune_wall_s": wall, "loadavg_before": load0, "top1_original": m["accuracy_original"],
-               "top1": m["accuracy_pruned"], "top5_original": m["top5_original"], "top5": m["top5_pruned"],
-               "agreement": m["agreement"]}
         doc["results"].append(rec)
         print(f"{name}: {len(items)} photos, top-1 {rec['top1']:.1%} (original {rec['top1_original']:.1%}), "
               f"agreement {rec['agreement']:.1%}, prune {wall:.0f} s", flush=True)

@@ -66,8 +66,8 @@ def _analysis(proto: onnx.ModelProto, model, input_shapes: dict | None) -> Analy
         analysis = Analysis(proto, in_place=proto is not model, input_shapes=input_shapes)  # a loaded model is ours
     except UnsupportedModel as exc:
         raise UnsupportedModel(f"{_name(model)}: {exc}") from None
-    quantized = _quantized(proto)
-    if quantized and not analysis.groups:
+    quantized = None if analysis.groups else _quantized(proto)
+    if quantized:
         raise UnsupportedModel(f"{_name(model)}: {quantized}: onnxprune prunes float weights; prune the float "
                                "model, then quantize it")
     if not analysis.costs:
@@ -84,28 +84,33 @@ _QUANTIZED_OPS = ("QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"
                   "MatMulIntegerToFloat", "MatMulNBits", "QAttention")
 
 
+def _layer_weights(proto: onnx.ModelProto) -> list[str | None]:
+    """For every Conv, Gemm or MatMul: the op type that computes its weight (input 1), "graph inputs" when no
+    node does, None when it has no weight input."""
+    produced = {o: n.op_type for n in proto.graph.node for o in n.output}
+    return [produced.get(n.input[1], "graph inputs") if len(n.input) > 1 else None for n in proto.graph.node
+            if n.op_type in ("Conv", "Gemm", "MatMul")]
+
+
 def _quantized(proto: onnx.ModelProto) -> str | None:
     """What makes the model a quantized one (QOperator ops, or layers whose weights come from DequantizeLinear),
     or None."""
     ops = sorted({n.op_type for n in proto.graph.node if n.op_type in _QUANTIZED_OPS})
     if ops:
         return f"a quantized model ({', '.join(ops)})"
-    produced = {o: n.op_type for n in proto.graph.node for o in n.output}
-    layers = [n for n in proto.graph.node if n.op_type in ("Conv", "Gemm", "MatMul") and len(n.input) > 1
-              and produced.get(n.input[1]) == "DequantizeLinear"]
-    if layers:
-        return (f"a QDQ-quantized model (the weights of {len(layers)} Conv, Gemm or MatMul layers come from "
+    dequantized = _layer_weights(proto).count("DequantizeLinear")
+    if dequantized:
+        return (f"a QDQ-quantized model (the weights of {dequantized} Conv, Gemm or MatMul layers come from "
                 "DequantizeLinear)")
     return None
 
 
 def _why_no_layers(proto: onnx.ModelProto) -> str:
     """Why a model without a quantized layer has no layer to prune: their weights are computed, or there are none."""
-    produced = {o: n.op_type for n in proto.graph.node for o in n.output}
-    layers = [n for n in proto.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
-    if layers:
-        sources = sorted({produced.get(n.input[1], "graph inputs") for n in layers if len(n.input) > 1})
-        return (f"the weights of its {len(layers)} Conv, Gemm or MatMul layers are computed at run time (by "
+    weights = _layer_weights(proto)
+    if weights:
+        sources = sorted({w for w in weights if w is not None})
+        return (f"the weights of its {len(weights)} Conv, Gemm or MatMul layers are computed at run time (by "
                 f"{', '.join(sources)}), not constants: onnxprune prunes layers with constant weights")
     return "has no Conv, Gemm or MatMul layer to prune"
 

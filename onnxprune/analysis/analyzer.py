@@ -386,7 +386,7 @@ class Analysis:
             return ""
         layers = ", ".join(f"{c.op} '{c.node}'" for c in unknown[:3]) + \
             (f" and {len(unknown) - 3} more" if len(unknown) > 3 else "")
-        need = {n: d for n, d in symbolic_inputs(self.model).items() if n not in self.input_shapes}
+        need = self._inputs_needing_shapes()
         if need:
             which = ", ".join(f"'{n}' [{', '.join(map(str, d))}]" for n, d in need.items())
             example = " ".join(f"{n}=" + ",".join(str(x) if isinstance(x, int) else "1" if i == 0 else str(x)
@@ -405,8 +405,11 @@ class Analysis:
     def input_shapes_would_help(self) -> bool:
         """Whether giving input shapes may size the layers of unknown MACs: some input has symbolic dims, or
         shape inference does not stop at a node whose inputs are all sized."""
-        return bool({n for n in symbolic_inputs(self.model) if n not in self.input_shapes}) or \
-            self.shape_inference_stop() is None
+        return bool(self._inputs_needing_shapes()) or self.shape_inference_stop() is None
+
+    def _inputs_needing_shapes(self) -> dict:
+        """The inputs with symbolic dims that no given input shape sizes: name -> declared dims."""
+        return {n: d for n, d in symbolic_inputs(self.model).items() if n not in self.input_shapes}
 
     def shape_inference_stop(self):
         """Where ONNX shape inference gave up on the way to a layer of unknown MACs: the first node (in graph

@@ -40,7 +40,9 @@ class Collector:
         give the residual operand too (docs/DESIGN.md, "Residual targets")."""
         bar = tqdm(total=cal.size, desc=desc, unit="sample", leave=False, disable=self.quiet or None)
         mp = self.options.max_positions
-        residual_keep = residual_keep or {}
+        # per residual consumer, the weight of the stream's error in its target (constant over batches)
+        keep = residual_keep or {}
+        weights = {c.node: _residual_weight(c, keep[c.node]) for c in self.consumers if c.residual and c.node in keep}
         for split in SPLITS:
             for first, batch in checked_batches(cal, self.options.batch_size, split):
                 xs = tap_in(batch)
@@ -54,9 +56,9 @@ class Collector:
                         outputs = (tap_out.rows(c.node, first, n), None)
                     else:
                         outputs = c.output_rows(ys[c.output], first, mp, self.seed, tokens)
-                    if c.node in residual_keep and c.residual:
+                    if c.node in weights:
                         outputs = (self._residual_target(c, outputs[0], xs, ys, tap_out, first, n, tokens,
-                                                         residual_keep[c.node]), outputs[1])
+                                                         weights[c.node]), outputs[1])
                     x, y = c.features(xs[c.input], None, first, mp, self.seed, tokens, outputs=outputs)
                     if not (np.isfinite(x.numpy()).all() and np.isfinite(y.numpy()).all()):
                         raise UserError(f"{cal.what}: activations at '{c.name}' are NaN or Inf")
@@ -67,10 +69,9 @@ class Collector:
                 bar.update(n)
         bar.close()
 
-    def _residual_target(self, c: Consumer, y, xs, ys, tap_out, first: int, n: int, tokens, keep: np.ndarray):
-        """y + (r_original − r_pruned) / a on the kept output channels (a: the scale of the per-channel affine
-        ops between the consumer and the Add, 1 without): what the consumer must give for the sum to be the
-        original's."""
+    def _residual_target(self, c: Consumer, y, xs, ys, tap_out, first: int, n: int, tokens, weight: torch.Tensor):
+        """y + weight·(r_original − r_pruned) (`_residual_weight`): what the consumer must give for the sum to be
+        the original's."""
         assert c.residual is not None
         mp = self.options.max_positions
         pruned, _ = c.output_rows(xs[c.residual], first, mp, self.seed, tokens)
@@ -78,10 +79,16 @@ class Collector:
             c.output_rows(ys[c.residual], first, mp, self.seed, tokens)[0]
         if pruned.shape != y.shape or original.shape != y.shape:  # broadcast at run time: not a residual stream
             return y
-        weight = np.asarray(keep, np.float64)
-        if c.residual_scale is not None:  # y reaches the Add as a·y + b: the stream's error counts 1/a in y
-            a = np.asarray(c.residual_scale, np.float64)
-            usable = np.abs(a) > 1e-12 * max(float(np.abs(a).max()), 1e-300)
-            weight = weight * np.where(usable, 1.0 / np.where(usable, a, 1.0), 0.0)
-        delta = (original.to(torch.float64) - pruned.to(torch.float64)) * torch.from_numpy(weight)
-        return y.to(torch.float64) + delta
+        return y.to(torch.float64) + (original.to(torch.float64) - pruned.to(torch.float64)) * weight
+
+
+def _residual_weight(c: Consumer, keep: np.ndarray) -> torch.Tensor:
+    """1/a on the kept output channels, 0 on the others (a: the scale of the per-channel affine ops between the
+    consumer and the Add, 1 without; 0 where a vanishes): y reaches the Add as a·y + b, so the stream's error
+    counts 1/a in y."""
+    weight = np.asarray(keep, np.float64)
+    if c.residual_scale is not None:
+        a = np.asarray(c.residual_scale, np.float64)
+        usable = np.abs(a) > 1e-12 * max(float(np.abs(a).max()), 1e-300)
+        weight = weight * np.where(usable, 1.0 / np.where(usable, a, 1.0), 0.0)
+    return torch.from_numpy(weight)

@@ -4,6 +4,14 @@ from __future__ import annotations
 import numpy as np
 
 
+def known_size(shape, rank: int) -> int | None:
+    """The element count of a weight of `shape` (the MACs per output position of a frozen layer whose weight is
+    computed at run time), when it has `rank` dimensions, all known; else None."""
+    if shape is None or len(shape) != rank or any(d is None for d in shape):
+        return None
+    return int(np.prod(shape, dtype=np.int64))
+
+
 def labeled_axes(lab: np.ndarray) -> list[int]:
     return [i for i, d in enumerate(lab.shape) if d > 1]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import handles
-from .base import attr, axis_labels, on_axis
+from .base import attr, axis_labels, known_size, on_axis
 
 
 def _spatial(shape) -> int | None:
@@ -40,18 +40,16 @@ def conv(node, ctx):
     w = ctx.const(node.inputs[1])
     group = int(attr(node, "group", 1))
     out = node.outputs[0]
+    spatial = _spatial(ctx.cost_shape(out))
     if w is None or (len(node.inputs) > 2 and not node.inputs[2].is_empty() and ctx.const(node.inputs[2]) is None):
         # still a layer of the model (a QDQ model's DequantizeLinear weights): its MACs count, from the shapes
-        ws = ctx.cost_shape(node.inputs[1])
-        spatial = _spatial(ctx.cost_shape(out))
-        known = ws is not None and len(ws) >= 2 and all(d is not None for d in ws) and spatial is not None
         ctx.freeze_node(node, "weights or bias computed at run time")
-        ctx.cost(node, spatial * int(np.prod(ws, dtype=np.int64)) if known else None)
+        size = known_size(ctx.cost_shape(node.inputs[1]), len(ctx.cost_shape(out) or ()))  # [Cout, Cin/g, k...]
+        ctx.cost(node, None if size is None or spatial is None else spatial * size)
         return
     cout, cin_g = w.shape[0], w.shape[1]
     cin = cin_g * group
     kernel = int(np.prod(w.shape[2:], dtype=np.int64))
-    spatial = _spatial(ctx.cost_shape(out))
     macs = None if spatial is None else spatial * cout * cin_g * kernel  # None: size symbolic
     lab, vec = _input_labels(node, ctx, cin)
     if lab is not None and vec is None:
@@ -87,14 +85,14 @@ def conv(node, ctx):
 def conv_transpose(node, ctx):
     w = ctx.const(node.inputs[1])
     group = int(attr(node, "group", 1))
+    spatial = _spatial(ctx.cost_shape(node.inputs[0]))
     if w is None or group != 1 or "output_shape" in node.attrs:
         ctx.freeze_node(node, "grouped, shape-fixed or run-time-weight ConvTranspose is not supported")
-        ws, spatial = ctx.cost_shape(node.inputs[1]), _spatial(ctx.cost_shape(node.inputs[0]))
-        known = ws is not None and len(ws) >= 2 and all(d is not None for d in ws) and spatial is not None
-        ctx.cost(node, spatial * int(np.prod(ws, dtype=np.int64)) if known else None)  # [Cin, Cout/g, k...]
+        # weight [Cin, Cout/g, k...]: Cout/g·k MACs per input channel and position
+        size = known_size(ctx.cost_shape(node.inputs[1]), len(ctx.cost_shape(node.inputs[0]) or ()))
+        ctx.cost(node, None if size is None or spatial is None else spatial * size)
         return
     cin, cout = w.shape[0], w.shape[1]
-    spatial = _spatial(ctx.cost_shape(node.inputs[0]))
     macs = None if spatial is None else spatial * cin * cout * int(np.prod(w.shape[2:], dtype=np.int64))
     lab, vec = _input_labels(node, ctx, cin)
     if lab is not None and vec is None:

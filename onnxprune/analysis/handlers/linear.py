@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import handles
-from .base import attr, axis_labels, labeled_axes, on_axis
+from .base import attr, axis_labels, known_size, labeled_axes, on_axis
 
 
 def _features(node, ctx, tensor, axis: int, size: int):
@@ -24,8 +24,7 @@ def gemm(node, ctx):
     b = ctx.const(node.inputs[1])
     if b is None or attr(node, "transA", 0):
         ctx.freeze_node(node, "Gemm with a run-time weight or transA is not supported")
-        bs = ctx.cost_shape(node.inputs[1])  # its MACs still count (k x n per sample), from the weight's shape
-        ctx.cost(node, int(np.prod(bs, dtype=np.int64)) if bs is not None and len(bs) == 2 and None not in bs else None)
+        ctx.cost(node, known_size(ctx.cost_shape(node.inputs[1]), 2))  # its MACs still count: k x n per sample
         return
     trans_b = bool(attr(node, "transB", 0))
     k, n = (b.shape[1], b.shape[0]) if trans_b else b.shape
