@@ -271,6 +271,7 @@ def prune_with_options(model, calibration, options: PruneOptions, quiet: bool = 
     report.refit, report.calibration_samples = str(refit), n_cal
     report.allocate = str(allocated)
     report.token_mask, report.output_loss = token_mask, output_loss
+    report.fixed_batch = cal.fixed_batch if cal is not None else None
     report.latency = measured
     report.selection, report.analysis = selection, analysis
     return pruned, report

@@ -120,7 +120,9 @@ def _training_batches(cal: Calibration, epoch: int, batch_size: int, seed: int):
     rng = np.random.default_rng((seed, 7919, epoch))
     chosen = order[rng.permutation(n_images)]
     name = images.input_name
-    for i in range(0, n_images, batch_size):
+    batch_size = cal.run_batch(batch_size)
+    whole = n_images - n_images % batch_size if cal.fixed_batch else n_images  # a fixed batch runs whole batches
+    for i in range(0, whole, batch_size):
         # crop index per + epoch: never one the statistics used (0 .. per - 1), new every epoch
         pixels = np.stack([images.crop(int(j), per + epoch, cal.seed) for j in chosen[i:i + batch_size]])
         yield {name: images.to_input(pixels)}

@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import UserError
+from .graph.inputs import fixed_batch
 from .twin.trainable import Trainable as _Trainable
 from .twin.trainable import default_device, trainable_tensors
 
@@ -85,6 +86,12 @@ def finetune(model: onnx.ModelProto, x, y, epochs: int = 1, lr: float = 0.01, ba
     n = len(labels)
     if any(len(v) != n for v in inputs.values()):
         raise UserError("finetune: inputs and labels differ in length")
+    fixed = fixed_batch(model)  # an export without a dynamic batch axis trains on batches of exactly its size
+    if fixed is not None and fixed != batch_size:
+        if n < fixed:
+            raise UserError(f"finetune: the model's fixed batch dimension is {fixed}; only {n} samples given")
+        log.info("finetune: the model's fixed batch dimension %d replaces batch_size %d", fixed, batch_size)
+        batch_size = fixed
     params = list(tr.params.values())
     opt: torch.optim.Optimizer
     if optimizer == "sgd":

@@ -9,6 +9,7 @@ their crops (`images.py`: the centre crop of every image and, with `augment`, ra
 """
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ import numpy as np
 import onnx
 
 from ..errors import UserError
-from ..graph.inputs import model_inputs
+from ..graph.inputs import fixed_batch, model_inputs
 from ..graph.load import check_regular_file
 from ..options import CalibrationOptions, OptionError
 from .images import IMAGE_SUFFIXES, ImageSet, holdout_images, spill_images
@@ -25,13 +26,16 @@ from .npy_stream import NpyStream, npz_streams
 from .part import Part
 from .spill import reader_items, spill
 
+log = logging.getLogger("onnxprune")
+
 
 class Calibration:
     """Re-iterable batches of model inputs; `holdout` trailing samples are kept apart.
 
     From an image folder the samples are `per_image` consecutive crops of each image, and the held-out
     share is whole images (spread evenly over the files, placed last): `images` is the `ImageSet` and
-    `image_order[i]` the image of samples i·per_image ... (i+1)·per_image − 1."""
+    `image_order[i]` the image of samples i·per_image ... (i+1)·per_image − 1. A model with a fixed batch
+    dimension B (`fixed_batch`, set by `check`) gets batches of exactly B whatever size is asked for."""
 
     def __init__(self, parts: list[Part], what: str, holdout: float = 0.1, tmpdir=None,
                  images: ImageSet | None = None, image_order: np.ndarray | None = None, per_image: int = 1,
@@ -44,22 +48,33 @@ class Calibration:
         self.n_holdout = n_holdout if n_holdout is not None else \
             (int(round(self.size * holdout)) if self.size >= 10 else 0)
         self.n_calib = self.size - self.n_holdout
+        self.fixed_batch: int | None = None
         if self.n_calib < 1:
             raise OptionError("holdout", holdout, f"holds out all {self.size} samples of {what}, leaving none to "
                               "calibrate on")
 
-    def batches(self, batch_size: int, split: str = "all") -> Iterator[tuple[int, dict[str, np.ndarray]]]:
-        """(index of first sample, batch) for split 'calib', 'holdout' or 'all'."""
+    def _ranges(self, split: str) -> Iterator[tuple[int, Part, int, int]]:
+        """(index of the part's first sample, part, first row, end row) of each part's rows in `split`."""
         lo, hi = {"all": (0, self.size), "calib": (0, self.n_calib), "holdout": (self.n_calib, self.size)}[split]
         start = 0
         for part in self.parts:
             a, b = max(lo - start, 0), min(hi - start, part.size)  # rows of this part in the split
             if a < b:
-                iters = {k: (v.blocks(batch_size, a, b) if isinstance(v, NpyStream) else _rows(v, a, b, batch_size))
-                         for k, v in part.arrays.items()}  # (a generator expression here would see the last v)
-                for offset in range(a, b, batch_size):
-                    yield start + offset, {k: np.ascontiguousarray(next(it)) for k, it in iters.items()}
+                yield start, part, a, b
             start += part.size
+
+    def run_batch(self, batch_size: int) -> int:
+        """The batch size runs take: `batch_size`, or the model's fixed batch dimension."""
+        return self.fixed_batch or batch_size
+
+    def batches(self, batch_size: int, split: str = "all") -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+        """(index of first sample, batch) for split 'calib', 'holdout' or 'all'."""
+        batch_size = self.run_batch(batch_size)
+        for start, part, a, b in self._ranges(split):
+            iters = {k: (v.blocks(batch_size, a, b) if isinstance(v, NpyStream) else _rows(v, a, b, batch_size))
+                     for k, v in part.arrays.items()}  # (a generator expression here would see the last v)
+            for offset in range(a, b, batch_size):
+                yield start + offset, {k: np.ascontiguousarray(next(it)) for k, it in iters.items()}
 
     def check(self, model: onnx.ModelProto) -> None:
         """Names, dtypes and shapes against the model; finite values (checked on every batch later too)."""
@@ -77,6 +92,26 @@ class Calibration:
                 if len(a_shape) != len(shape) or any(s is not None and s != d for s, d in zip(shape[1:], a_shape[1:])):
                     raise UserError(f"{self.what}: input '{name}' has shape {tuple(a_shape)}, the model expects "
                                     f"{tuple('?' if s is None else s for s in shape)}")
+        self._check_fixed_batch(model)
+
+    def _check_fixed_batch(self, model: onnx.ModelProto) -> None:
+        """A model exported without a dynamic batch axis runs on batches of exactly its batch dimension B
+        (docs/DESIGN.md, "Fixed batch"): B = 1 takes any data one sample at a time; for B > 1 every part's rows of
+        each split must come in whole batches, since a partial batch cannot run."""
+        self.fixed_batch = fixed_batch(model)
+        if self.fixed_batch is None:
+            return
+        names = [k for k, (_, shape) in model_inputs(model).items() if shape and shape[0] == self.fixed_batch]
+        b = self.fixed_batch
+        log.info("input '%s' has a fixed batch dimension %d: runs take %d sample%s at a time",
+                 names[0], b, b, "" if b == 1 else "s")
+        for split in ("calib", "holdout"):
+            counts = [hi - lo for _, _, lo, hi in self._ranges(split)]
+            if any(c % b for c in counts):
+                raise UserError(f"{self.what}: the model's input '{names[0]}' has a fixed batch dimension {b}, so "
+                                f"every run takes {b} samples, but the {split} split holds "
+                                f"{' + '.join(map(str, counts))} samples (with --holdout, in each file); export "
+                                f"the model with a dynamic batch axis, or give samples in multiples of {b}")
 
 
 def _rows(v: np.ndarray, a: int, b: int, batch_size: int) -> Iterator[np.ndarray]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
+from ..errors import UserError
+
 ONNX_TO_NUMPY = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.float16,
                  onnx.TensorProto.DOUBLE: np.float64, onnx.TensorProto.INT64: np.int64,
                  onnx.TensorProto.INT32: np.int32, onnx.TensorProto.UINT8: np.uint8,
@@ -21,6 +23,18 @@ def model_inputs(model: onnx.ModelProto) -> dict[str, tuple]:
         shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)
         out[inp.name] = (ONNX_TO_NUMPY.get(tt.elem_type), shape)
     return out
+
+
+def fixed_batch(model: onnx.ModelProto) -> int | None:
+    """The batch size every run of `model` takes: the fixed first dimension its run-time inputs declare (an
+    export without a dynamic batch axis), or None when every first dimension is symbolic. Inputs that declare
+    different fixed first dimensions cannot all be batch first: refused. See docs/DESIGN.md, "Fixed batch"."""
+    fixed = {name: shape[0] for name, (_, shape) in model_inputs(model).items() if shape and shape[0] is not None}
+    if len(set(fixed.values())) > 1:
+        raise UserError("the model's inputs declare different fixed first dimensions ("
+                        + ", ".join(f"'{k}': {v}" for k, v in fixed.items())
+                        + "); every input's first dimension is its batch dimension")
+    return next(iter(fixed.values()), None) or None
 
 
 def declared_dims(model: onnx.ModelProto) -> dict[str, list]:

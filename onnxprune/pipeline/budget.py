@@ -91,7 +91,7 @@ class Plan:
         self.latency["measured"] = got
         if self.latency.get("kind") == "round_to" and got["speedup"] < 1.0:
             raise UserError(f"the pruned model measured slower than the original on {m.runtime.provider} at batch "
-                            f"{m.batch} ({got['pruned_ms']:.3g} ms against {got['original_ms']:.3g} ms); it is not "
+                            f"{m.batch} ({_timings(got)}); it is not "
                             "written. Choose a fixed rounding (round_to) or a smaller target")
         if self.latency.get("kind") == "latency":
             ratio = 1.0 / got["speedup"]
@@ -159,10 +159,16 @@ def plan(analysis: Analysis, target: TargetOptions, overrides: dict[int, int],
         latency["stand_in"] = check
         if check["speedup"] < 1.0:
             raise UserError(f"with the fastest measured widths the pruned model is still slower than the original "
-                            f"on {measure.runtime.provider} at batch {measure.batch} ({check['pruned_ms']:.3g} ms "
-                            f"against {check['original_ms']:.3g} ms); choose a fixed rounding (round_to) or a smaller "
-                            "target")
+                            f"on {measure.runtime.provider} at batch {measure.batch} ({_timings(check)}); choose a fixed "
+                            "rounding (round_to) or a smaller target")
     return Plan(found, widths, latency, measure)
+
+
+def _timings(got: dict) -> str:
+    """A `speedup` measurement in words: the verdict is the median of the paired per-round ratios, which can
+    fall below 1 while the pruned model's median time is the lower one."""
+    return (f"paired speed-up {got['speedup']:.3f}x over {got['rounds']} interleaved rounds; median "
+            f"{got['pruned_ms']:.3g} ms against {got['original_ms']:.3g} ms")
 
 
 def _relax(analysis: Analysis, kind: str, fraction: float, target: TargetOptions, widths: dict[int, np.ndarray],

@@ -64,7 +64,7 @@ def profile_collectors(pruner: GreedyPruner) -> tuple[dict[int, list[Consumer]],
         except NotSupported:
             continue
     shapes = {t.name: t.shape for t in a.graph.tensors().values()}
-    batch = pruner.options.calibration.batch_size
+    batch = pruner.cal.run_batch(pruner.options.calibration.batch_size)
 
     def nbytes(name: str) -> int:
         shape = shapes.get(name)

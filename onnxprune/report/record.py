@@ -55,6 +55,7 @@ class Report:
     latency: dict = field(default_factory=dict)
     macs_unknown: list[str] = field(default_factory=list)  # layers whose MACs are unknown (symbolic sizes)
     token_mask: str | None = None    # the input whose padding tokens were left out of the statistics
+    fixed_batch: int | None = None   # the model's fixed batch dimension, the size of every calibration run
     output_loss: str | None = None   # the global methods' output loss (kl or mse), when one ran
     distill: dict | None = None   # the distillation's record (`onnxprune.distill.DistillRecord`), if it ran
     # allocate=output: {"chosen", "held_out_output_loss": {candidate: loss}}; auto that could not use output:
@@ -86,6 +87,9 @@ class Report:
                 f"params {self.params_before:,} -> {self.params_after:,} "
                 f"({self.params_after / max(self.params_before, 1):.1%})\n"
                 f"groups {len(prunable)} pruned, {len(self.groups) - len(prunable)} frozen")
+        if self.fixed_batch:
+            text += (f"\nbatch  fixed at {self.fixed_batch} by the model's inputs: calibration ran "
+                     f"{self.fixed_batch} sample{'s' if self.fixed_batch > 1 else ''} at a time")
         if self.token_mask:
             text += f"\ntokens padding left out of the statistics (input '{self.token_mask}')"
         if self.output_loss:
