@@ -15,7 +15,7 @@ import onnx
 
 from .analysis import Analysis
 from .errors import UnsupportedModel, UserError
-from .graph import check_model, load_model
+from .graph import check_model, load_model, with_supported_opset
 from .graph.inputs import symbolic_inputs
 from .options import (
     AUTO,
@@ -47,6 +47,7 @@ def _name(model) -> str:
 
 def _as_model(model) -> tuple[onnx.ModelProto, str]:
     if isinstance(model, onnx.ModelProto):
+        model = with_supported_opset(model)
         check_model(model)
         return model, _name(model)
     if isinstance(model, (str, os.PathLike)):

@@ -219,3 +219,64 @@ def test_nested_ifs_are_linear(monkeypatch, condition):
     a = Analysis(P.nested_ifs(30, condition))
     assert len(calls) <= 64
     assert len(a.groups) == 1 and a.total_macs == 4 * 3 * 9 * 64
+
+
+# ----------------------------------------------------------------------------------------- session 12
+def _old_style_net(opset: int, initializers_as_inputs: bool) -> onnx.ModelProto:
+    """x[N, 3, 8, 8] -> Conv(16) -> BatchNormalization -> Relu -> Upsample x2 (opset < 10; its scales an attribute
+    below 9) or Resize -> Conv(8);
+    with `initializers_as_inputs` every weight is also listed as a graph input (IR 3 style)."""
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(0)
+
+    def t(name, arr):
+        return numpy_helper.from_array(np.asarray(arr, np.float32), name)
+    inits = [t("w1", rng.standard_normal((16, 3, 3, 3))), t("b1", rng.standard_normal(16)),
+             t("s", rng.uniform(0.5, 2, 16)), t("bb", rng.standard_normal(16)), t("m", rng.standard_normal(16)),
+             t("v", rng.uniform(0.5, 2, 16)), t("w2", rng.standard_normal((8, 16, 3, 3))),
+             t("scales", [1, 1, 2, 2])]
+    if opset < 9:  # scales an attribute
+        inits.pop()
+        up = helper.make_node("Upsample", ["r"], ["u"], mode="nearest", scales=[1.0, 1.0, 2.0, 2.0])
+    elif opset < 10:
+        up = helper.make_node("Upsample", ["r", "scales"], ["u"], mode="nearest")
+    else:
+        inits.append(t("roi", np.zeros(0)))  # not optional before opset 13
+        up = helper.make_node("Resize", ["r", "roi", "scales"], ["u"], mode="nearest")
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["a"], pads=[1] * 4),
+             helper.make_node("BatchNormalization", ["a", "s", "bb", "m", "v"], ["n"]),
+             helper.make_node("Relu", ["n"], ["r"]), up,
+             helper.make_node("Conv", ["u", "w2"], ["y"], pads=[1] * 4)]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])]
+    if initializers_as_inputs:
+        inputs += [helper.make_tensor_value_info(i.name, TensorProto.FLOAT, list(i.dims)) for i in inits]
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, 16, 16])
+    g = helper.make_graph(nodes, "old", inputs, [y], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = 6  # as torch writes with keep_initializers_as_inputs=True
+    return m
+
+
+@pytest.mark.parametrize("opset", [7, 9])
+def test_old_opset_is_raised_by_the_version_converter(tmp_path, opset):
+    """Opsets below 11 (the ONNX model zoo's opset 7-9 models) were refused; they are raised to 11 by ONNX's
+    version converter and prune exactly (the Upsample becomes a Resize)."""
+    m = _old_style_net(opset, initializers_as_inputs=False)
+    a = _exact(tmp_path, m)
+    assert not _group(a, "Conv_0").frozen
+    pruned, _ = api.prune(tmp_path / "model.onnx", method="magnitude", keep_ratio=0.5)
+    assert {i.domain: i.version for i in pruned.opset_import}.get("", 0) == 11
+    # against the original opset-9 file as ONNX Runtime runs it
+    x = _feeds(2, 1)
+    assert rel_err(run(_keep_all(a), x), _session(tmp_path / "model.onnx").run(None, x)) <= 1e-5
+
+
+def test_initializers_listed_as_inputs_are_weights(tmp_path):
+    """Torch's keep_initializers_as_inputs=True (IR 3 style): every weight is also a graph input. They were
+    taken for run-time tensors and every layer froze; now they are weights, and the pruned model's inputs
+    are the ones a caller feeds."""
+    m = _old_style_net(11, initializers_as_inputs=True)
+    a = _exact(tmp_path, m)
+    assert not _group(a, "Conv_0").frozen
+    pruned, _ = api.prune(tmp_path / "model.onnx", method="magnitude", keep_ratio=0.5)
+    assert [i.name for i in pruned.graph.input] == ["x"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import json
+import logging
 import os
 import shutil
 import signal
@@ -301,13 +302,44 @@ def _expect_user_error(args, work: Path, must_mention: str | None = None):
     return lines[0]
 
 
-@pytest.mark.parametrize("opset", [9, 10, 22, 23])
+@pytest.mark.parametrize("opset", [26, 27])
 def test_unsupported_opset_is_a_user_error(tmp_path, opset):
     model = _tiny_model(tmp_path / f"opset{opset}.onnx", opset)
     onnx.checker.check_model(onnx.load(str(model)), full_check=True)  # a valid model, just out of range
     line = _expect_user_error(["prune", model.name, "-o", "o.onnx", *PRUNE], tmp_path, "opset")
     assert str(opset) in line
     _expect_user_error(["analyze", model.name], tmp_path, "opset")
+
+
+@pytest.mark.parametrize("opset", [1, 7, 10, 22, 25])
+def test_opsets_below_11_are_raised_and_up_to_25_read(tmp_path, opset):
+    model = _tiny_model(tmp_path / f"opset{opset}.onnx", opset)
+    code, out, err = run_cli(["prune", model.name, "-o", "o.onnx", *PRUNE], tmp_path)
+    assert code == 0, err[-2000:]
+    pruned = onnx.load(str(tmp_path / "o.onnx"))
+    assert {i.domain: i.version for i in pruned.opset_import}[""] == max(opset, 11)
+    x = {"x": np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)}
+    assert load_in_ort(tmp_path / "o.onnx").run(None, x)[0].shape == (2, 4)
+
+
+def test_raising_an_opset_is_said(tmp_path, caplog):
+    from onnxprune import api
+    with caplog.at_level(logging.INFO, logger="onnxprune"):
+        api.analyze(_tiny_model(tmp_path / "m.onnx", 9))
+    assert "opset 9 raised to 11 by ONNX's version converter; the pruned model carries opset 11" in caplog.text
+
+
+def test_opset_the_converter_cannot_raise_is_refused(tmp_path, monkeypatch):
+    import onnx.version_converter
+
+    from onnxprune import api
+    from onnxprune.errors import UnsupportedModel
+
+    def fails(model, target):
+        raise RuntimeError("No Adapter For Upsample")
+    monkeypatch.setattr(onnx.version_converter, "convert_version", fails)
+    with pytest.raises(UnsupportedModel, match="opset 9 is not supported .* cannot raise it to 11: No Adapter"):
+        api.analyze(_tiny_model(tmp_path / "m.onnx", 9))
 
 
 def test_model_failing_the_checker_is_a_user_error(tmp_path):

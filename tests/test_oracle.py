@@ -85,3 +85,24 @@ def test_random_selection_breaks_equivalence_when_rewriter_is_wrong(zoo_by_key):
     masked = Rewriter(a, keep, np.ones_like(gamma), masked=True).run()
     feeds = zoo.random_input(z, 2, 0)
     assert rel_err(run(pruned, feeds), run(masked, feeds)) > 1e-3
+
+
+@pytest.mark.parametrize("name", [name for name, _ in zoo.zoo_models()])
+def test_newest_supported_opset_analyses_and_prunes_as_the_export_does(zoo_by_key, tmp_path, name):
+    """Each zoo model raised by ONNX's version converter to opset 25 (the newest supported) has the same
+    groups (sizes, frozen) as its export and prunes exactly: the handlers do not depend on opsets 22-25's new
+    versions of their ops (tensor types added)."""
+    import onnx.version_converter
+    newest_opset = 25
+    exp = zoo.EXPORTERS[0]
+    z, model = _get(zoo_by_key, name, exp)
+    newest = onnx.version_converter.convert_version(onnx.load(str(z.path)), newest_opset)
+    onnx.save(newest, str(tmp_path / "newest.onnx"))
+    a, b = Analysis(model), Analysis(load_model(tmp_path / "newest.onnx"))
+    assert [(g.channels, g.frozen) for g in b.groups] == [(g.channels, g.frozen) for g in a.groups]
+    sel = select(b, counts_for_ratio(b, 0.5), "random", seed=0, random_gamma=True)
+    keep, gamma = sel.class_arrays(b)
+    pruned, masked = Rewriter(b, keep, gamma).run(), Rewriter(b, keep, gamma, masked=True).run()
+    assert {i.domain: i.version for i in pruned.opset_import}[""] == newest_opset
+    feeds = zoo.random_input(z, 3, 0)
+    assert rel_err(run(pruned, feeds), run(masked, feeds)) <= 1e-4

@@ -2,18 +2,22 @@
 strict shape inference."""
 from __future__ import annotations
 
+import logging
 import os
 import stat
 from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx.version_converter
 from onnx import external_data_helper
 
 from ..errors import UnsupportedModel, UserError
 from .skeleton import skeleton
 
-MIN_OPSET, MAX_OPSET = 11, 21
+log = logging.getLogger("onnxprune")
+
+MIN_OPSET, MAX_OPSET = 11, 25  # 22-25 add tensor types to the ops the handlers know, no semantics
 
 
 _KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
@@ -151,6 +155,7 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         except Exception as exc:
             raise UserError(f"{path}: cannot read external data ({exc})") from None
     _check_tensor_sizes(model, str(path))
+    model = with_supported_opset(model, str(path))
     check_model(model, str(path))
     return model
 
@@ -160,6 +165,28 @@ def default_opset(model: onnx.ModelProto) -> int:
         if imp.domain in ("", "ai.onnx"):
             return imp.version
     raise UnsupportedModel("model imports no default ONNX opset")
+
+
+def with_supported_opset(model: onnx.ModelProto, what: str = "model") -> onnx.ModelProto:
+    """`model`, or for an opset below MIN_OPSET (the ONNX model zoo's opset 7-10 models, old exporters) a copy
+    raised to MIN_OPSET by ONNX's version converter (Upsample becomes Resize, and so on); the written model
+    then carries that opset. A model the converter cannot raise is refused, naming why. The input is not
+    modified."""
+    try:
+        opset = default_opset(model)
+    except UnsupportedModel as exc:
+        raise UnsupportedModel(f"{what}: {exc}") from None
+    if opset >= MIN_OPSET:
+        return model
+    try:
+        raised = onnx.version_converter.convert_version(model, MIN_OPSET)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UnsupportedModel(f"{what}: opset {opset} is not supported (supported: {MIN_OPSET} to {MAX_OPSET}), "
+                               f"and ONNX's version converter cannot raise it to {MIN_OPSET}: {first}") from None
+    log.info("%s: opset %d raised to %d by ONNX's version converter; the pruned model carries opset %d",
+             what, opset, MIN_OPSET, MIN_OPSET)
+    return raised
 
 
 def check_model(model: onnx.ModelProto, what: str = "model") -> None:

@@ -5,6 +5,8 @@ Normalisation (done once, before analysis, and the basis of every rewrite):
   constant, an `If` with a constant condition is its taken branch);
 - `Constant` nodes with a tensor value, and `Identity` nodes of constants, become constant tensors
   (weights are weights, wherever they live);
+- where every initializer is also listed as a graph input (IR 3 models, `keep_initializers_as_inputs=True`
+  exports), they are weights and leave the inputs; an initializer listed alone stays an overridable input;
 - every node gets a unique name (unnamed nodes are named `<op>_<index>`), so reports can name them;
 - shapes are inferred with ONNX shape inference (symbolic batch dimension kept symbolic).
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 
 import numpy as np
 import onnx
@@ -20,6 +23,8 @@ import onnxruntime as ort
 
 from .skeleton import LARGE, skeleton, tensor_bytes
 
+log = logging.getLogger("onnxprune")
+
 
 def normalise(model: onnx.ModelProto, in_place: bool = False) -> onnx.ModelProto:
     """Return a normalised copy of `model` (the input is not modified), or `model` itself normalised
@@ -27,6 +32,7 @@ def normalise(model: onnx.ModelProto, in_place: bool = False) -> onnx.ModelProto
     m = model if in_place else onnx.ModelProto()
     if not in_place:
         m.CopyFrom(model)
+    _initializers_are_not_inputs(m)
     m = fold_constants(m)
     graph = m.graph
     kept_nodes, new_inits = [], []
@@ -72,6 +78,24 @@ def normalise(model: onnx.ModelProto, in_place: bool = False) -> onnx.ModelProto
     del inferred.graph.value_info[:]
     inferred.graph.value_info.extend(kept)
     return inferred
+
+
+def _initializers_are_not_inputs(model: onnx.ModelProto) -> None:
+    """IR-3-style models list every initializer as a graph input too (IR < 4 requires it; torch's
+    keep_initializers_as_inputs=True writes it at any IR): those inputs are weights, not for callers to feed,
+    and leave the inputs. Taken as inputs, every weight would be a run-time tensor and every layer frozen. Where
+    only some initializers are listed (IR >= 4), each is a default a caller may override: it stays an input,
+    and the layers reading it stay frozen."""
+    graph = model.graph
+    inits = {t.name for t in graph.initializer}
+    listed = {v.name for v in graph.input if v.name in inits}
+    if not listed or (model.ir_version >= 4 and listed != inits):
+        return
+    log.info("every initializer is also listed as a graph input (IR 3 style): the %d are read as weights, and "
+             "the pruned model does not list them as inputs", len(listed))
+    kept = [v for v in graph.input if v.name not in inits]
+    del graph.input[:]
+    graph.input.extend(kept)
 
 
 # ops whose value is not a function of their inputs (folding them would fix one draw), or that a

@@ -159,8 +159,8 @@ def plan(analysis: Analysis, target: TargetOptions, overrides: dict[int, int],
         latency["stand_in"] = check
         if check["speedup"] < 1.0:
             raise UserError(f"with the fastest measured widths the pruned model is still slower than the original "
-                            f"on {measure.runtime.provider} at batch {measure.batch} ({_timings(check)}); choose a fixed "
-                            "rounding (round_to) or a smaller target")
+                            f"on {measure.runtime.provider} at batch {measure.batch} ({_timings(check)}); choose a "
+                            "fixed rounding (round_to) or a smaller target")
     return Plan(found, widths, latency, measure)
 
 
