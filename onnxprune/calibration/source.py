@@ -151,7 +151,8 @@ def load_calibration(source, model: onnx.ModelProto, holdout: float = 0.1, prepr
     inputs = model_inputs(model)
     names = list(inputs)
     tmp = None
-    if isinstance(source, Calibration):
+    if isinstance(source, Calibration):  # checked against this model (and its fixed batch) too
+        source.check(model)
         return source
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
