@@ -112,3 +112,26 @@ def test_inputs_with_different_fixed_first_dims_are_refused(tmp_path):
     assert res.exit_code == 2, res.output
     assert "different fixed first dimensions" in res.output and "'x': 1" in res.output and "'z': 2" in res.output
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_taps_run_b_samples_at_a_time_and_join_batch_first_outputs(tmp_path):
+    """The statistics take whole calibration batches of a fixed-batch model: the tap runs it B samples per call
+    and joins the outputs, equal to the dynamic export's outputs on the whole batch. A tapped tensor that is not
+    batch first (here the Reshape's [1, 16] read as [16] rows would be) is never joined."""
+    from onnxprune.analysis import Analysis
+    from onnxprune.calibration.taps import Tap
+    fixed = Analysis(onnxprune.load_model(_net(tmp_path / "fixed.onnx", 1))).model
+    dynamic = Analysis(onnxprune.load_model(_net(tmp_path / "dyn.onnx", None))).model
+    x = {"x": np.random.default_rng(2).standard_normal((6, 3, 8, 8)).astype(np.float32)}
+    tap = Tap(fixed, ["r", "f"])
+    assert tap.fixed == 1 and tap.joins
+    got, want = tap(x), Tap(dynamic, ["r", "f"])(x)
+    for name in ("r", "f"):
+        assert got[name].shape == want[name].shape and rel_err([got[name]], [want[name]]) < 1e-6
+    # the GAP output squeezed to [16] (no batch axis): not batch first, so runs stay one per B samples
+    sq = onnx.load(tmp_path / "fixed.onnx")
+    sq.graph.initializer.append(numpy_helper.from_array(np.array([16], np.int64), "flat"))
+    sq.graph.node.insert(5, helper.make_node("Reshape", ["g", "flat"], ["v"]))
+    sq.graph.node.insert(6, helper.make_node("Relu", ["v"], ["rv"]))
+    sq.graph.output.append(helper.make_tensor_value_info("rv", TensorProto.FLOAT, [16]))
+    assert not Tap(Analysis(sq).model, ["rv"]).joins

@@ -67,9 +67,15 @@ class Calibration:
         """The batch size runs take: `batch_size`, or the model's fixed batch dimension."""
         return self.fixed_batch or batch_size
 
-    def batches(self, batch_size: int, split: str = "all") -> Iterator[tuple[int, dict[str, np.ndarray]]]:
-        """(index of first sample, batch) for split 'calib', 'holdout' or 'all'."""
-        batch_size = self.run_batch(batch_size)
+    def batches(self, batch_size: int, split: str = "all",
+                joined: bool = False) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+        """(index of first sample, batch) for split 'calib', 'holdout' or 'all'. `joined`: for a consumer that runs
+        a fixed-batch model B samples at a time itself (`Tap.joins`), batches of `batch_size` rounded down to a
+        multiple of B instead of B."""
+        if joined and self.fixed_batch:
+            batch_size = max(self.fixed_batch, batch_size // self.fixed_batch * self.fixed_batch)
+        else:
+            batch_size = self.run_batch(batch_size)
         for start, part, a, b in self._ranges(split):
             iters = {k: (v.blocks(batch_size, a, b) if isinstance(v, NpyStream) else _rows(v, a, b, batch_size))
                      for k, v in part.arrays.items()}  # (a generator expression here would see the last v)
@@ -210,8 +216,8 @@ def _image_calibration(files: list[Path], name: str, shape: tuple, preprocess: s
                        image_order=order, per_image=per, seed=seed, n_holdout=len(held) * per)
 
 
-def checked_batches(cal: Calibration, batch_size: int, split: str = "all"):
-    for start, batch in cal.batches(batch_size, split):
+def checked_batches(cal: Calibration, batch_size: int, split: str = "all", joined: bool = False):
+    for start, batch in cal.batches(batch_size, split, joined):
         _check_finite(batch, cal.what)
         yield start, batch
 

@@ -14,6 +14,7 @@ import onnxruntime as ort
 
 from ..errors import UserError
 from ..graph.export import finish
+from ..graph.inputs import fixed_batch
 from ..graph.normalise import import_graph
 from ..graph.session import inference_session, runtime_message
 
@@ -35,7 +36,12 @@ def providers() -> list:
 
 
 class Tap:
-    """Run `model` and return the named tensors (graph cut after them)."""
+    """Run `model` and return the named tensors (graph cut after them).
+
+    A model with a fixed batch dimension B runs B samples per session call. When every tapped tensor is
+    batch first (its inferred first dimension is B), a larger batch is run B samples at a time and the outputs
+    joined along the batch axis (`joins`): the statistics then take the calibration's batches whole, as for a
+    dynamic-batch model, instead of one call per B samples (docs/DESIGN.md, "Fixed batch")."""
 
     def __init__(self, model: onnx.ModelProto, names: list[str]):
         graph = import_graph(model)
@@ -49,6 +55,9 @@ class Tap:
             if t.dtype is None:
                 t.dtype = np.float32
             outs.append(t)
+        self.fixed = fixed_batch(model)
+        self.joins = self.fixed is None or all(
+            t.shape is not None and len(t.shape) > 0 and t.shape[0] == self.fixed for t in outs)
         graph.outputs = outs
         graph.cleanup(remove_unused_graph_inputs=False)
         cut = finish(graph, model)
@@ -58,8 +67,16 @@ class Tap:
         self.inputs = {i.name for i in self.session.get_inputs()}
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        feeds = {k: v for k, v in feeds.items() if k in self.inputs}
+        n = len(next(iter(feeds.values()))) if feeds else 0
+        b = self.fixed
+        if b is None or n == b or not self.joins or n % b:
+            return dict(zip(self.names, self._run(feeds)))
+        runs = [self._run({k: v[i:i + b] for k, v in feeds.items()}) for i in range(0, n, b)]
+        return {name: np.concatenate([r[j] for r in runs]) for j, name in enumerate(self.names)}
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> list:
         try:
-            got = self.session.run(self.names, {k: v for k, v in feeds.items() if k in self.inputs})
+            return self.session.run(self.names, feeds)
         except Exception as exc:  # a run-time shape error of the model (a Reshape or Tile that cannot be)
             raise UserError(f"running the model on the calibration data failed at {runtime_message(exc)}") from None
-        return dict(zip(self.names, got))

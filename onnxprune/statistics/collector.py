@@ -43,8 +43,9 @@ class Collector:
         # per residual consumer, the weight of the stream's error in its target (constant over batches)
         keep = residual_keep or {}
         weights = {c.node: _residual_weight(c, keep[c.node]) for c in self.consumers if c.residual and c.node in keep}
+        joined = all(t.joins for t in (tap_in, tap_out) if isinstance(t, Tap))
         for split in SPLITS:
-            for first, batch in checked_batches(cal, self.options.batch_size, split):
+            for first, batch in checked_batches(cal, self.options.batch_size, split, joined):
                 xs = tap_in(batch)
                 n = len(next(iter(batch.values())))
                 tokens = batch[self.token_mask] if self.token_mask else None

@@ -117,7 +117,7 @@ class OutputCache:
             handles = {key: open(files[key][0], "wb") for key, _, _ in chunk}
             try:
                 expected = 0
-                for first, batch in checked_batches(cal, batch_size, "all"):
+                for first, batch in checked_batches(cal, batch_size, "all", tap.joins):
                     n = len(next(iter(batch.values())))
                     if first != expected:
                         raise ValueError(f"output cache: samples out of order ({first}, expected {expected})")
