@@ -2,12 +2,12 @@
 
 See docs/DESIGN.md, "Where each stage lives"."""
 from .load import (
-           check_model,
-           default_opset,
-           load_model,
-           path_uses_external_data,
-           uses_external_data,
-           with_supported_opset,
+    check_model,
+    default_opset,
+    load_model,
+    path_uses_external_data,
+    uses_external_data,
+    with_supported_opset,
 )
 from .save import atomic_write_bytes, check_output_path, save_model
 

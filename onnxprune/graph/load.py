@@ -172,39 +172,48 @@ def with_supported_opset(model: onnx.ModelProto, what: str = "model") -> onnx.Mo
     raised to MIN_OPSET by ONNX's version converter (Upsample becomes Resize, and so on); the written model
     then carries that opset. A model the converter cannot raise is refused, naming why. The input is not
     modified."""
-    try:
-        opset = default_opset(model)
-    except UnsupportedModel as exc:
-        raise UnsupportedModel(f"{what}: {exc}") from None
+    opset = _opset(model, what)
     if opset >= MIN_OPSET:
         return model
     try:
         raised = onnx.version_converter.convert_version(model, MIN_OPSET)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UnsupportedModel(f"{what}: opset {opset} is not supported (supported: {MIN_OPSET} to {MAX_OPSET}), "
-                               f"and ONNX's version converter cannot raise it to {MIN_OPSET}: {first}") from None
+        raise UnsupportedModel(f"{what}: {_not_supported(opset)}, and ONNX's version converter cannot raise it to "
+                               f"{MIN_OPSET}: {_first_line(str(exc), exc)}") from None
     log.info("%s: opset %d raised to %d by ONNX's version converter; the pruned model carries opset %d",
              what, opset, MIN_OPSET, MIN_OPSET)
     return raised
 
 
-def check_model(model: onnx.ModelProto, what: str = "model") -> None:
-    """Opset range and the ONNX checker; raise UserError naming `what`."""
+def _opset(model: onnx.ModelProto, what: str) -> int:
     try:
-        opset = default_opset(model)
+        return default_opset(model)
     except UnsupportedModel as exc:
         raise UnsupportedModel(f"{what}: {exc}") from None
+
+
+def _not_supported(opset: int) -> str:
+    return f"opset {opset} is not supported (supported: {MIN_OPSET} to {MAX_OPSET})"
+
+
+def _first_line(text: str, exc: Exception) -> str:
+    """The first line of an ONNX error message, or the exception's type when it has none."""
+    text = text.strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def check_model(model: onnx.ModelProto, what: str = "model") -> None:
+    """Opset range and the ONNX checker; raise UserError naming `what`."""
+    opset = _opset(model, what)
     if not MIN_OPSET <= opset <= MAX_OPSET:
-        raise UnsupportedModel(f"{what}: opset {opset} is not supported (supported: {MIN_OPSET} to {MAX_OPSET})")
+        raise UnsupportedModel(f"{what}: {_not_supported(opset)}")
     # on the structure: serialising the weights would cost several copies of them (and fails over
     # 2 GB); their byte counts are checked by _check_tensor_sizes
     structure_only = skeleton(model)
     try:
         onnx.checker.check_model(structure_only)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{what}: fails the ONNX checker: {first}") from None
+        raise UserError(f"{what}: fails the ONNX checker: {_first_line(str(exc), exc)}") from None
     _check_inference(structure_only, what)
 
 
@@ -214,6 +223,5 @@ def _check_inference(model: onnx.ModelProto, what: str) -> None:
     try:
         onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
     except Exception as exc:
-        text = str(exc).strip().replace("[ShapeInferenceError] Inference error(s): ", "")
-        first = text.splitlines()[0] if text else type(exc).__name__
-        raise UserError(f"{what}: fails ONNX shape inference: {first}") from None
+        text = str(exc).replace("[ShapeInferenceError] Inference error(s): ", "")
+        raise UserError(f"{what}: fails ONNX shape inference: {_first_line(text, exc)}") from None
