@@ -24,6 +24,10 @@ sentences of models/text_corpus.py's "calib" split and evaluated on `--eval` sen
                          embeddings (--distill, MSE, early stopping on the held-out calibration sentences)
   default+distill        the default (with residual targets), then the same distillation
   default-1000-sentences  the default calibrated on 1000 sentences (the issue's limit) instead of --calib
+  attention-dims         the default with --attention dims: the dims within every head are the groups (Q·K
+                         dims re-based on the calibration data and kept by their singular values, V dims
+                         chosen greedily with the output projection re-fitted) instead of whole heads
+  attention-dims-1000-sentences  the same calibrated on 1000 sentences
 
 Every row but the default and magnitude runs without residual targets (residual_target=False), as they
 were measured before them.
@@ -78,6 +82,10 @@ ROWS = {
     "default+distill": dict(method="greedy-local", refit="full", allocate="output", distill=True),
     # the default on the largest calibration set (the rows above use --calib)
     "default-1000-sentences": dict(method="greedy-local", refit="full", allocate="output", calib=1000),
+    # the default with the dims within heads as groups (Q·K dims re-based, V dims greedy) instead of heads
+    "attention-dims": dict(method="greedy-local", refit="full", allocate="output", attention="dims"),
+    "attention-dims-1000-sentences": dict(method="greedy-local", refit="full", allocate="output", attention="dims",
+                                          calib=1000),
 }
 # the starting point, run once: the six MLP widths halved (about 68% of the MACs), with padding
 # tokens in the statistics (as before they were left out) and without
@@ -89,7 +97,7 @@ HALF_MLP = {
 OUT = os.path.join("bench", "results", "minilm.json")
 # rows whose models are timed; latency records written before the default was timed have no "row" and are
 # greedy-local+full's
-LATENCY_ROWS = ("greedy-local+full", "output-allocated")
+LATENCY_ROWS = ("greedy-local+full", "output-allocated", "attention-dims")
 
 
 def model_path(exporter: str) -> str:

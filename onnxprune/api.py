@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import os
 
+import numpy as np
 import onnx
 
 from .analysis import Analysis
@@ -20,6 +21,7 @@ from .graph.inputs import symbolic_inputs
 from .options import (
     AUTO,
     Allocation,
+    AttentionSplit,
     CalibrationOptions,
     DistillOptions,
     GlobalOptions,
@@ -55,16 +57,19 @@ def _as_model(model) -> tuple[onnx.ModelProto, str]:
     raise UserError(f"model must be a path or an onnx.ModelProto, got {type(model).__name__}")
 
 
-def analyze(model, input_shapes: dict | None = None) -> Analysis:
+def analyze(model, input_shapes: dict | None = None, attention: str | AttentionSplit = _M.attention) -> Analysis:
     """Channel groups of a model (path or ModelProto; a ModelProto is not modified). `input_shapes`
-    (name -> dims, batch first) size the layers whose shapes are symbolic, for their MACs."""
+    (name -> dims, batch first) size the layers whose shapes are symbolic, for their MACs. `attention`: heads
+    | dims, what an attention block's channels are."""
     proto, name = _as_model(model)
-    return _analysis(proto, model, ModelOptions(input_shapes).input_shapes)
+    opts = ModelOptions(input_shapes, AttentionSplit.parse("attention", attention))
+    return _analysis(proto, model, opts.input_shapes, str(opts.attention))
 
 
-def _analysis(proto: onnx.ModelProto, model, input_shapes: dict | None) -> Analysis:
+def _analysis(proto: onnx.ModelProto, model, input_shapes: dict | None, attention: str = "heads") -> Analysis:
     try:
-        analysis = Analysis(proto, in_place=proto is not model, input_shapes=input_shapes)  # a loaded model is ours
+        analysis = Analysis(proto, in_place=proto is not model, input_shapes=input_shapes,  # a loaded model is ours
+                            attention=attention)
     except UnsupportedModel as exc:
         raise UnsupportedModel(f"{_name(model)}: {exc}") from None
     quantized = None if analysis.groups else _quantized(proto)
@@ -164,6 +169,7 @@ def prune(model, calibration=None, *, method: str = _S.method, refit: str | None
           global_samples: int = _G.global_samples, taylor_rounds: int = _G.taylor_rounds,
           exact_limit: int = _G.exact_limit, group_kind: str = _T.group_kind,
           token_mask_input: str = _C.token_mask_input, input_shapes: dict | None = _M.input_shapes,
+          attention: str = _M.attention,
           distill: bool = _D.distill, distill_time: float = _D.distill_time,
           distill_epochs: int = _D.distill_epochs, distill_lr: float = _D.distill_lr,
           distill_features: float = _D.distill_features, distill_patience: int = _D.distill_patience,
@@ -182,7 +188,8 @@ def prune(model, calibration=None, *, method: str = _S.method, refit: str | None
     `provider` (cpu | cuda | tensorrt) at `latency_batch`. `round_to`: an integer, or 'auto' (per group, the
     rounding measured fastest). `input_shapes`: name -> dims (batch first) of inputs with symbolic dims, for
     the MACs of the layers they size (default: the first calibration batch's shapes); a MACs target is refused
-    while a layer's MACs are unknown. See `onnxprune.options` for every option."""
+    while a layer's MACs are unknown. `attention`: heads | dims, whether attention blocks lose whole heads or
+    dims within every head (dims needs calibration data). See `onnxprune.options` for every option."""
     options = PruneOptions.from_flat(
         method=method, refit=refit, keep_ratio=keep_ratio, flops=flops, params=params, latency=latency,
         round_to=round_to, provider=provider, latency_batch=latency_batch, latency_threads=latency_threads,
@@ -192,6 +199,7 @@ def prune(model, calibration=None, *, method: str = _S.method, refit: str | None
         preprocess=preprocess, image_size=image_size, augment=augment, output_loss=output_loss,
         global_samples=global_samples, taylor_rounds=taylor_rounds,
         exact_limit=exact_limit, group_kind=group_kind, token_mask_input=token_mask_input, input_shapes=input_shapes,
+        attention=attention,
         distill=distill, distill_time=distill_time, distill_epochs=distill_epochs, distill_lr=distill_lr,
         distill_features=distill_features, distill_patience=distill_patience)
     return prune_with_options(model, calibration, options, quiet=quiet)
@@ -222,7 +230,16 @@ def prune_with_options(model, calibration, options: PruneOptions, quiet: bool = 
         cal = load_calibration(calibration, proto, c.holdout, c.preprocess, c.image_size, augment=c.augment,
                                seed=options.selection.seed)
     shapes = options.model.input_shapes or (_calibration_shapes(proto, cal) if cal is not None else None)
-    analysis = _analysis(proto, model, shapes)
+    attention = options.model.attention
+    if attention == AttentionSplit.DIMS and cal is None:
+        raise OptionError("attention", "dims", "needs calibration data (the Q·K dims are ordered by the data's "
+                          "leading directions)")
+    analysis = _analysis(proto, model, shapes, str(attention))
+    head_scores: dict = {}
+    based: dict = {}
+    if attention == AttentionSplit.DIMS:
+        assert cal is not None
+        analysis, head_scores, based = _rebased(analysis, cal, options, shapes, quiet)
     if kind == "flops" and analysis.unknown_costs:
         why = f"{name}: a MACs target needs every layer's MACs, and {analysis.unknown_cost_reason()}"
         if not analysis.input_shapes_would_help():
@@ -232,10 +249,12 @@ def prune_with_options(model, calibration, options: PruneOptions, quiet: bool = 
         raise UserError(f"{name}: every channel group is frozen; nothing to prune")
     overrides = _overrides(analysis, target.keep)
     if target.group_kind != GroupKind.ALL:  # the other kinds keep every channel (docs/DESIGN.md, "Attention heads")
-        others = {g.id: g.channels for g in analysis.prunable if g.kind != target.group_kind}
+        others = {g.id: g.channels for g in analysis.prunable if g.kind_of_run != target.group_kind}
         if len(others) == len(analysis.prunable):
             raise OptionError("group_kind", target.group_kind.value, f"{name} has no prunable group of that kind")
         overrides = {**others, **overrides}
+    kept_whole = {gid: analysis.groups[gid].channels for gid, why in based.items() if isinstance(why, str)}
+    overrides = {**kept_whole, **overrides}
     n_cal = 0
     results, allocation, allocated = None, None, Allocation.UNIFORM
     token_mask = output_loss = None
@@ -249,7 +268,7 @@ def prune_with_options(model, calibration, options: PruneOptions, quiet: bool = 
     else:
         assert cal is not None
         options = dataclasses.replace(options, refit=dataclasses.replace(options.refit, refit=refit))
-        pruner = GreedyPruner(analysis, cal, options, quiet=quiet)
+        pruner = GreedyPruner(analysis, cal, options, quiet=quiet, head_scores=head_scores)
         plan = plan_counts(analysis, target, overrides, pruner)
         selection = pruner.run(plan.counts)
         results, n_cal, allocation = pruner.results, cal.size, pruner.allocation
@@ -276,6 +295,37 @@ def prune_with_options(model, calibration, options: PruneOptions, quiet: bool = 
     report.latency = measured
     report.selection, report.analysis = selection, analysis
     return pruned, report
+
+
+def _rebased(analysis: Analysis, cal, options: PruneOptions, shapes: dict | None, quiet: bool
+             ) -> tuple[Analysis, dict, dict]:
+    """`--attention dims`: the analysis of the model with its dims within heads re-based on the calibration
+    data (`pipeline.head_basis`), the Q·K dims groups' channel scores, and, per Q·K dims group that could not be
+    re-based, why (it then keeps all its dims). The re-based model must compute what the original does."""
+    from .calibration.source import token_mask_input
+    from .graph.session import inference_session
+    from .pipeline.head_basis import EXACT_TOLERANCE, rebase
+    token_mask = token_mask_input(analysis.model, options.calibration.token_mask_input)
+    model, scores, skipped = rebase(analysis, cal, options.calibration.batch_size, token_mask, quiet)
+    for gid, why in skipped.items():
+        log.warning("group %d (Q·K dims) keeps all its dims: %s", gid, why)
+    if model is None:
+        return analysis, {}, skipped
+    import onnxruntime as ort
+    _, batch = next(cal.batches(cal.run_batch(min(8, options.calibration.batch_size)), "calib"))
+    names = [o.name for o in analysis.model.graph.output]
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    before = inference_session(analysis.model, opts, ["CPUExecutionProvider"]).run(names, batch)
+    after = inference_session(model, opts, ["CPUExecutionProvider"]).run(names, batch)
+    change = max(float(np.abs(a - b).max() / max(float(np.abs(b).max()), 1e-6)) for a, b in zip(after, before))
+    if not change <= EXACT_TOLERANCE:  # NaN too
+        raise UnsupportedModel(f"re-basing the Q·K dims changed the model's outputs by {change:.3g} (relative); "
+                               "prune with --attention heads")
+    log.info("dims within heads re-based on the calibration data (%d Q·K dims groups; outputs changed by %.2g, "
+             "relative)", len(scores), change)
+    rebased = Analysis(model, in_place=True, input_shapes=shapes, attention="dims")
+    return rebased, scores, skipped
 
 
 def masked_reference(report: Report) -> onnx.ModelProto:

@@ -82,6 +82,13 @@ class GroupKind(Choice):
     CHANNELS = "channels"
 
 
+class AttentionSplit(Choice):
+    """What an attention block's prunable channels are (docs/DESIGN.md, "Attention heads"): whole heads, or the
+    dimensions within every head (the Q·K dims and the V dims, each head keeping the same number)."""
+    HEADS = "heads"
+    DIMS = "dims"
+
+
 class EvalMetric(Choice):
     """What `eval` measures: auto (by the output kind), a classifier's agreement, or embeddings' cosine."""
     AUTO = "auto"
@@ -185,7 +192,8 @@ class TargetOptions:
     keep: dict = field(default_factory=dict, metadata=_help(
         "Per-group kept count, GROUP=N (repeatable).", cli=False))
     group_kind: GroupKind = field(default=GroupKind.ALL, metadata=_help(
-        "Prune only groups of this kind (heads: attention heads); the others keep all their channels."))
+        "Prune only groups of this kind (heads: attention heads, or with --attention dims the dims within "
+        "heads); the others keep all their channels."))
     provider: Provider = field(default=Provider.CPU, metadata=_help(
         "Execution provider latencies are measured on (--latency, --round-to auto)."))
     latency_batch: int = field(default=1, metadata=_help("Batch size latencies are measured at."))
@@ -346,8 +354,12 @@ class ModelOptions:
     input_shapes: dict | None = field(default=None, metadata=_help(
         "Shapes of model inputs, name -> dims (batch first), for the MACs of layers whose sizes are symbolic; "
         "default: the first calibration batch's shape.", cli=False))
+    attention: AttentionSplit = field(default=AttentionSplit.HEADS, metadata=_help(
+        "Attention blocks prune whole heads, or the dims within every head (Q·K dims re-based on the data's "
+        "leading directions, V dims greedily with the output projection re-fitted)."))
 
     def __post_init__(self):
+        object.__setattr__(self, "attention", AttentionSplit.parse("attention", self.attention))
         given = self.input_shapes
         if given is None:
             return

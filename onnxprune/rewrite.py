@@ -3,7 +3,9 @@
 A selection maps each channel *class* to kept/removed and a scale γ (see `selection.Selection`).
 Pruned graph: producers, carriers and consumers lose the removed channels; consumers' input slices
 of kept channels are scaled by γ. Masked reference: the original topology with removed channels'
-consumer slices zeroed and kept ones scaled by γ — what the pruned graph must compute.
+consumer slices zeroed and kept ones scaled by γ — what the pruned graph must compute (a product that sums
+over channels with no weight, Q·Kᵀ with `--attention dims`, gets a Mul by the gates on its input instead;
+the pruned graph gets one by the kept γ where they are not all 1).
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ class Rewriter:
         self.graph: gs.Graph = import_graph(analysis.model)
         self.nodes = list(self.graph.nodes)
         self._private: set[tuple[int, int]] = set()
+        self._inserted = False   # nodes added (the masked reference's input masks): sort the graph again
         self.replaced = set(replace or {})
         self.output_names = {t.name for t in self.graph.outputs}
         for node_id, values in (replace or {}).items():
@@ -75,6 +78,9 @@ class Rewriter:
             if not self.masked and edit.fn is not None:
                 edit.fn(node, self)
             return
+        if edit.kind == "mask_input":
+            self._mask_input(node, edit)
+            return
         if self.masked and edit.kind in ("producer", "param"):
             return
         if edit.input >= len(node.inputs) or node.inputs[edit.input].is_empty():
@@ -95,6 +101,26 @@ class Rewriter:
         else:
             scaled = np.take(w * scale.reshape(shape), np.flatnonzero(keep), axis=edit.axis)
         self.set_const(node, edit.input, scaled.astype(w.dtype))
+
+    def _mask_input(self, node, edit: Edit) -> None:
+        """Multiply a run-time input by its channels' keep·γ along its last axis (a product summing over
+        channels: docs/DESIGN.md, "Dims within heads"); in the pruned graph by the kept channels' γ, and only
+        where one differs from 1."""
+        src = node.inputs[edit.input]
+        keep, gamma = self.keep_mask(edit.labels), self.gamma_of(edit.labels)
+        if self.masked:
+            scale = np.where(keep, gamma, 0.0).astype(np.float32)
+        elif np.all(gamma[keep] == 1.0):
+            return
+        else:
+            scale = gamma[keep].astype(np.float32)
+        dtype = src.dtype if src.dtype is not None else np.float32
+        const = gs.Constant(f"{node.name}__mask_{edit.input}", scale.astype(dtype))
+        out = gs.Variable(f"{src.name}__masked_{node.name}", dtype=src.dtype, shape=src.shape)
+        self.graph.nodes.append(gs.Node("Mul", f"{node.name}__mask_{edit.input}", inputs=[src, const],
+                                        outputs=[out]))
+        node.inputs[edit.input] = out
+        self._inserted = True
 
     def _grouped(self, w: np.ndarray, keep: np.ndarray, scale: np.ndarray, groups: int) -> np.ndarray:
         """Grouped Conv weight (Cout, Cin/g, ...): output filter o reads input block o // (Cout/g)."""
@@ -118,5 +144,7 @@ class Rewriter:
                 if isinstance(t, gs.Variable) and t.name not in inputs | outputs:
                     t.shape = None
                     t.dtype = None
+        if self._inserted:
+            self.graph.toposort()
         self.graph.cleanup(remove_unused_graph_inputs=False)
         return finish(self.graph, self.analysis.model)

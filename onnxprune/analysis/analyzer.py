@@ -30,10 +30,16 @@ LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 class Analysis:
     """Channel groups of a model, plus what the rewriter and the cost model need."""
 
-    def __init__(self, model: onnx.ModelProto, in_place: bool = False, input_shapes: dict | None = None):
+    def __init__(self, model: onnx.ModelProto, in_place: bool = False, input_shapes: dict | None = None,
+                 attention: str = "heads"):
         """`in_place`: normalise `model` itself instead of a copy (for a model nobody else uses).
         `input_shapes`: name -> dims of inputs whose symbolic dims size layers (docs/DESIGN.md, "Input
-        shapes"); they size the MACs only, the analysis and the model keep the symbolic shapes."""
+        shapes"); they size the MACs only, the analysis and the model keep the symbolic shapes.
+        `attention`: 'heads' (an attention block's channels are its heads) or 'dims' (the dims within every
+        head; docs/DESIGN.md, "Dims within heads")."""
+        if str(attention) not in ("heads", "dims"):
+            raise ValueError(f"attention must be 'heads' or 'dims', not {attention!r}")
+        self.attention = str(attention)
         self.model = normalise(model, in_place)
         self.input_shapes = resolve_input_shapes(self.model, input_shapes) if input_shapes else {}
         self.cost_shapes = fixed_shapes(self.model, self.input_shapes) if self.input_shapes else {}
@@ -55,6 +61,10 @@ class Analysis:
         self.deferred: list[Callable[[], None]] = []
         # (one atom per head, channels per head): attention heads tied by a Reshape into [..., H, D]
         self.heads: list[tuple[np.ndarray, int]] = []
+        # attention='dims': the [H, D] atoms of every channel axis split into heads, and the products summing
+        # over channels (node index, left operand's labels, right operand's labels)
+        self.head_dims: list[np.ndarray] = []
+        self.contractions: list[tuple[int, np.ndarray, np.ndarray]] = []
         # ids of the nodes whose handler checks a shape argument computed at run time (handlers/shape.py)
         self.shape_checked: set[int] = set()
         # node with subgraphs -> number of Conv/ConvTranspose/Gemm/MatMul nodes inside them (not analysed)
@@ -280,6 +290,12 @@ class Analysis:
                 grp = groups[gid]
                 grp.unit = unit if grp.kind != "heads" else min(grp.unit, unit)
                 grp.kind = "heads"
+        for grid in self.head_dims:  # docs/DESIGN.md, "Dims within heads"
+            for gid in {class_group[c] for c in roots[grid].ravel().tolist() if c in class_group}:
+                groups[gid].kind, groups[gid].unit = "v_dims", grid.shape[0]
+        for _, left, _ in self.contractions:
+            for gid in {class_group[c] for c in roots[left].tolist() if c in class_group}:
+                groups[gid].kind = "qk_dims"
         for cost in self.costs:
             touched = {class_group[c] for f in cost.factors for c in np.unique(roots[f]).tolist() if c in class_group}
             for gid in touched:

@@ -15,7 +15,9 @@ class Edit:
 
     kind: 'producer' or 'param' (slice `axis` of the node's constant input `input`),
     'consumer' (slice and scale by γ; in the masked reference: zero and scale),
-    'grouped_consumer' (a grouped Conv's input slice, `groups` blocks), or
+    'grouped_consumer' (a grouped Conv's input slice, `groups` blocks),
+    'mask_input' (masked reference only: run-time input `input` multiplied by its channels' keep·γ on `axis`,
+    for a product that sums over channels and has no weight to zero), or
     'call' (pruned graph only: `fn(node, rewriter)` updates attributes or shape constants).
     """
     kind: str
@@ -50,8 +52,17 @@ class Group:
     macs: int = 0
     proportional: bool = False    # blocks are Split/Slice pieces (kept counts proportional to size);
                                   # otherwise grouped-Conv groups (equal kept counts)
-    kind: str = "channels"        # "heads": each channel is one attention head (docs/DESIGN.md, "Attention heads")
-    unit: int = 1                 # features each channel gives its consumers (a head's D); --round-to counts them
+    # "heads": each channel is one attention head (docs/DESIGN.md, "Attention heads"); "qk_dims" / "v_dims": each
+    # channel is one dim of every head, of the Q·K product or of V ("Dims within heads"); "channels": the rest
+    kind: str = "channels"
+    unit: int = 1                 # features each channel gives its consumers (a head's D, the heads of a dim);
+                                  # --round-to counts them
+
+    @property
+    def kind_of_run(self) -> str:
+        """What `--group-kind` calls the group: "heads" for any attention group (heads, or dims within
+        heads), "channels" for the rest."""
+        return "channels" if self.kind == "channels" else "heads"
 
     @property
     def channels(self) -> int:

@@ -16,6 +16,7 @@ from ..options import (
     CalibrationOptions,
     DistillOptions,
     GlobalOptions,
+    ModelOptions,
     OptionError,
     RefitOptions,
     SelectionOptions,
@@ -52,6 +53,7 @@ def _parse_keep(values) -> dict[int, int]:
 @options_from(CalibrationOptions)
 @options_from(GlobalOptions)
 @options_from(DistillOptions)
+@options_from(ModelOptions)
 @click.option("--report", "report_path", type=click.Path(), help="Write the report JSON here.")
 @click.option("--masked-reference", "masked_path", type=click.Path(),
               help="Also write the masked reference (original topology, removed channels zeroed).")
@@ -69,7 +71,8 @@ def command(model, output, calib, keep, report_path, masked_path, input_shape, q
     if all(values[t] is None for t in TARGETS):
         raise UserError("give a target: --keep-ratio R, --flops F, --params P or --latency L")
     flat = {}
-    for group in (TargetOptions, SelectionOptions, RefitOptions, CalibrationOptions, GlobalOptions, DistillOptions):
+    for group in (TargetOptions, SelectionOptions, RefitOptions, CalibrationOptions, GlobalOptions, DistillOptions,
+                  ModelOptions):
         flat.update(values_of(group, values))
     pruned, report = api.prune(model, calib, keep=_parse_keep(keep), input_shapes=input_shapes(input_shape),
                                quiet=quiet, **flat)

@@ -53,7 +53,7 @@ def visiting_order(analysis: Analysis) -> list[Group]:
     first: dict[int, int] = {}
     roots = analysis.class_of
     for e in analysis.edits:
-        if e.kind in ("consumer", "grouped_consumer"):
+        if e.kind in ("consumer", "grouped_consumer", "mask_input"):
             for c in set(roots[e.labels].tolist()):
                 gid = analysis.group_of_class.get(c)
                 if gid is not None:
@@ -78,7 +78,10 @@ def complete(group: Group, idx: np.ndarray, k: int, scores: np.ndarray) -> np.nd
 
 
 class GreedyPruner:
-    def __init__(self, analysis: Analysis, cal: Calibration, options: PruneOptions, quiet: bool = True):
+    def __init__(self, analysis: Analysis, cal: Calibration, options: PruneOptions, quiet: bool = True,
+                 head_scores: dict[int, np.ndarray] | None = None):
+        """`head_scores`: per re-based Q·K dims group, its channels' scores (`head_basis.rebase`): the group keeps
+        the highest, with no statistics and no re-fit."""
         if options.refit.refit is None:
             raise ValueError("GreedyPruner needs the re-fit resolved (RefitOptions.resolved)")
         self.analysis, self.cal, self.options, self.quiet = analysis, cal, options, quiet
@@ -86,6 +89,7 @@ class GreedyPruner:
         self.refit: Refit = options.refit.refit
         self.seed = options.selection.seed
         self.rng = np.random.default_rng(self.seed)
+        self.head_scores = dict(head_scores or {})
         self.sel = Selection()
         self.dense: dict[int, np.ndarray] = {}   # re-fitted consumers: node -> W̃
         self.results: dict[int, GroupResult] = {}
@@ -166,6 +170,9 @@ class GreedyPruner:
         return self.sel
 
     def _prune_group(self, group: Group, k: int) -> None:
+        if group.id in self.head_scores:
+            self._keep_leading_dims(group, k)
+            return
         keep, gamma = self.sel.class_arrays(self.analysis)
         try:
             consumers = self.consumers_of(group)
@@ -222,6 +229,18 @@ class GreedyPruner:
                              if x)
         self.results[group.id] = GroupResult(self.method.label(cand.method), out.err_calib, out.err_holdout,
                                              cand.curve, note, compared)
+
+    def _keep_leading_dims(self, group: Group, k: int) -> None:
+        """A re-based Q·K dims group keeps its k dims of highest score (docs/DESIGN.md, "Dims within heads");
+        its error is the share of the whitened score form's squared singular values dropped."""
+        scores = self.head_scores[group.id]
+        idx = ensure_segments(self.analysis, group, top_k(group, scores, k), scores)
+        self.sel.kept[group.id], self.sel.gamma[group.id] = idx, np.ones(len(idx))
+        err = float(1.0 - scores[idx].sum() / max(float(scores.sum()), 1e-300))
+        self.results[group.id] = GroupResult(
+            "leading-dims", err, None, [],
+            f"Q·K dims re-based on the calibration data: kept the {len(idx)} leading dims of every head; "
+            f"{err:.3g} of the whitened scores' energy dropped")
 
     def _completed(self, problem: LocalProblem, cand: Candidate) -> Candidate:
         """The candidate with exactly k channels, every segment kept, and γ re-fitted where it changed."""

@@ -170,6 +170,13 @@ class Sensitivity:
                                            ones, constrained=False) for gid, cs in self.groups.items()}
         self.orders = {gid: list(pruner.method.profile_order(p)[0]) for gid, p in self.problems.items()}
         self.first = {gid: min(c.node for c in cs) for gid, cs in self.groups.items()}
+        # re-based Q·K dims groups (docs/DESIGN.md, "Dims within heads"): ordered by their scores, no re-fit; the
+        # twin gates them at the product that sums over them
+        self.scored = {gid: sc for gid, sc in pruner.head_scores.items() if gid in {g.id for g in a.prunable}}
+        for gid, sc in self.scored.items():
+            self.orders[gid] = [int(i) for i in np.argsort(-sc, kind="stable")]
+            classes = set(a.groups[gid].classes.tolist())
+            self.first[gid] = min(node for node, left, _ in a.contractions if int(a.class_of[left[0]]) in classes)
         self._decided: dict[tuple[int, int], Selection] = {}
         # group -> consumer name -> the ridge strength the group's first re-fit chose for that consumer
         self.ridges: dict[int, dict[str, float]] = {}
@@ -181,6 +188,9 @@ class Sensitivity:
         decision (`trials` takes the width nearest half first), and re-fits the other widths with it: one
         solve per width instead of one per strength of the grid."""
         key = (gid, n)
+        if key not in self._decided and gid in self.scored:
+            idx = _kept(self.pruner, self.analysis.groups[gid], self.orders[gid], n)
+            self._decided[key] = Selection({gid: idx}, {gid: np.ones(len(idx))}, {})
         if key not in self._decided:
             pruner, problem, g = self.pruner, self.problems[gid], self.analysis.groups[gid]
             idx = _kept(pruner, g, self.orders[gid], n)
@@ -190,6 +200,11 @@ class Sensitivity:
             self.ridges.setdefault(gid, dict(out.ridge))
             self._decided[key] = Selection({gid: out.kept}, {gid: out.gamma}, dict(out.replace))
         return self._decided[key]
+
+    @property
+    def gids(self) -> list[int]:
+        """The groups with curves: those with statistics, then the re-based Q·K dims groups."""
+        return list(self.groups) + [g for g in self.scored if g not in self.groups]
 
     def forget(self) -> None:
         """Drop the decisions kept so far (their re-fitted weights)."""
@@ -209,7 +224,7 @@ class Sensitivity:
         t0 = time.perf_counter()
         a = self.analysis
         plan: dict[int, list[tuple[int, Selection]]] = {}
-        for gid in self.groups:
+        for gid in self.gids:
             counts = candidate_widths(a.groups[gid], min_channels, round_to, widths)
             if counts:  # the group's first decision chooses its consumers' ridge strengths: the width nearest half
                 self.decision(gid, min(counts, key=lambda n: abs(n - a.groups[gid].channels / 2)))
@@ -241,7 +256,7 @@ class Sensitivity:
     def stand_in(self, counts: dict[int, int]) -> Selection:
         """Every group pruned at once to `counts`, each with its own decision on the original network."""
         sel = Selection()
-        for gid in self.groups:
+        for gid in self.gids:
             n = counts.get(gid, self.analysis.groups[gid].channels)
             if n < self.analysis.groups[gid].channels:
                 one = self.decision(gid, n)

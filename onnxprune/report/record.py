@@ -31,7 +31,8 @@ class GroupReport:
     curve: list[float] = field(default_factory=list)  # relative loss with n = 0, 1, ... channels
     note: str = ""
     candidates: list[dict] = field(default_factory=list)  # a composite method's candidates, best first
-    kind: str = "channels"   # "heads": each channel is an attention head of `unit` features
+    kind: str = "channels"   # "heads": each channel an attention head of `unit` features; "qk_dims", "v_dims": one
+                             # dim of `unit` heads (docs/DESIGN.md, "Dims within heads")
     unit: int = 1
 
 

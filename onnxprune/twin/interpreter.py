@@ -4,7 +4,7 @@
 analyzer and the rewriter work on) node by node with torch ops. Constants become buffers on the
 chosen device (floating ones in the chosen dtype). Every consumer slice the rewriter scales (edits
 of kind 'consumer' and 'grouped_consumer') is multiplied in the forward pass by the *gate* of its
-channel class:
+channel class, and so is every run-time input the masked reference masks (edits of kind 'mask_input'):
 
     twin(inputs)                      == the original model
     twin(inputs, gates=keep * gamma)  == the masked reference, Rewriter(a, keep, gamma, masked=True)
@@ -82,7 +82,17 @@ class Twin(torch.nn.Module):
                 while len(step.inputs) <= index:
                     step.inputs.append(None)
                 step.inputs[index] = ("const", self._buffer(f"refit_{node_id}_{index}", value))
+        # run-time inputs multiplied by their channels' gates on the last axis (edit 'mask_input': a product
+        # summing over channels with no weight, docs/DESIGN.md, "Dims within heads")
+        self._gated_inputs: dict[tuple[int, int], str] = {}
         for e in analysis.edits:
+            if e.kind == "mask_input":
+                name = f"input_gate_index_{len(self._gated_inputs)}"
+                cls = analysis.class_of[np.asarray(e.labels)]
+                self.register_buffer(name, torch.as_tensor(cls, dtype=torch.long, device=self.device),
+                                     persistent=False)
+                self._gated_inputs[(e.node, e.input)] = name
+                continue
             if e.kind not in _CONSUMER_KINDS:
                 continue
             step = self.steps[e.node]
@@ -233,7 +243,10 @@ class Twin(torch.nn.Module):
                 else:
                     if ref[1] not in env:
                         raise KeyError(f"Twin: tensor '{ref[1]}' is not in the state (step {i}, '{step.name}')")
-                    args.append(env[ref[1]])
+                    x = env[ref[1]]
+                    if g is not None and (i, j) in self._gated_inputs:
+                        x = x * g[getattr(self, self._gated_inputs[(i, j)])].to(x.dtype)
+                    args.append(x)
             for j, w in extra.get(i, ()):  # an absent optional input given (e.g. a re-fitted bias), in the
                 like = next((a for a in args if a is not None and a.is_floating_point()), None)  # node's float dtype
                 args += [None] * (j - len(args)) + [w if like is None else w.to(like.dtype)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..records import Edit
 from . import handles
 from .base import attr, axis_labels, known_size, labeled_axes, on_axis
 
@@ -78,8 +79,9 @@ def _product(node, ctx, macs: int | None) -> None:
     """MatMul of two run-time tensors (attention's Q·Kᵀ and P·V; docs/DESIGN.md, "Attention heads"). Channels
     on a batch axis of both operands are united position by position (head h of Q with head h of K) and
     carried to the output; channels on the left operand's rows or the right operand's columns are carried
-    too. Channels on the contracted axis, on two axes, or against an untracked operand that varies along
-    them freeze."""
+    too. Channels on the contracted axis of both operands are summed over (`_contract`, with
+    `--attention dims`); otherwise they freeze, as do channels on two axes or against an untracked operand
+    that varies along them."""
     la, lb = ctx.layout(node.inputs[0]), ctx.layout(node.inputs[1])
     shapes = [ctx.const(t).shape if ctx.const(t) is not None else ctx.shape(t) for t in node.inputs]
     out_shape = ctx.shape(node.outputs[0])
@@ -99,16 +101,24 @@ def _product(node, ctx, macs: int | None) -> None:
     contracted = (rank - 1, rank - 2)                  # K: the left operand's last axis, the right's second last
     carried = (rank - 2, rank - 1)                     # M of the left operand, N of the right one
     placed = []
+    summed = []
     for i, lab in enumerate(labs):
         if lab is None:
             continue
         axes = labeled_axes(lab)
         if len(axes) > 1:
             why = "MatMul of run-time tensors with channels on two axes of one operand"
+        elif axes and axes[0] == contracted[i] and ctx.attention == "dims":
+            summed.append(lab.reshape(-1))
         elif axes and axes[0] == contracted[i]:
             why = "MatMul of run-time tensors contracts channels (they would mix)"
         elif axes:
             placed.append((i, axes[0], lab))
+    if why is None and summed:
+        if len(summed) == 2 and not placed and len(summed[0]) == len(summed[1]):
+            _contract(node, ctx, macs, summed[0], summed[1])
+            return
+        why = "MatMul of run-time tensors contracts channels of one operand only, or beside other channels"
     if why is None and not placed:
         why = "MatMul of run-time tensors with a single channel whose axis is unknown"
     if why is None and len({a for _, a, _ in placed}) > 1:
@@ -131,6 +141,19 @@ def _product(node, ctx, macs: int | None) -> None:
         ctx.unite(vec, lab.reshape(-1), node)
     ctx.cost(node, macs, vec)
     ctx.set_layout(node.outputs[0], on_axis(vec, axis, rank))
+
+
+def _contract(node, ctx, macs: int | None, left: np.ndarray, right: np.ndarray) -> None:
+    """Q·Kᵀ summing over channels of both operands (docs/DESIGN.md, "Dims within heads"): channel d of Q is
+    united with channel d of K, and the product reads them the way a consumer does, with no weight: removing a
+    channel removes one term of every sum. The masked reference multiplies the left operand by the channels'
+    gates on its last axis (edit 'mask_input'); the output carries no channels."""
+    ctx.unite(left, right, node)
+    ctx.contractions.append((ctx.node_id(node), left.copy(), right.copy()))
+    ctx.consumer_labels.append((node.name, left))
+    ctx.segments.append(left)
+    ctx.edits.append(Edit("mask_input", ctx.node_id(node), input=0, axis=-1, labels=left.copy()))
+    ctx.cost(node, macs, left)
 
 
 @handles("Gather")
