@@ -250,3 +250,47 @@ def test_command_line_prunes_the_dims_and_the_output_loads_from_disk(transformer
     want = run(load_model(tm.path), feeds)[0]
     cosine = np.sum(got * want, -1) / np.linalg.norm(got, axis=-1) / np.linalg.norm(want, axis=-1)
     assert cosine.min() > 0.5
+
+
+class _FusedBlock(torch.nn.Module):
+    """One encoder block whose Q, K and V come from one Linear split in three (GPT-2's c_attn)."""
+
+    def __init__(self, dim=32, heads=4, mlp=48):
+        super().__init__()
+        nn = torch.nn
+        self.heads, self.d = heads, dim // heads
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.fc1, self.fc2 = nn.Linear(dim, mlp), nn.Linear(mlp, dim)
+        self.n1, self.n2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+
+    def forward(self, x):
+        b, s, c = x.shape
+        q, k, v = (t.reshape(b, s, self.heads, self.d).transpose(1, 2)
+                   for t in self.qkv(self.n1(x)).split(c, dim=-1))
+        att = (q @ k.transpose(-1, -2) / self.d ** 0.5).softmax(-1)
+        x = x + self.proj((att @ v).transpose(1, 2).reshape(b, s, c))
+        return x + self.fc2(torch.relu(self.fc1(self.n2(x))))
+
+
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_a_fused_projection_split_in_three_keeps_the_heads_reading(tmp_path, dynamo):
+    """Its q, k and v pieces are one group, which cannot be Q·K dims in part and V dims in part: with
+    --attention dims it is read as heads, and prunes (and rewrites) as heads do."""
+    from helpers import oracle_error
+    torch.manual_seed(0)
+    path = tmp_path / "fused.onnx"
+    with torch.no_grad():
+        torch.onnx.export(_FusedBlock().eval(), (torch.randn(2, 10, 32),), str(path), input_names=["x"],
+                          output_names=["y"], dynamic_axes=None if dynamo else {"x": {0: "b"}}, dynamo=dynamo,
+                          opset_version=18 if dynamo else 17)
+    model = load_model(path)
+    a = Analysis(model, attention="dims")
+    assert [(g.kind, g.channels) for g in a.prunable] == [("heads", 4), ("channels", 48)]
+    assert not a.contractions
+
+    def feeds(batch, seed):
+        return {"x": np.random.default_rng(seed).standard_normal((2, 10, 32)).astype(np.float32)}
+    assert oracle_error(a, feeds) <= 1e-4
+    pruned, report = prune(path, {"x": feeds(64, 5)["x"].repeat(32, axis=0)}, flops=0.7, attention="dims",
+                           round_to=1)
+    assert report.groups[a.prunable[0].id].kept_count < 4 or report.groups[a.prunable[1].id].kept_count < 48

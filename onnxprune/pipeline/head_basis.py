@@ -216,7 +216,8 @@ def rebase(analysis: Analysis, cal: Calibration, batch_size: int, token_mask: st
         log.info("group %d (V dims) is not re-based: %s", gid, why)
     scores: dict[int, np.ndarray] = {}
     for p in found:
-        wq, wk = _stacked(inits, p.q), _stacked(inits, p.k)
+        wq = _stacked(inits, p.q)
+        wk = wq if _same_weights(p.q, p.k) else _stacked(inits, p.k)  # one fused projection: one array
         group_scores = np.zeros(analysis.groups[p.group].channels)
         for h in range(p.q.columns.shape[0]):
             cols_q, cols_k = p.q.columns[h], p.k.columns[h]
@@ -225,7 +226,8 @@ def rebase(analysis: Analysis, cal: Calibration, batch_size: int, token_mask: st
             wk[:, cols_k] = wk[:, cols_k] @ b
             np.add.at(group_scores, p.channel_of_dim, s ** 2)
         _store(inits, p.q, wq)
-        _store(inits, p.k, wk)
+        if wk is not wq:
+            _store(inits, p.k, wk)
         scores[p.group] = group_scores
     return model, scores, skipped
 
@@ -245,6 +247,12 @@ def _rebase_values(inits: dict, path: ValuePath, moments: np.ndarray) -> None:
     _store(inits, path.v, wv)
     old = numpy_helper.to_array(inits[path.weight])
     inits[path.weight].CopyFrom(numpy_helper.from_array(wo.astype(old.dtype), path.weight))
+
+
+def _same_weights(a: Side, b: Side) -> bool:
+    """Both sides are column blocks of one (fused) projection: one MatMul node (`_side` admits only weights
+    read by one node), so one bias Add too."""
+    return a.matmul == b.matmul
 
 
 def _stacked(inits: dict, side: Side) -> np.ndarray:

@@ -77,7 +77,7 @@ def _split_into_heads(node, ctx, vin, out_full, outs):
     j = _head_axis(ctx, node.outputs[0], outs)
     if j is None:
         return None
-    if ctx.attention == "dims" and grid.ndim == 2 and j == 0:
+    if ctx.attention == "dims" and grid.ndim == 2 and j == 0 and _one_projection(ctx, vin):
         # docs/DESIGN.md, "Dims within heads": dim d of every head is one channel (the channel-shuffle reading
         # the caller falls back to), so each head keeps the same dims and the reshape becomes [..., H, D']
         ctx.head_dims.append(grid.copy())
@@ -90,6 +90,18 @@ def _split_into_heads(node, ctx, vin, out_full, outs):
     shape = [1] * out_full.ndim
     shape[outs[j]] = grid.shape[j]
     return per_head[:, 0].reshape(shape)
+
+
+def _one_projection(ctx, vin) -> bool:
+    """The channels split into heads are all the output of one producer. A fused Q/K/V projection (one MatMul
+    whose output is split into q, k and v) keeps the heads reading with `--attention dims`: its pieces are
+    one group, which cannot be Q·K dims in part and V dims in part."""
+    atoms = set(vin.tolist())
+    for _, produced in ctx.producer_atoms:
+        mine = set(produced.tolist())
+        if atoms & mine:
+            return atoms == mine
+    return False
 
 
 _SAME_AXES = ("Split", "Slice", "Identity", "Cast", "Softmax", "Relu", "Sigmoid", "Tanh", "Erf", "Neg")
