@@ -15,7 +15,7 @@ import pytest
 import torch
 import transformer_zoo as tz
 from click.testing import CliRunner
-from helpers import rel_err, run
+from helpers import oracle_error, rel_err, run
 
 from onnxprune import load_model, prune
 from onnxprune.analysis import Analysis
@@ -40,19 +40,10 @@ def _dims(transformers, name, exp):
     return tm, model, Analysis(model, attention="dims")
 
 
-def _shape(tm):
-    m = tm.torch_module
-    if tm.text:
-        c = m.config
-        return c.layers, c.hidden, c.heads, c.mlp
-    block = m.blocks[0]
-    return len(m.blocks), block.q.in_features, block.heads, block.fc1.out_features
-
-
 @pytest.mark.parametrize("name,exp", CASES)
 def test_qk_dims_v_dims_and_mlp_widths_are_the_groups(transformers, name, exp):
     tm, _, a = _dims(transformers, name, exp)
-    layers, hidden, heads, mlp = _shape(tm)
+    layers, hidden, heads, mlp = tz.architecture(tm)
     d = hidden // heads
     kinds = [(g.kind, g.channels, g.unit, len(g.producers), len(g.consumers)) for g in a.prunable]
     assert kinds == [("qk_dims", d, heads, 2, 1), ("v_dims", d, heads, 1, 1), ("channels", mlp, 1, 1, 1)] * layers
@@ -74,19 +65,16 @@ def test_a_scale_read_from_the_head_size_freezes_the_qk_dims(transformers):
 @pytest.mark.parametrize("name,exp", CASES)
 def test_pruned_equals_masked_reference_macs_and_keep_all(transformers, name, exp):
     tm, model, a = _dims(transformers, name, exp)
-    layers, h, heads, mlp = _shape(tm)
+    layers, h, heads, mlp = tz.architecture(tm)
     s = tm.seq
     patch = 0 if tm.text else 16 * h * 3 * 4 * 4 + h * 10   # the patch-embedding Conv and the head
-    for seed, ratio in ((0, 0.3), (1, 0.5), (2, 0.8)):
+    assert oracle_error(a, lambda batch, seed: tz.feeds(tm, batch, seed), seeds=(0, 1, 2), ratios=(0.3, 0.8)) <= 1e-4
+    for seed, ratio in ((0, 0.3), (1, 0.5)):
         sel = select(a, counts_for_ratio(a, ratio), "random", seed=seed, random_gamma=True)
         keep, gamma = sel.class_arrays(a)
         pruned = Rewriter(a, keep, gamma).run()
-        masked = Rewriter(a, keep, gamma, masked=True).run()
-        onnx.checker.check_model(pruned, full_check=True)
-        for batch in (1, 3):
-            feeds = tz.feeds(tm, batch, seed)
-            assert rel_err(run(pruned, feeds), run(masked, feeds)) <= 1e-4, (seed, batch)
-        assert rel_err(run(masked, feeds), run(model, feeds)) > 1e-3, "the selection changes the output"
+        feeds = tz.feeds(tm, 3, seed)
+        assert rel_err(run(pruned, feeds), run(model, feeds)) > 1e-3, "the selection changes the output"
         kept = [len(sel.kept[g.id]) for g in a.prunable]
         # per layer: Q, K (s·h·H·dq each), Q·Kᵀ (s·s·H·dq), V and the output projection (s·h·H·dv each),
         # P·V (s·s·H·dv), the MLP (2·s·h·m)
@@ -156,9 +144,7 @@ def _low_rank(tmp_path, exporter, rank=2):
                     mask[:rank] = 1.0
                     lin.weight[rows] = mix @ (lin.weight[rows] * mask)
                     lin.bias[rows] = mix @ (lin.bias[rows] * mask[:, 0])
-    path = tmp_path / f"low_rank_{exporter}.onnx"
-    tz.minilm.export(model, str(path), exporter, seq_len=12)
-    return path
+    return tz.export_text(model, tmp_path, "low_rank", exporter)
 
 
 @pytest.mark.parametrize("exp", tz.EXPORTERS)
@@ -276,7 +262,6 @@ class _FusedBlock(torch.nn.Module):
 def test_a_fused_projection_split_in_three_keeps_the_heads_reading(tmp_path, dynamo):
     """Its q, k and v pieces are one group, which cannot be Q·K dims in part and V dims in part: with
     --attention dims it is read as heads, and prunes (and rewrites) as heads do."""
-    from helpers import oracle_error
     torch.manual_seed(0)
     path = tmp_path / "fused.onnx"
     with torch.no_grad():
@@ -294,3 +279,10 @@ def test_a_fused_projection_split_in_three_keeps_the_heads_reading(tmp_path, dyn
     pruned, report = prune(path, {"x": feeds(64, 5)["x"].repeat(32, axis=0)}, flops=0.7, attention="dims",
                            round_to=1)
     assert report.groups[a.prunable[0].id].kept_count < 4 or report.groups[a.prunable[1].id].kept_count < 48
+
+
+def test_heads_no_data_reaches_are_left_as_they_are():
+    rng = np.random.default_rng(1)
+    wq, wk = rng.standard_normal((7, 3)), rng.standard_normal((7, 3))
+    a, b, s = head_bases(wq, wk, np.zeros((7, 7)), np.eye(7))
+    assert np.array_equal(a, np.eye(3)) and np.array_equal(b, np.eye(3)) and not s.any()

@@ -40,15 +40,6 @@ def _load(transformers, name, exp):
     return tm, load_model(tm.path)
 
 
-def _shape(tm):
-    m = tm.torch_module
-    if tm.text:
-        c = m.config
-        return c.layers, c.hidden, c.heads, c.mlp
-    block = m.blocks[0]
-    return len(m.blocks), block.q.in_features, block.heads, block.fc1.out_features
-
-
 def _linears(module, text: bool) -> list:
     """The output projections and MLP output layers of a torch module, in order."""
     if text:
@@ -86,7 +77,7 @@ def _torch_run(model, tm, feeds) -> np.ndarray:
 @pytest.mark.parametrize("name,exp", CASES)
 def test_heads_and_mlp_widths_are_groups(transformers, name, exp):
     tm, model = _load(transformers, name, exp)
-    layers, hidden, heads, mlp = _shape(tm)
+    layers, hidden, heads, mlp = tz.architecture(tm)
     a = Analysis(model)
     head_groups = [g for g in a.prunable if g.kind == "heads"]
     mlp_groups = [g for g in a.prunable if g.kind == "channels"]
@@ -105,7 +96,7 @@ def test_macs_are_the_architecture_s(transformers, name, exp):
     """Projections, both attention products (S·S·D per head each) and the MLP, counted independently from
     the architecture, before and after keeping some heads and MLP units."""
     tm, model = _load(transformers, name, exp)
-    layers, h, heads, mlp = _shape(tm)
+    layers, h, heads, mlp = tz.architecture(tm)
     s = tm.seq
     a = Analysis(model)
     sel = select(a, counts_for_ratio(a, 0.5), "random", seed=3)
@@ -126,7 +117,7 @@ def test_macs_are_the_architecture_s(transformers, name, exp):
 def test_pruned_equals_torch_with_removed_heads_zeroed(transformers, name, exp):
     tm, model = _load(transformers, name, exp)
     a = Analysis(model)
-    assert len(a.prunable) == 2 * _shape(tm)[0], "every layer's heads and MLP width are pruned"
+    assert len(a.prunable) == 2 * tz.architecture(tm)[0], "every layer's heads and MLP width are pruned"
     for seed, ratio in ((0, 0.3), (1, 0.6)):
         sel = select(a, counts_for_ratio(a, ratio), "random", seed=seed)
         keep, gamma = sel.class_arrays(a)
@@ -145,7 +136,7 @@ def test_pruned_equals_torch_with_removed_heads_zeroed(transformers, name, exp):
 def test_pruned_equals_masked_reference_and_keep_all_is_identity(transformers, name, exp):
     tm, model = _load(transformers, name, exp)
     a = Analysis(model)
-    assert len(a.prunable) == 2 * _shape(tm)[0], "every layer's heads and MLP width are pruned"
+    assert len(a.prunable) == 2 * tz.architecture(tm)[0], "every layer's heads and MLP width are pruned"
     for seed, ratio in ((0, 0.3), (1, 0.5), (2, 0.8)):
         sel = select(a, counts_for_ratio(a, ratio), "random", seed=seed, random_gamma=True)
         keep, gamma = sel.class_arrays(a)
@@ -266,9 +257,7 @@ def _planted(tmp_path, exporter):
             attn.self.value.weight[h * d:(h + 1) * d] = 0.0
             attn.self.value.bias[h * d:(h + 1) * d] = 0.0
             attn.output.dense.weight[:, h * d:(h + 1) * d] *= 10.0
-    path = tmp_path / f"planted_{exporter}.onnx"
-    tz.minilm.export(model, str(path), exporter, seq_len=12)
-    return path
+    return tz.export_text(model, tmp_path, "planted", exporter)
 
 
 @pytest.mark.parametrize("exp", tz.EXPORTERS)

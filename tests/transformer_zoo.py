@@ -123,6 +123,23 @@ def _export(name: str, model: nn.Module, exporter: str, seq: int, text: bool, pa
         shutil.move(str(staged), str(path))
 
 
+def architecture(tm: TransformerModel) -> tuple[int, int, int, int]:
+    """(layers, hidden size, heads, MLP width) of a zoo encoder's torch module."""
+    m = tm.torch_module
+    if tm.text:
+        c = m.config
+        return c.layers, c.hidden, c.heads, c.mlp
+    block = m.blocks[0]
+    return len(m.blocks), block.q.in_features, block.heads, block.fc1.out_features
+
+
+def export_text(model: nn.Module, directory, name: str, exporter: str, seq_len: int = 12) -> pathlib.Path:
+    """A text encoder a test made, exported to `directory`/`name`_`exporter`.onnx (inputs of `seq_len` tokens)."""
+    path = pathlib.Path(directory) / f"{name}_{exporter}.onnx"
+    minilm.export(model, str(path), exporter, seq_len=seq_len)
+    return path
+
+
 def build(cache_dir, names=None, exporters_=EXPORTERS) -> list[TransformerModel]:
     cache_dir = pathlib.Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)

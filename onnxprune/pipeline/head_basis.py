@@ -190,8 +190,12 @@ def head_bases(wq: np.ndarray, wk: np.ndarray, cq: np.ndarray, ck: np.ndarray
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For one head's Ŵ_Q, Ŵ_K ([C+1, D], bias last) and input moments: (A, B, s) with A Bᵀ = I and s the
     singular values of the whitened Q·K form, descending (see the module docstring)."""
-    rq, rq_inv = _root(wq.T @ cq @ wq)
-    rk, rk_inv = _root(wk.T @ ck @ wk)
+    d = wq.shape[1]
+    gq, gk = wq.T @ cq @ wq, wk.T @ ck @ wk
+    if not (np.abs(gq).max() > 0 and np.abs(gk).max() > 0):   # no data reached the head: left as it is
+        return np.eye(d), np.eye(d), np.zeros(d)
+    rq, rq_inv = _root(gq)
+    rk, rk_inv = _root(gk)
     u, s, vt = np.linalg.svd(rq @ rk.T)
     half = np.sqrt(s)
     return rq_inv @ u * half, rk_inv @ vt.T * half, s
@@ -240,7 +244,10 @@ def _rebase_values(inits: dict, path: ValuePath, moments: np.ndarray) -> None:
     wo = numpy_helper.to_array(inits[path.weight]).astype(np.float64)
     for h in range(path.rows.shape[0]):
         cols, rows = path.v.columns[h], path.rows[h]
-        r, r_inv = _root(moments[np.ix_(rows, rows)])
+        block = moments[np.ix_(rows, rows)]
+        if not np.abs(block).max() > 0:   # no data reached the head: left as it is
+            continue
+        r, r_inv = _root(block)
         u, _, _ = np.linalg.svd(r @ wo[rows])
         wv[:, cols] = wv[:, cols] @ (r_inv @ u)
         wo[rows] = u.T @ r @ wo[rows]
