@@ -237,9 +237,10 @@ def prune_with_options(model, calibration, options: PruneOptions, quiet: bool = 
     analysis = _analysis(proto, model, shapes, str(attention))
     head_scores: dict = {}
     based: dict = {}
+    head_basis = None
     if attention == AttentionSplit.DIMS:
         assert cal is not None
-        analysis, head_scores, based = _rebased(analysis, cal, options, shapes, quiet)
+        analysis, head_scores, based, head_basis = _rebased(analysis, cal, options, shapes, quiet)
     if kind == "flops" and analysis.unknown_costs:
         why = f"{name}: a MACs target needs every layer's MACs, and {analysis.unknown_cost_reason()}"
         if not analysis.input_shapes_would_help():
@@ -253,7 +254,7 @@ def prune_with_options(model, calibration, options: PruneOptions, quiet: bool = 
         if len(others) == len(analysis.prunable):
             raise OptionError("group_kind", target.group_kind.value, f"{name} has no prunable group of that kind")
         overrides = {**others, **overrides}
-    kept_whole = {gid: analysis.groups[gid].channels for gid, why in based.items() if isinstance(why, str)}
+    kept_whole = {gid: analysis.groups[gid].channels for gid in based}
     overrides = {**kept_whole, **overrides}
     n_cal = 0
     results, allocation, allocated = None, None, Allocation.UNIFORM
@@ -292,25 +293,29 @@ def prune_with_options(model, calibration, options: PruneOptions, quiet: bool = 
     report.allocate = str(allocated)
     report.token_mask, report.output_loss = token_mask, output_loss
     report.fixed_batch = cal.fixed_batch if cal is not None else None
+    report.attention, report.head_basis = str(attention), head_basis
     report.latency = measured
     report.selection, report.analysis = selection, analysis
     return pruned, report
 
 
 def _rebased(analysis: Analysis, cal, options: PruneOptions, shapes: dict | None, quiet: bool
-             ) -> tuple[Analysis, dict, dict]:
+             ) -> tuple[Analysis, dict, dict, dict]:
     """`--attention dims`: the analysis of the model with its dims within heads re-based on the calibration
     data (`pipeline.head_basis`), the Q·K dims groups' channel scores, and, per Q·K dims group that could not be
-    re-based, why (it then keeps all its dims). The re-based model must compute what the original does."""
+    re-based, why (it then keeps all its dims), and the report's record of it. The re-based model must compute
+    what the original does."""
     from .calibration.source import token_mask_input
     from .graph.session import inference_session
     from .pipeline.head_basis import EXACT_TOLERANCE, rebase
     token_mask = token_mask_input(analysis.model, options.calibration.token_mask_input)
-    model, scores, skipped = rebase(analysis, cal, options.calibration.batch_size, token_mask, quiet)
+    model, scores, skipped, n_values = rebase(analysis, cal, options.calibration.batch_size, token_mask, quiet)
     for gid, why in skipped.items():
         log.warning("group %d (Q·K dims) keeps all its dims: %s", gid, why)
+    record: dict = {"qk_dims_groups": len(scores), "v_dims_groups": n_values, "output_change": None,
+                    "kept_whole": {str(gid): why for gid, why in skipped.items()}}
     if model is None:
-        return analysis, {}, skipped
+        return analysis, {}, skipped, record
     import onnxruntime as ort
     _, batch = next(cal.batches(cal.run_batch(min(8, options.calibration.batch_size)), "calib"))
     names = [o.name for o in analysis.model.graph.output]
@@ -320,12 +325,13 @@ def _rebased(analysis: Analysis, cal, options: PruneOptions, shapes: dict | None
     after = inference_session(model, opts, ["CPUExecutionProvider"]).run(names, batch)
     change = max(float(np.abs(a - b).max() / max(float(np.abs(b).max()), 1e-6)) for a, b in zip(after, before))
     if not change <= EXACT_TOLERANCE:  # NaN too
-        raise UnsupportedModel(f"re-basing the Q·K dims changed the model's outputs by {change:.3g} (relative); "
-                               "prune with --attention heads")
-    log.info("dims within heads re-based on the calibration data (%d Q·K dims groups; outputs changed by %.2g, "
-             "relative)", len(scores), change)
+        raise UnsupportedModel(f"re-basing the dims within heads changed the model's outputs by {change:.3g} "
+                               "(relative); prune with --attention heads")
+    log.info("dims within heads re-based on the calibration data (%d Q·K dims and %d V dims groups; outputs "
+             "changed by %.2g, relative)", len(scores), n_values, change)
+    record["output_change"] = change
     rebased = Analysis(model, in_place=True, input_shapes=shapes, attention="dims")
-    return rebased, scores, skipped
+    return rebased, scores, skipped, record
 
 
 def masked_reference(report: Report) -> onnx.ModelProto:

@@ -171,7 +171,8 @@ def test_rebase_is_exact_and_its_moments_leave_padding_out(transformers):
     tm, model, a = _dims(transformers, "minilm_s16", "ts17")
     feeds = tz.feeds(tm, 24, 1)
     cal = load_calibration(feeds, a.model, holdout=0.0)
-    rebased, scores, skipped = rebase(a, cal, 8, "attention_mask")
+    rebased, scores, skipped, n_values = rebase(a, cal, 8, "attention_mask")
+    assert n_values == 2
     assert not skipped and sorted(scores) == [g.id for g in a.prunable if g.kind == "qk_dims"]
     x = tz.feeds(tm, 5, 9)
     assert rel_err(run(rebased, x), run(model, x)) <= 1e-5
@@ -227,7 +228,11 @@ def test_command_line_prunes_the_dims_and_the_output_loads_from_disk(transformer
     r = CliRunner().invoke(cli, ["prune", str(tm.path), "-o", str(out), "--calib", str(calib), "--flops", "0.6",
                                  "--attention", "dims", "--round-to", "1", "--report", str(report), "-q"])
     assert r.exit_code == 0, r.output
-    groups = json.loads(report.read_text())["groups"]
+    record = json.loads(report.read_text())
+    assert record["attention"] == "dims" and record["head_basis"]["qk_dims_groups"] == 2
+    assert record["head_basis"]["v_dims_groups"] == 2 and record["head_basis"]["output_change"] <= 1e-5
+    assert "2 Q·K dims and 2 V dims groups re-based" in r.output
+    groups = record["groups"]
     qk = [g for g in groups if g["kind"] == "qk_dims"]
     assert len(qk) == 2 and all(g["method"] == "leading-dims" for g in qk)
     assert any(g["kept_count"] < g["channels"] for g in groups if g["kind"] in ("qk_dims", "v_dims"))

@@ -16,8 +16,9 @@ class Edit:
     kind: 'producer' or 'param' (slice `axis` of the node's constant input `input`),
     'consumer' (slice and scale by γ; in the masked reference: zero and scale),
     'grouped_consumer' (a grouped Conv's input slice, `groups` blocks),
-    'mask_input' (masked reference only: run-time input `input` multiplied by its channels' keep·γ on `axis`,
-    for a product that sums over channels and has no weight to zero), or
+    'mask_input' (a product that sums over channels and has no weight to zero: in the masked reference its
+    run-time input `input` is multiplied by the channels' keep·γ on `axis`, in the pruned graph by the kept γ
+    where one differs from 1), or
     'call' (pruned graph only: `fn(node, rewriter)` updates attributes or shape constants).
     """
     kind: str

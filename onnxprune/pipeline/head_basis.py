@@ -202,13 +202,14 @@ def head_bases(wq: np.ndarray, wk: np.ndarray, cq: np.ndarray, ck: np.ndarray
 
 
 def rebase(analysis: Analysis, cal: Calibration, batch_size: int, token_mask: str | None, quiet: bool = True
-           ) -> tuple[onnx.ModelProto | None, dict[int, np.ndarray], dict[int, str]]:
-    """The model with every re-basable Q·K dims group re-based (None when there is none), the groups' channel
-    scores (Σ over heads of s_hd²), and why the other Q·K dims groups were not re-based."""
+           ) -> tuple[onnx.ModelProto | None, dict[int, np.ndarray], dict[int, str], int]:
+    """The model with every re-basable Q·K dims and V dims group re-based (None when there is none), the Q·K
+    dims groups' channel scores (Σ over heads of s_hd²), why the other Q·K dims groups were not re-based, and
+    the number of V dims groups re-based."""
     found, skipped = pairs(analysis)
     values, skipped_v = value_paths(analysis)
     if not found and not values:
-        return None, {}, skipped
+        return None, {}, skipped, 0
     names = list(dict.fromkeys([n for p in found for n in (p.q.input, p.k.input)] + [v.input for v in values]))
     moments = input_moments(analysis, cal, names, batch_size, token_mask, quiet)
     model = onnx.ModelProto()
@@ -233,7 +234,7 @@ def rebase(analysis: Analysis, cal: Calibration, batch_size: int, token_mask: st
         if wk is not wq:
             _store(inits, p.k, wk)
         scores[p.group] = group_scores
-    return model, scores, skipped
+    return model, scores, skipped, len(values)
 
 
 def _rebase_values(inits: dict, path: ValuePath, moments: np.ndarray) -> None:

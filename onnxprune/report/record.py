@@ -56,6 +56,10 @@ class Report:
     latency: dict = field(default_factory=dict)
     macs_unknown: list[str] = field(default_factory=list)  # layers whose MACs are unknown (symbolic sizes)
     token_mask: str | None = None    # the input whose padding tokens were left out of the statistics
+    attention: str = "heads"         # --attention: what attention blocks lost (heads, or dims within heads)
+    # --attention dims: groups re-based ({"qk_dims_groups", "v_dims_groups"}), the outputs' relative change, and
+    # the Q·K dims groups kept whole with why (docs/DESIGN.md, "Dims within heads")
+    head_basis: dict | None = None
     fixed_batch: int | None = None   # the model's fixed batch dimension, the size of every calibration run
     output_loss: str | None = None   # the global methods' output loss (kl or mse), when one ran
     distill: dict | None = None   # the distillation's record (`onnxprune.distill.DistillRecord`), if it ran
@@ -93,6 +97,12 @@ class Report:
                      f"{self.fixed_batch} sample{'s' if self.fixed_batch > 1 else ''} at a time")
         if self.token_mask:
             text += f"\ntokens padding left out of the statistics (input '{self.token_mask}')"
+        b = self.head_basis
+        if b:
+            change = "" if b["output_change"] is None else f"; outputs changed by {b['output_change']:.2g}"
+            whole = f"; {len(b['kept_whole'])} Q·K dims groups kept whole" if b["kept_whole"] else ""
+            text += (f"\nheads  dims within heads pruned: {b['qk_dims_groups']} Q·K dims and {b['v_dims_groups']} V "
+                     f"dims groups re-based on the calibration data{change}{whole}")
         if self.output_loss:
             text += f"\nglobal output loss {self.output_loss}"
         if self.allocation and "output_unavailable" in self.allocation:
