@@ -291,3 +291,21 @@ def test_heads_no_data_reaches_are_left_as_they_are():
     wq, wk = rng.standard_normal((7, 3)), rng.standard_normal((7, 3))
     a, b, s = head_bases(wq, wk, np.zeros((7, 7)), np.eye(7))
     assert np.array_equal(a, np.eye(3)) and np.array_equal(b, np.eye(3)) and not s.any()
+
+
+def test_qk_dims_that_cannot_be_re_based_keep_all_their_dims(transformers, monkeypatch, caplog):
+    import logging
+
+    from onnxprune.pipeline import head_basis
+    tm = transformers[("minilm_s7", "ts17")]
+    real = head_basis._side
+    monkeypatch.setattr(head_basis, "_side", lambda a, lab: "not a plain projection" if len(lab) == 8 else
+                        real(a, lab))
+    with caplog.at_level(logging.WARNING, logger="onnxprune"):
+        _, report = prune(tm.path, tz.feeds(tm, 48, 3), flops=0.7, attention="dims", round_to=1)
+    qk = [g for g in report.groups if g.kind == "qk_dims"]
+    assert len(qk) == 2 and all(g.kept_count == g.channels for g in qk)
+    assert sorted(report.head_basis["kept_whole"]) == sorted(str(g.id) for g in qk)
+    assert report.head_basis["qk_dims_groups"] == 0 and report.head_basis["v_dims_groups"] == 0
+    assert sum("keeps all its dims: not a plain projection" in r.getMessage() for r in caplog.records) == 2
+    assert report.macs_ratio == pytest.approx(0.7, abs=0.02)

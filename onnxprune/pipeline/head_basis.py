@@ -62,9 +62,16 @@ def pairs(analysis: Analysis) -> tuple[list[Pair], dict[int, str]]:
     """The prunable Q·K dims groups whose two sides are plain projections, and for the others why not."""
     out, skipped = [], {}
     roots = analysis.class_of
-    for node, left, right in analysis.contractions:
+    for _, left, right in analysis.contractions:
         gid = analysis.group_of_class.get(int(roots[left[0]]))
         if gid is None or analysis.groups[gid].frozen:
+            continue
+        if gid in skipped or any(p.group == gid for p in out):
+            skipped[gid] = "the Q·K dims are summed over by more than one product"
+            out = [p for p in out if p.group != gid]
+            continue
+        if set(analysis.groups[gid].classes.tolist()) != {int(c) for c in roots[left]}:
+            skipped[gid] = "the group holds channels besides the Q·K dims"
             continue
         sides = [_side(analysis, lab) for lab in (left, right)]
         if any(isinstance(s, str) for s in sides):
@@ -74,7 +81,6 @@ def pairs(analysis: Analysis) -> tuple[list[Pair], dict[int, str]]:
         assert isinstance(q, Side) and isinstance(k, Side)
         position = {c: i for i, c in enumerate(analysis.groups[gid].classes.tolist())}
         out.append(Pair(gid, q, k, np.array([position[int(roots[a])] for a in left], dtype=np.int64)))
-        del node
     return out, skipped
 
 
