@@ -225,8 +225,10 @@ def test_command_line_prunes_the_dims_and_the_output_loads_from_disk(transformer
     calib = tmp_path / "calib.npz"
     np.savez(calib, **tz.feeds(tm, 48, 2))
     out, report = tmp_path / "out.onnx", tmp_path / "report.json"
+    masked = tmp_path / "masked.onnx"
     r = CliRunner().invoke(cli, ["prune", str(tm.path), "-o", str(out), "--calib", str(calib), "--flops", "0.6",
-                                 "--attention", "dims", "--round-to", "1", "--report", str(report), "-q"])
+                                 "--attention", "dims", "--round-to", "1", "--report", str(report), "-q",
+                                 "--masked-reference", str(masked)])
     assert r.exit_code == 0, r.output
     record = json.loads(report.read_text())
     assert record["attention"] == "dims" and record["head_basis"]["qk_dims_groups"] == 2
@@ -238,6 +240,7 @@ def test_command_line_prunes_the_dims_and_the_output_loads_from_disk(transformer
     assert any(g["kept_count"] < g["channels"] for g in groups if g["kind"] in ("qk_dims", "v_dims"))
     feeds = tz.feeds(tm, 4, 7)
     got = run_file(out, feeds)[0]
+    assert rel_err([got], run_file(masked, feeds)) <= 1e-4   # the masked reference (with Q·Kᵀ's input mask)
     want = run(load_model(tm.path), feeds)[0]
     cosine = np.sum(got * want, -1) / np.linalg.norm(got, axis=-1) / np.linalg.norm(want, axis=-1)
     assert cosine.min() > 0.5
