@@ -15,8 +15,9 @@ sentences of models/text_corpus.py's "calib" split and evaluated on `--eval` sen
                          on held-out sentences (output loss: MSE, chosen automatically; --global-samples)
   heads-only             greedy-local+full pruning attention heads only (--group-kind heads)
   mlp-only               greedy-local+full pruning the MLP widths only (--group-kind channels)
-  output-allocated       the default pipeline (--allocate auto is output with data): greedy-local+full with the
-                         budget shared among heads and MLP widths by each group's measured effect on the
+  output-allocated       the default pipeline before --attention auto (attention heads; --allocate auto is
+                         output with data): greedy-local+full with the budget shared among heads and MLP
+                         widths by each group's measured effect on the
                          embeddings (--allocate output, MSE output loss), with residual targets (the attention
                          output projections and second MLP MatMuls imitate the residual sums)
   output-allocated, no residual targets  the same with --no-residual-target (the default before them)
@@ -24,9 +25,10 @@ sentences of models/text_corpus.py's "calib" split and evaluated on `--eval` sen
                          embeddings (--distill, MSE, early stopping on the held-out calibration sentences)
   default+distill        the default (with residual targets), then the same distillation
   default-1000-sentences  the default calibrated on 1000 sentences (the issue's limit) instead of --calib
-  attention-dims         the default with --attention dims: the dims within every head are the groups (Q·K
-                         dims re-based on the calibration data and kept by their singular values, V dims
-                         chosen greedily with the output projection re-fitted) instead of whole heads
+  attention-dims         the default (--attention auto reads MiniLM as dims; given as --attention dims): the
+                         dims within every head are the groups (Q·K dims re-based on the calibration data
+                         and kept by their singular values, V dims chosen greedily with the output
+                         projection re-fitted) instead of whole heads
   attention-dims-1000-sentences  the same calibrated on 1000 sentences
 
 Every row but the default and magnitude runs without residual targets (residual_target=False), as they
@@ -65,24 +67,30 @@ from onnxprune.report.evaluate import embedding_metrics
 
 # residual_target=False where a row was measured before residual targets (docs/DESIGN.md, "Residual targets")
 _BEFORE = dict(residual_target=False)
+# attention="heads" where a row was measured before --attention auto (the default since, which reads MiniLM's
+# blocks as dims: the attention-dims rows)
+_HEADS = dict(attention="heads")
 ROWS = {
-    "magnitude": dict(method="magnitude", refit="none", data=False),
+    "magnitude": dict(method="magnitude", refit="none", data=False, **_HEADS),
     # allocate="uniform" where it was the library default when these rows were measured (before auto)
-    "magnitude+full": dict(method="magnitude", refit="full", allocate="uniform", **_BEFORE),
-    "greedy-local+full": dict(method="greedy-local", refit="full", allocate="uniform", **_BEFORE),
-    "greedy-combined+full": dict(method="greedy-combined", refit="full", allocate="uniform", **_BEFORE),
-    "heads-only": dict(method="greedy-local", refit="full", group_kind="heads", allocate="uniform", **_BEFORE),
-    "mlp-only": dict(method="greedy-local", refit="full", group_kind="channels", allocate="uniform", **_BEFORE),
-    # the library default
-    "output-allocated": dict(method="greedy-local", refit="full", allocate="output"),
+    "magnitude+full": dict(method="magnitude", refit="full", allocate="uniform", **_BEFORE, **_HEADS),
+    "greedy-local+full": dict(method="greedy-local", refit="full", allocate="uniform", **_BEFORE, **_HEADS),
+    "greedy-combined+full": dict(method="greedy-combined", refit="full", allocate="uniform", **_BEFORE, **_HEADS),
+    "heads-only": dict(method="greedy-local", refit="full", group_kind="heads", allocate="uniform", **_BEFORE,
+                       **_HEADS),
+    "mlp-only": dict(method="greedy-local", refit="full", group_kind="channels", allocate="uniform", **_BEFORE,
+                     **_HEADS),
+    # the library default before --attention auto
+    "output-allocated": dict(method="greedy-local", refit="full", allocate="output", **_HEADS),
     "output-allocated, no residual targets": dict(method="greedy-local", refit="full", allocate="output",
-                                                  **_BEFORE),
+                                                  **_BEFORE, **_HEADS),
     "output-allocated+distill": dict(method="greedy-local", refit="full", allocate="output", distill=True,
-                                     **_BEFORE),
-    "default+distill": dict(method="greedy-local", refit="full", allocate="output", distill=True),
+                                     **_BEFORE, **_HEADS),
+    "default+distill": dict(method="greedy-local", refit="full", allocate="output", distill=True, **_HEADS),
     # the default on the largest calibration set (the rows above use --calib)
-    "default-1000-sentences": dict(method="greedy-local", refit="full", allocate="output", calib=1000),
-    # the default with the dims within heads as groups (Q·K dims re-based, V dims greedy) instead of heads
+    "default-1000-sentences": dict(method="greedy-local", refit="full", allocate="output", calib=1000, **_HEADS),
+    # the dims within heads as groups (Q·K dims re-based, V dims greedy) instead of heads: what the default
+    # (--attention auto) does on MiniLM, whose every block's dims prune
     "attention-dims": dict(method="greedy-local", refit="full", allocate="output", attention="dims"),
     "attention-dims-1000-sentences": dict(method="greedy-local", refit="full", allocate="output", attention="dims",
                                           calib=1000),
@@ -91,8 +99,8 @@ ROWS = {
 # tokens in the statistics (as before they were left out) and without
 HALF_MLP = {
     "mlp-half, padding in statistics": dict(method="greedy-local", refit="full", group_kind="channels",
-                                             token_mask_input="", **_BEFORE),
-    "mlp-half": dict(method="greedy-local", refit="full", group_kind="channels", **_BEFORE),
+                                             token_mask_input="", **_BEFORE, **_HEADS),
+    "mlp-half": dict(method="greedy-local", refit="full", group_kind="channels", **_BEFORE, **_HEADS),
 }
 OUT = os.path.join("bench", "results", "minilm.json")
 # rows whose models are timed; latency records written before the default was timed have no "row" and are

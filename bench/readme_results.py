@@ -394,9 +394,10 @@ def minilm_section(data) -> str:
            f"and evaluated on {data['eval_sentences']} other sentences: mean cosine similarity of the "
            "embeddings and nearest-neighbour agreement. Prune time is wall and process CPU seconds with the "
            "load average of the shared machine when the row started; greedy-combined measures its output "
-           f"loss on {data['global_samples']} sentences. The attention-dims rows are the default with "
-           "`--attention dims`: the dims within every head are the groups (re-based on the calibration data, "
-           "docs/DESIGN.md \"Dims within heads\") instead of whole heads.", "",
+           f"loss on {data['global_samples']} sentences. The attention-dims rows are what the default "
+           "(`--attention auto`) does on this model: the dims within every head are the groups (re-based on the "
+           "calibration data, docs/DESIGN.md \"Dims within heads\"); the other rows prune whole heads "
+           "(`--attention heads`, the default before).", "",
            _table(["MACs target", "row", "MACs", "mean cosine", "NN agreement %", "prune wall s", "prune CPU s",
                    "note"], rows), ""]
     if lat:

@@ -59,17 +59,26 @@ def _as_model(model) -> tuple[onnx.ModelProto, str]:
 
 def analyze(model, input_shapes: dict | None = None, attention: str | AttentionSplit = _M.attention) -> Analysis:
     """Channel groups of a model (path or ModelProto; a ModelProto is not modified). `input_shapes`
-    (name -> dims, batch first) size the layers whose shapes are symbolic, for their MACs. `attention`: heads
-    | dims, what an attention block's channels are."""
+    (name -> dims, batch first) size the layers whose shapes are symbolic, for their MACs. `attention`: auto |
+    heads | dims, what an attention block's channels are (auto: what `prune` with calibration data reads)."""
     proto, name = _as_model(model)
     opts = ModelOptions(input_shapes, AttentionSplit.parse("attention", attention))
-    return _analysis(proto, model, opts.input_shapes, str(opts.attention))
+    return _analysis(proto, model, opts.input_shapes, opts.attention, calibrated=True)
 
 
-def _analysis(proto: onnx.ModelProto, model, input_shapes: dict | None, attention: str = "heads") -> Analysis:
+def _analysis(proto: onnx.ModelProto, model, input_shapes: dict | None,
+              attention: AttentionSplit = AttentionSplit.HEADS, calibrated: bool = False) -> Analysis:
+    """The analysis of `proto`; `attention` auto reads dims where they prune when `calibrated` (re-basing them
+    needs calibration data), heads otherwise (`analysis.analyzer.attention_reading`)."""
+    from .analysis.analyzer import attention_reading
+    reading, heads_at = "dims" if attention == AttentionSplit.DIMS else "heads", frozenset[str]()
     try:
+        if attention == AttentionSplit.AUTO and calibrated:
+            found = attention_reading(proto, input_shapes)
+            if found is not None:
+                reading, heads_at = "dims", found
         analysis = Analysis(proto, in_place=proto is not model, input_shapes=input_shapes,  # a loaded model is ours
-                            attention=attention)
+                            attention=reading, heads_at=heads_at)
     except UnsupportedModel as exc:
         raise UnsupportedModel(f"{_name(model)}: {exc}") from None
     quantized = None if analysis.groups else _quantized(proto)
@@ -188,8 +197,9 @@ def prune(model, calibration=None, *, method: str = _S.method, refit: str | None
     `provider` (cpu | cuda | tensorrt) at `latency_batch`. `round_to`: an integer, or 'auto' (per group, the
     rounding measured fastest). `input_shapes`: name -> dims (batch first) of inputs with symbolic dims, for
     the MACs of the layers they size (default: the first calibration batch's shapes); a MACs target is refused
-    while a layer's MACs are unknown. `attention`: heads | dims, whether attention blocks lose whole heads or
-    dims within every head (dims needs calibration data). See `onnxprune.options` for every option."""
+    while a layer's MACs are unknown. `attention`: auto | heads | dims, whether attention blocks lose whole
+    heads or dims within every head (dims needs calibration data; auto: dims with data where a block's dims
+    prune, heads elsewhere). See `onnxprune.options` for every option."""
     options = PruneOptions.from_flat(
         method=method, refit=refit, keep_ratio=keep_ratio, flops=flops, params=params, latency=latency,
         round_to=round_to, provider=provider, latency_batch=latency_batch, latency_threads=latency_threads,
@@ -234,11 +244,11 @@ def prune_with_options(model, calibration, options: PruneOptions, quiet: bool = 
     if attention == AttentionSplit.DIMS and cal is None:
         raise OptionError("attention", "dims", "needs calibration data (the Q·K dims are ordered by the data's "
                           "leading directions)")
-    analysis = _analysis(proto, model, shapes, str(attention))
+    analysis = _analysis(proto, model, shapes, attention, calibrated=cal is not None)
     head_scores: dict = {}
     based: dict = {}
     head_basis = None
-    if attention == AttentionSplit.DIMS:
+    if analysis.attention == "dims":
         assert cal is not None
         analysis, head_scores, based, head_basis = _rebased(analysis, cal, options, shapes, quiet)
     if kind == "flops" and analysis.unknown_costs:
@@ -293,10 +303,19 @@ def prune_with_options(model, calibration, options: PruneOptions, quiet: bool = 
     report.allocate = str(allocated)
     report.token_mask, report.output_loss = token_mask, output_loss
     report.fixed_batch = cal.fixed_batch if cal is not None else None
-    report.attention, report.head_basis = str(attention), head_basis
+    report.attention, report.head_basis = _reading(analysis), head_basis
     report.latency = measured
     report.selection, report.analysis = selection, analysis
     return pruned, report
+
+
+def _reading(analysis: Analysis) -> str:
+    """How the analysis read its attention blocks, for the report: heads, dims, or dims with some splits read
+    as heads."""
+    heads, dims = len(analysis.splits["heads"]), len(analysis.splits["dims"])
+    if analysis.attention == "heads" or not dims:
+        return "heads"
+    return "dims" if not heads else f"dims ({heads} of {heads + dims} head splits read as heads)"
 
 
 def _rebased(analysis: Analysis, cal, options: PruneOptions, shapes: dict | None, quiet: bool
@@ -330,7 +349,7 @@ def _rebased(analysis: Analysis, cal, options: PruneOptions, shapes: dict | None
     log.info("dims within heads re-based on the calibration data (%d Q·K dims and %d V dims groups; outputs "
              "changed by %.2g, relative)", len(scores), n_values, change)
     record["output_change"] = change
-    rebased = Analysis(model, in_place=True, input_shapes=shapes, attention="dims")
+    rebased = Analysis(model, in_place=True, input_shapes=shapes, attention="dims", heads_at=analysis.heads_at)
     return rebased, scores, skipped, record
 
 

@@ -83,8 +83,10 @@ class GroupKind(Choice):
 
 
 class AttentionSplit(Choice):
-    """What an attention block's prunable channels are (docs/DESIGN.md, "Attention heads"): whole heads, or the
-    dimensions within every head (the Q·K dims and the V dims, each head keeping the same number)."""
+    """What an attention block's prunable channels are (docs/DESIGN.md, "Dims within heads"): whole heads, the
+    dims within every head (the Q·K dims and the V dims, each head keeping the same number), or auto: dims
+    with calibration data wherever a block's dims prune, heads elsewhere and without data."""
+    AUTO = "auto"
     HEADS = "heads"
     DIMS = "dims"
 
@@ -354,9 +356,9 @@ class ModelOptions:
     input_shapes: dict | None = field(default=None, metadata=_help(
         "Shapes of model inputs, name -> dims (batch first), for the MACs of layers whose sizes are symbolic; "
         "default: the first calibration batch's shape.", cli=False))
-    attention: AttentionSplit = field(default=AttentionSplit.HEADS, metadata=_help(
-        "Attention blocks prune whole heads, or the dims within every head (Q·K dims re-based on the data's "
-        "leading directions, V dims greedily with the output projection re-fitted)."))
+    attention: AttentionSplit = field(default=AttentionSplit.AUTO, metadata=_help(
+        "Attention blocks prune whole heads, or the dims within every head (both re-based on the calibration "
+        "data; needs --calib); auto: dims with --calib wherever a block's dims prune, heads elsewhere."))
 
     def __post_init__(self):
         object.__setattr__(self, "attention", AttentionSplit.parse("attention", self.attention))

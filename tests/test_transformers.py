@@ -1,4 +1,5 @@
-"""Attention heads and MLP widths of transformer encoders (docs/DESIGN.md, "Attention heads"): small random
+"""Attention heads and MLP widths of transformer encoders, read as heads (`attention="heads"`; docs/DESIGN.md,
+"Attention heads"; the dims within heads are tests/test_head_dims.py): small random
 BERT encoders (MiniLM layout, sequence lengths 7 and 16) and a ViT-style image encoder, each exported by the
 TorchScript exporter (opset 17) and the dynamo exporter (opset 18).
 
@@ -272,14 +273,14 @@ def test_planted_heads_are_found_first_and_reach_zero_loss(tmp_path, exp):
         return sorted(head_of_class[int(g.classes[i])] for i in rg.kept)
     feeds = tz.feeds(tz.TransformerModel("planted", exp, path, 12, True, None), 64, 0)
     for method in ("greedy-local", "greedy-omp"):
-        pruned, report = prune(path, feeds, method=method, keep_ratio=1.0, keep={g.id: 2})
+        pruned, report = prune(path, feeds, method=method, keep_ratio=1.0, keep={g.id: 2}, attention="heads")
         rg = report.groups[g.id]
         assert kept_heads(rg) == [1, 4], (method, rg.kept)
         if method == "greedy-local":
             assert rg.curve[2] <= 1e-9 < rg.curve[1]
         assert rg.err_calib <= 1e-9
         assert rel_err(run(pruned, feeds), run(load_model(path), feeds)) <= 1e-4
-    _, report = prune(path, feeds, method="magnitude", refit="none", keep_ratio=1.0, keep={g.id: 2})
+    _, report = prune(path, feeds, method="magnitude", refit="none", keep_ratio=1.0, keep={g.id: 2}, attention="heads")
     assert kept_heads(report.groups[g.id]) != [1, 4], "magnitude is fooled (the test is not vacuous)"
 
 
@@ -313,7 +314,7 @@ def test_twin_runs_the_transformer_and_its_gates_are_the_masked_reference(transf
 def test_global_methods_on_an_encoder_use_mse_and_compare_candidates(transformers):
     tm, model = _load(transformers, "minilm_s16", "dynamo18")
     feeds = tz.feeds(tm, 48, 1)
-    pruned, report = prune(model, feeds, method="greedy-combined", flops=0.6, global_samples=16)
+    pruned, report = prune(model, feeds, method="greedy-combined", flops=0.6, global_samples=16, attention="heads")
     assert report.output_loss == "mse" and report.token_mask == "attention_mask"
     assert "attention_mask" in report.summary()
     for g in report.groups:
@@ -332,7 +333,7 @@ def test_group_kind_prunes_one_kind_only(transformers):
     tm, model = _load(transformers, "minilm_s16", "ts17")
     feeds = tz.feeds(tm, 40, 2)
     for kind in ("heads", "channels"):
-        _, report = prune(model, feeds, keep_ratio=0.5, group_kind=kind, round_to=1)
+        _, report = prune(model, feeds, keep_ratio=0.5, group_kind=kind, round_to=1, attention="heads")
         for g in report.groups:
             if not g.frozen:
                 assert g.kept_count == (g.channels // 2 if g.kind == kind else g.channels), (kind, g.kind)
@@ -416,7 +417,8 @@ def test_full_refit_of_a_matmul_refits_the_bias_of_its_add(tmp_path):
     a = Analysis(model)
     (g,) = a.prunable
     for refit, close in (("full", True), ("none", False)):
-        pruned, report = prune(model, feeds, method="magnitude", refit=refit, keep_ratio=1.0, keep={g.id: 5})
+        pruned, report = prune(model, feeds, method="magnitude", refit=refit, keep_ratio=1.0, keep={g.id: 5},
+                               attention="heads")
         assert report.groups[g.id].kept == [0, 1, 2, 3, 4]
         err = rel_err(run(pruned, feeds), run(model, feeds))
         assert (err <= 1e-4) if close else (err > 1e-2), (refit, err)
@@ -428,7 +430,7 @@ def test_round_to_auto_measures_the_heads(transformers, exp):
     TorchScript Reshape targets `Concat(B, S, H, D)` it rewrites, else ONNX Runtime refuses the narrower cut
     and the heads keep their full width ('not_measured')."""
     tm, model = _load(transformers, "minilm_s16", exp)
-    _, report = prune(model, tz.feeds(tm, 40, 2), keep_ratio=0.5)
+    _, report = prune(model, tz.feeds(tm, 40, 2), keep_ratio=0.5, attention="heads")
     assert report.latency["kind"] == "round_to" and report.latency["not_measured"] == {}
     heads = [g for g in report.groups if g.kind == "heads"]
     assert heads and all(g.kept_count == g.channels // 2 for g in heads)

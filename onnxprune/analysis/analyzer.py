@@ -31,15 +31,16 @@ class Analysis:
     """Channel groups of a model, plus what the rewriter and the cost model need."""
 
     def __init__(self, model: onnx.ModelProto, in_place: bool = False, input_shapes: dict | None = None,
-                 attention: str = "heads"):
+                 attention: str = "heads", heads_at: frozenset[str] = frozenset()):
         """`in_place`: normalise `model` itself instead of a copy (for a model nobody else uses).
         `input_shapes`: name -> dims of inputs whose symbolic dims size layers (docs/DESIGN.md, "Input
         shapes"); they size the MACs only, the analysis and the model keep the symbolic shapes.
         `attention`: 'heads' (an attention block's channels are its heads) or 'dims' (the dims within every
-        head; docs/DESIGN.md, "Dims within heads")."""
+        head; docs/DESIGN.md, "Dims within heads"). `heads_at`: with 'dims', the Reshape nodes whose split
+        into heads is read as heads all the same (`attention_reading`)."""
         if str(attention) not in ("heads", "dims"):
             raise ValueError(f"attention must be 'heads' or 'dims', not {attention!r}")
-        self.attention = str(attention)
+        self.attention, self.heads_at = str(attention), frozenset(heads_at)
         self.model = normalise(model, in_place)
         self.input_shapes = resolve_input_shapes(self.model, input_shapes) if input_shapes else {}
         self.cost_shapes = fixed_shapes(self.model, self.input_shapes) if self.input_shapes else {}
@@ -65,6 +66,8 @@ class Analysis:
         # over channels (node index, left operand's labels, right operand's labels)
         self.head_dims: list[np.ndarray] = []
         self.contractions: list[tuple[int, np.ndarray, np.ndarray]] = []
+        # reading -> Reshape node splitting channels into heads -> an atom of each head ("heads") or dim ("dims")
+        self.splits: dict[str, dict[str, np.ndarray]] = {"heads": {}, "dims": {}}
         # ids of the nodes whose handler checks a shape argument computed at run time (handlers/shape.py)
         self.shape_checked: set[int] = set()
         # node with subgraphs -> number of Conv/ConvTranspose/Gemm/MatMul nodes inside them (not analysed)
@@ -452,6 +455,31 @@ class Analysis:
 
     def total_params(self) -> int:
         return count_params(self.model)
+
+
+def attention_reading(model: onnx.ModelProto, input_shapes: dict | None = None) -> frozenset[str] | None:
+    """`--attention auto` (docs/DESIGN.md, "Dims within heads"): the Reshape nodes whose split into heads is
+    read as heads in a dims analysis, or None when the model has no such split (nothing to choose). An
+    attention block keeps the heads reading where its heads prune but one of its splits read as dims would
+    freeze (a head size read at run time for the scale) or is not read as dims (a fused projection)."""
+    heads = Analysis(model, input_shapes=input_shapes)
+    if not heads.splits["heads"]:
+        return None
+    dims = Analysis(model, input_shapes=input_shapes, attention="dims")
+    blocks: dict[int, set[str]] = defaultdict(set)
+    for name, atoms in heads.splits["heads"].items():
+        gid = heads.group_of_class.get(int(heads.class_of[atoms[0]]))
+        if gid is not None and not heads.groups[gid].frozen:
+            blocks[gid].add(name)
+    keep: set[str] = set()
+    for names in blocks.values():
+        for name in names:
+            found = dims.splits["dims"].get(name)
+            gid = None if found is None else dims.group_of_class.get(int(dims.class_of[found[0]]))
+            if gid is None or dims.groups[gid].frozen:
+                keep |= names
+                break
+    return frozenset(keep)
 
 
 def analyze(model: onnx.ModelProto) -> Analysis:

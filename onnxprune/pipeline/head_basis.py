@@ -60,7 +60,8 @@ class Pair:
 
 def pairs(analysis: Analysis) -> tuple[list[Pair], dict[int, str]]:
     """The prunable Q·K dims groups whose two sides are plain projections, and for the others why not."""
-    out, skipped = [], {}
+    out: list[Pair] = []
+    skipped: dict[int, str] = {}
     roots = analysis.class_of
     for _, left, right in analysis.contractions:
         gid = analysis.group_of_class.get(int(roots[left[0]]))

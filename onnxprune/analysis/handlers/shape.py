@@ -77,16 +77,19 @@ def _split_into_heads(node, ctx, vin, out_full, outs):
     j = _head_axis(ctx, node.outputs[0], outs)
     if j is None:
         return None
-    if ctx.attention == "dims" and grid.ndim == 2 and j == 0 and _one_projection(ctx, vin):
+    if ctx.attention == "dims" and node.name not in ctx.heads_at and grid.ndim == 2 and j == 0 and \
+            _one_projection(ctx, vin):
         # docs/DESIGN.md, "Dims within heads": dim d of every head is one channel (the channel-shuffle reading
         # the caller falls back to), so each head keeps the same dims and the reshape becomes [..., H, D']
         ctx.head_dims.append(grid.copy())
+        ctx.splits["dims"][node.name] = grid[0].copy()
         return None
     per_head = np.moveaxis(grid, j, 0).reshape(grid.shape[j], -1)
     for col in range(1, per_head.shape[1]):
         ctx.unite(per_head[:, 0], per_head[:, col], node, "a head's channels go or stay together")
     unit = int(np.prod(grid.shape[j + 1:], dtype=np.int64))
     ctx.heads.append((per_head[:, 0].copy(), unit))
+    ctx.splits["heads"][node.name] = per_head[:, 0].copy()
     shape = [1] * out_full.ndim
     shape[outs[j]] = grid.shape[j]
     return per_head[:, 0].reshape(shape)
