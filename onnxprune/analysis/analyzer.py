@@ -462,6 +462,10 @@ def attention_reading(model: onnx.ModelProto, input_shapes: dict | None = None) 
     read as heads in a dims analysis, or None when the model has no such split (nothing to choose). An
     attention block keeps the heads reading where its heads prune but one of its splits read as dims would
     freeze (a head size read at run time for the scale) or is not read as dims (a fused projection)."""
+    consts = {t.name for t in model.graph.initializer} | \
+        {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    if not any(n.op_type == "MatMul" and not {n.input[0], n.input[1]} & consts for n in model.graph.node):
+        return None   # no product of two run-time tensors: no attention (and no second analysis)
     heads = Analysis(model, input_shapes=input_shapes)
     if not heads.splits["heads"]:
         return None
