@@ -60,6 +60,13 @@ def test_a_scale_read_from_the_head_size_freezes_the_qk_dims(transformers):
     assert [g.kind for g in a.prunable] == ["v_dims", "channels"] * 2
     frozen = [g for g in a.groups if g.frozen and g.kind == "qk_dims"]
     assert len(frozen) == 2 and all(any("Sqrt" in r for r in g.reasons) for g in frozen)
+    # the dynamo form transposes K by a Reshape that merges the batch and head axes: its K dims (the side the
+    # product still sees as a split) freeze as Q·K dims, saying so; V dims and MLP widths prune
+    _, _, a = _dims(transformers, "vit_sdpa", "dynamo18")
+    assert [g.kind for g in a.prunable] == ["v_dims", "channels"] * 2
+    frozen = [g for g in a.groups if g.frozen and g.kind == "qk_dims"]
+    assert len(frozen) == 2 and all(any("contracts channels of one operand only" in r for r in g.reasons)
+                                    for g in frozen)
 
 
 @pytest.mark.parametrize("name,exp", CASES)

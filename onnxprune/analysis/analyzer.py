@@ -293,9 +293,11 @@ class Analysis:
                 grp = groups[gid]
                 grp.unit = unit if grp.kind != "heads" else min(grp.unit, unit)
                 grp.kind = "heads"
-        for grid in self.head_dims:  # docs/DESIGN.md, "Dims within heads"
-            for gid in {class_group[c] for c in roots[grid].ravel().tolist() if c in class_group}:
-                groups[gid].kind, groups[gid].unit = "v_dims", grid.shape[0]
+        read = {int(c) for e in self.edits if e.kind in ("consumer", "grouped_consumer") for c in roots[e.labels]}
+        for grid in self.head_dims:  # docs/DESIGN.md, "Dims within heads": V dims are read by a layer with
+            for gid in {class_group[c] for c in roots[grid].ravel().tolist() if c in class_group}:  # weights
+                v = bool(read & set(groups[gid].classes.tolist()))
+                groups[gid].kind, groups[gid].unit = "v_dims" if v else "qk_dims", grid.shape[0]
         for _, left, _ in self.contractions:
             for gid in {class_group[c] for c in roots[left].tolist() if c in class_group}:
                 groups[gid].kind = "qk_dims"
