@@ -251,6 +251,12 @@ def prune_with_options(model, calibration, options: PruneOptions, quiet: bool = 
     if analysis.attention == "dims":
         assert cal is not None
         analysis, head_scores, based, head_basis = _rebased(analysis, cal, options, shapes, quiet)
+        if head_basis.get("failed") and attention == AttentionSplit.AUTO:  # auto: heads, as without data
+            log.warning("--attention auto: %s; attention blocks are read as heads", head_basis["failed"])
+            analysis = Analysis(analysis.model, in_place=True, input_shapes=shapes)
+            head_scores, based = {}, {}
+        elif head_basis.get("failed"):
+            raise UnsupportedModel(f"{name}: {head_basis['failed']}; prune with --attention heads")
     if kind == "flops" and analysis.unknown_costs:
         why = f"{name}: a MACs target needs every layer's MACs, and {analysis.unknown_cost_reason()}"
         if not analysis.input_shapes_would_help():
@@ -323,7 +329,7 @@ def _rebased(analysis: Analysis, cal, options: PruneOptions, shapes: dict | None
     """`--attention dims`: the analysis of the model with its dims within heads re-based on the calibration
     data (`pipeline.head_basis`), the Q·K dims groups' channel scores, and, per Q·K dims group that could not be
     re-based, why (it then keeps all its dims), and the report's record of it. The re-based model must compute
-    what the original does."""
+    what the original does: otherwise the analysis comes back as it was and the record says why ("failed")."""
     from .calibration.source import token_mask_input
     from .graph.session import inference_session
     from .pipeline.head_basis import EXACT_TOLERANCE, rebase
@@ -343,12 +349,12 @@ def _rebased(analysis: Analysis, cal, options: PruneOptions, shapes: dict | None
     before = inference_session(analysis.model, opts, ["CPUExecutionProvider"]).run(names, batch)
     after = inference_session(model, opts, ["CPUExecutionProvider"]).run(names, batch)
     change = max(float(np.abs(a - b).max() / max(float(np.abs(b).max()), 1e-6)) for a, b in zip(after, before))
+    record["output_change"] = change
     if not change <= EXACT_TOLERANCE:  # NaN too
-        raise UnsupportedModel(f"re-basing the dims within heads changed the model's outputs by {change:.3g} "
-                               "(relative); prune with --attention heads")
+        record["failed"] = f"re-basing the dims within heads changed the model's outputs by {change:.3g} (relative)"
+        return analysis, {}, skipped, record
     log.info("dims within heads re-based on the calibration data (%d Q·K dims and %d V dims groups; outputs "
              "changed by %.2g, relative)", len(scores), n_values, change)
-    record["output_change"] = change
     rebased = Analysis(model, in_place=True, input_shapes=shapes, attention="dims", heads_at=analysis.heads_at)
     return rebased, scores, skipped, record
 

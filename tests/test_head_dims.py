@@ -342,3 +342,23 @@ def test_auto_reads_dims_where_they_prune_and_heads_elsewhere(transformers):
     assert attention_reading(load_model(transformers[("vit", "ts17")].path)) == frozenset()
     assert attention_reading(load_model(tz.build(tz.default_cache_dir(), ["vit_sdpa"], ["ts17"])[0].path)) == \
         frozenset(f"/blocks/blocks.{b}/Reshape{s}" for b in (0, 1) for s in ("", "_1", "_2"))
+
+
+def test_a_re_basing_that_changes_the_outputs_is_refused_or_auto_reads_heads(transformers, monkeypatch, tmp_path):
+    """Re-basing must be exact: where ONNX Runtime sees the outputs move (forced here by a zero tolerance),
+    --attention dims is refused with one line and auto prunes heads, saying why in the log, report and
+    summary."""
+    from onnxprune.pipeline import head_basis
+    monkeypatch.setattr(head_basis, "EXACT_TOLERANCE", -1.0)
+    tm = transformers[("minilm_s7", "ts17")]
+    feeds = tz.feeds(tm, 32, 1)
+    _, report = prune(tm.path, feeds, keep_ratio=0.75, round_to=1)
+    assert report.attention == "heads" and "changed the model's outputs" in report.head_basis["failed"]
+    assert {g.kind for g in report.groups} == {"heads", "channels"}
+    assert "whole heads pruned: re-basing the dims within heads changed" in report.summary()
+    calib, out = tmp_path / "c.npz", tmp_path / "o.onnx"
+    np.savez(calib, **feeds)
+    r = CliRunner().invoke(cli, ["prune", str(tm.path), "-o", str(out), "--calib", str(calib), "--keep-ratio", "0.75",
+                                 "--attention", "dims", "-q"])
+    assert r.exit_code == 2 and "--attention heads" in r.output and not out.exists()
+    assert len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output

@@ -57,8 +57,8 @@ class Report:
     macs_unknown: list[str] = field(default_factory=list)  # layers whose MACs are unknown (symbolic sizes)
     token_mask: str | None = None    # the input whose padding tokens were left out of the statistics
     attention: str = "heads"         # --attention: what attention blocks lost (heads, or dims within heads)
-    # --attention dims: groups re-based ({"qk_dims_groups", "v_dims_groups"}), the outputs' relative change, and
-    # the Q·K dims groups kept whole with why (docs/DESIGN.md, "Dims within heads")
+    # --attention dims: groups re-based ({"qk_dims_groups", "v_dims_groups"}), the outputs' relative change, the
+    # Q·K dims groups kept whole with why, and "failed" when re-basing changed the outputs (auto then read heads)
     head_basis: dict | None = None
     fixed_batch: int | None = None   # the model's fixed batch dimension, the size of every calibration run
     output_loss: str | None = None   # the global methods' output loss (kl or mse), when one ran
@@ -98,7 +98,9 @@ class Report:
         if self.token_mask:
             text += f"\ntokens padding left out of the statistics (input '{self.token_mask}')"
         b = self.head_basis
-        if b:
+        if b and b.get("failed"):
+            text += f"\nheads  whole heads pruned: {b['failed']}"
+        elif b:
             change = "" if b["output_change"] is None else f"; outputs changed by {b['output_change']:.2g}"
             whole = f"; {len(b['kept_whole'])} Q·K dims groups kept whole" if b["kept_whole"] else ""
             text += (f"\nheads  dims within heads pruned: {b['qk_dims_groups']} Q·K dims and {b['v_dims_groups']} V "
