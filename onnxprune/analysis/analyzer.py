@@ -132,7 +132,7 @@ class Analysis:
 
     def edit(self, kind: str, node, **kw) -> None:
         self.edits.append(Edit(kind, self.node_id(node), **kw))
-        if kind in ("consumer", "grouped_consumer"):
+        if kind in ("consumer", "grouped_consumer", "mask_input"):  # a reader of the channels: keeps one
             self.consumer_labels.append((node.name, kw["labels"]))
             self.segments.append(kw["labels"])
 

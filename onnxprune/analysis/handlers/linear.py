@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..records import Edit
 from . import handles
 from .base import attr, axis_labels, known_size, labeled_axes, on_axis
 
@@ -150,9 +149,7 @@ def _contract(node, ctx, macs: int | None, left: np.ndarray, right: np.ndarray) 
     gates on its last axis (edit 'mask_input'); the output carries no channels."""
     ctx.unite(left, right, node)
     ctx.contractions.append((ctx.node_id(node), left.copy(), right.copy()))
-    ctx.consumer_labels.append((node.name, left))
-    ctx.segments.append(left)
-    ctx.edits.append(Edit("mask_input", ctx.node_id(node), input=0, axis=-1, labels=left.copy()))
+    ctx.edit("mask_input", node, input=0, axis=-1, labels=left.copy())
     ctx.cost(node, macs, left)
 
 
