@@ -62,11 +62,10 @@ class Analysis:
         self.deferred: list[Callable[[], None]] = []
         # (one atom per head, channels per head): attention heads tied by a Reshape into [..., H, D]
         self.heads: list[tuple[np.ndarray, int]] = []
-        # attention='dims': the [H, D] atoms of every channel axis split into heads, and the products summing
-        # over channels (node index, left operand's labels, right operand's labels)
-        self.head_dims: list[np.ndarray] = []
+        # attention='dims': the products summing over channels (node index, left and right operand's labels)
         self.contractions: list[tuple[int, np.ndarray, np.ndarray]] = []
-        # reading -> Reshape node splitting channels into heads -> an atom of each head ("heads") or dim ("dims")
+        # reading -> Reshape node splitting channels into heads -> an atom of each head ("heads"), or the [H, D]
+        # atoms of the split ("dims")
         self.splits: dict[str, dict[str, np.ndarray]] = {"heads": {}, "dims": {}}
         # ids of the nodes whose handler checks a shape argument computed at run time (handlers/shape.py)
         self.shape_checked: set[int] = set()
@@ -387,6 +386,11 @@ class Analysis:
 
     # ----- conveniences for callers ------------------------------------------------------
     @property
+    def head_dims(self) -> list[np.ndarray]:
+        """The [H, D] atoms of every split read as dims within heads (docs/DESIGN.md, "Dims within heads")."""
+        return list(self.splits["dims"].values())
+
+    @property
     def prunable(self) -> list[Group]:
         return [g for g in self.groups if not g.frozen]
 
@@ -481,7 +485,7 @@ def attention_reading(model: onnx.ModelProto, input_shapes: dict | None = None) 
     for names in blocks.values():
         for name in names:
             found = dims.splits["dims"].get(name)
-            gid = None if found is None else dims.group_of_class.get(int(dims.class_of[found[0]]))
+            gid = None if found is None else dims.group_of_class.get(int(dims.class_of[found[0, 0]]))
             if gid is None or dims.groups[gid].frozen:
                 keep |= names
                 break

@@ -81,8 +81,7 @@ def _split_into_heads(node, ctx, vin, out_full, outs):
             _one_projection(ctx, vin):
         # docs/DESIGN.md, "Dims within heads": dim d of every head is one channel (the channel-shuffle reading
         # the caller falls back to), so each head keeps the same dims and the reshape becomes [..., H, D']
-        ctx.head_dims.append(grid.copy())
-        ctx.splits["dims"][node.name] = grid[0].copy()
+        ctx.splits["dims"][node.name] = grid.copy()
         return None
     per_head = np.moveaxis(grid, j, 0).reshape(grid.shape[j], -1)
     for col in range(1, per_head.shape[1]):
