@@ -11,7 +11,6 @@ import dataclasses
 import logging
 import os
 
-import numpy as np
 import onnx
 
 from .analysis import Analysis
@@ -331,32 +330,23 @@ def _rebased(analysis: Analysis, cal, options: PruneOptions, shapes: dict | None
     re-based, why (it then keeps all its dims), and the report's record of it. The re-based model must compute
     what the original does: otherwise the analysis comes back as it was and the record says why ("failed")."""
     from .calibration.source import token_mask_input
-    from .graph.session import inference_session
     from .pipeline.head_basis import EXACT_TOLERANCE, rebase
     token_mask = token_mask_input(analysis.model, options.calibration.token_mask_input)
-    model, scores, skipped, n_values = rebase(analysis, cal, options.calibration.batch_size, token_mask, quiet)
-    for gid, why in skipped.items():
+    done = rebase(analysis, cal, options.calibration.batch_size, token_mask, quiet)
+    for gid, why in done.skipped.items():
         log.warning("group %d (Q·K dims) keeps all its dims: %s", gid, why)
-    record: dict = {"qk_dims_groups": len(scores), "v_dims_groups": n_values, "output_change": None,
-                    "kept_whole": {str(gid): why for gid, why in skipped.items()}}
-    if model is None:
-        return analysis, {}, skipped, record
-    import onnxruntime as ort
-    _, batch = next(cal.batches(cal.run_batch(min(8, options.calibration.batch_size)), "calib"))
-    names = [o.name for o in analysis.model.graph.output]
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    before = inference_session(analysis.model, opts, ["CPUExecutionProvider"]).run(names, batch)
-    after = inference_session(model, opts, ["CPUExecutionProvider"]).run(names, batch)
-    change = max(float(np.abs(a - b).max() / max(float(np.abs(b).max()), 1e-6)) for a, b in zip(after, before))
-    record["output_change"] = change
-    if not change <= EXACT_TOLERANCE:  # NaN too
-        record["failed"] = f"re-basing the dims within heads changed the model's outputs by {change:.3g} (relative)"
-        return analysis, {}, skipped, record
+    record: dict = {"qk_dims_groups": len(done.scores), "v_dims_groups": done.values, "output_change": done.change,
+                    "kept_whole": {str(gid): why for gid, why in done.skipped.items()}}
+    if done.model is None or done.change is None:
+        return analysis, {}, done.skipped, record
+    if not done.change <= EXACT_TOLERANCE:  # NaN too
+        record["failed"] = f"re-basing the dims within heads changed the model's outputs by {done.change:.3g} " \
+            "(relative)"
+        return analysis, {}, done.skipped, record
     log.info("dims within heads re-based on the calibration data (%d Q·K dims and %d V dims groups; outputs "
-             "changed by %.2g, relative)", len(scores), n_values, change)
-    rebased = Analysis(model, in_place=True, input_shapes=shapes, attention="dims", heads_at=analysis.heads_at)
-    return rebased, scores, skipped, record
+             "changed by %.2g, relative)", len(done.scores), done.values, done.change)
+    rebased = Analysis(done.model, in_place=True, input_shapes=shapes, attention="dims", heads_at=analysis.heads_at)
+    return rebased, done.scores, done.skipped, record
 
 
 def masked_reference(report: Report) -> onnx.ModelProto:

@@ -178,8 +178,9 @@ def test_rebase_is_exact_and_its_moments_leave_padding_out(transformers):
     tm, model, a = _dims(transformers, "minilm_s16", "ts17")
     feeds = tz.feeds(tm, 24, 1)
     cal = load_calibration(feeds, a.model, holdout=0.0)
-    rebased, scores, skipped, n_values = rebase(a, cal, 8, "attention_mask")
-    assert n_values == 2
+    done = rebase(a, cal, 8, "attention_mask")
+    rebased, scores, skipped = done.model, done.scores, done.skipped
+    assert done.values == 2 and done.change <= 1e-5
     assert not skipped and sorted(scores) == [g.id for g in a.prunable if g.kind == "qk_dims"]
     x = tz.feeds(tm, 5, 9)
     assert rel_err(run(rebased, x), run(model, x)) <= 1e-5

@@ -208,15 +208,24 @@ def head_bases(wq: np.ndarray, wk: np.ndarray, cq: np.ndarray, ck: np.ndarray
     return rq_inv @ u * half, rk_inv @ vt.T * half, s
 
 
+@dataclass
+class Rebased:
+    """What `rebase` did."""
+    model: onnx.ModelProto | None      # the re-based model (None: nothing to re-base)
+    scores: dict[int, np.ndarray]      # Q·K dims group -> its channels' scores (Σ over heads of s_hd²)
+    skipped: dict[int, str]            # Q·K dims group not re-based -> why
+    values: int                        # V dims groups re-based
+    change: float | None = None        # the outputs' largest change on a calibration batch (relative)
+
+
 def rebase(analysis: Analysis, cal: Calibration, batch_size: int, token_mask: str | None, quiet: bool = True
-           ) -> tuple[onnx.ModelProto | None, dict[int, np.ndarray], dict[int, str], int]:
-    """The model with every re-basable Q·K dims and V dims group re-based (None when there is none), the Q·K
-    dims groups' channel scores (Σ over heads of s_hd²), why the other Q·K dims groups were not re-based, and
-    the number of V dims groups re-based."""
+           ) -> Rebased:
+    """Every re-basable Q·K dims and V dims group re-based, and how much that changes the model's outputs in
+    ONNX Runtime on a calibration batch (the caller decides whether it is exact enough: EXACT_TOLERANCE)."""
     found, skipped = pairs(analysis)
     values, skipped_v = value_paths(analysis)
     if not found and not values:
-        return None, {}, skipped, 0
+        return Rebased(None, {}, skipped, 0)
     names = list(dict.fromkeys([n for p in found for n in (p.q.input, p.k.input)] + [v.input for v in values]))
     moments = input_moments(analysis, cal, names, batch_size, token_mask, quiet)
     model = onnx.ModelProto()
@@ -241,7 +250,16 @@ def rebase(analysis: Analysis, cal: Calibration, batch_size: int, token_mask: st
         if wk is not wq:
             _store(inits, p.k, wk)
         scores[p.group] = group_scores
-    return model, scores, skipped, len(values)
+    return Rebased(model, scores, skipped, len(values), output_change(analysis.model, model, cal, batch_size))
+
+
+def output_change(before: onnx.ModelProto, after: onnx.ModelProto, cal: Calibration, batch_size: int) -> float:
+    """The largest change of any output from `before` to `after` on one calibration batch, relative to the
+    output's scale (NaN when an output is not finite)."""
+    _, batch = next(cal.batches(cal.run_batch(min(8, batch_size)), "calib"))
+    names = [o.name for o in before.graph.output]
+    want, got = Tap(before, names)(batch), Tap(after, names)(batch)
+    return max(float(np.abs(got[n] - want[n]).max() / max(float(np.abs(want[n]).max()), 1e-6)) for n in names)
 
 
 def _rebase_values(inits: dict, path: ValuePath, moments: np.ndarray) -> None:
