@@ -172,7 +172,8 @@ class Sensitivity:
         self.first = {gid: min(c.node for c in cs) for gid, cs in self.groups.items()}
         # re-based Q·K dims groups (docs/DESIGN.md, "Dims within heads"): ordered by their scores, no re-fit; the
         # twin gates them at the product that sums over them
-        self.scored = {gid: sc for gid, sc in pruner.head_scores.items() if gid in {g.id for g in a.prunable}}
+        prunable = {g.id for g in a.prunable}
+        self.scored = {gid: sc for gid, sc in pruner.head_scores.items() if gid in prunable}
         for gid, sc in self.scored.items():
             self.orders[gid] = [int(i) for i in np.argsort(-sc, kind="stable")]
             classes = set(a.groups[gid].classes.tolist())
