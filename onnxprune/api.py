@@ -68,16 +68,14 @@ def analyze(model, input_shapes: dict | None = None, attention: str | AttentionS
 def _analysis(proto: onnx.ModelProto, model, input_shapes: dict | None,
               attention: AttentionSplit = AttentionSplit.HEADS, calibrated: bool = False) -> Analysis:
     """The analysis of `proto`; `attention` auto reads dims where they prune when `calibrated` (re-basing them
-    needs calibration data), heads otherwise (`analysis.analyzer.attention_reading`)."""
-    from .analysis.analyzer import attention_reading
-    reading, heads_at = "dims" if attention == AttentionSplit.DIMS else "heads", frozenset[str]()
+    needs calibration data), heads otherwise (`analysis.analyzer.attention_analysis`)."""
+    from .analysis.analyzer import attention_analysis
     try:
-        if attention == AttentionSplit.AUTO and calibrated:
-            found = attention_reading(proto, input_shapes)
-            if found is not None:
-                reading, heads_at = "dims", found
-        analysis = Analysis(proto, in_place=proto is not model, input_shapes=input_shapes,  # a loaded model is ours
-                            attention=reading, heads_at=heads_at)
+        chosen = attention_analysis(proto, input_shapes) if attention == AttentionSplit.AUTO and calibrated else None
+        if chosen is None:
+            chosen = Analysis(proto, in_place=proto is not model, input_shapes=input_shapes,  # a loaded model is ours
+                              attention="dims" if attention == AttentionSplit.DIMS else "heads")
+        analysis = chosen
     except UnsupportedModel as exc:
         raise UnsupportedModel(f"{_name(model)}: {exc}") from None
     quantized = None if analysis.groups else _quantized(proto)

@@ -215,7 +215,7 @@ def test_command_line_refuses_dims_without_data_and_analyze_shows_them(transform
 
 
 def test_models_without_attention_analyse_the_same_either_way(zoo_models):
-    from onnxprune.analysis.analyzer import attention_reading
+    from onnxprune.analysis.analyzer import attention_analysis
     """`--attention dims` changes only splits ahead of attention products: channel shuffles, pixel shuffles
     and every other group of the coverage zoo are read as before."""
     for z in zoo_models:
@@ -224,7 +224,7 @@ def test_models_without_attention_analyse_the_same_either_way(zoo_models):
         assert [(g.kind, g.channels, g.frozen, g.reasons) for g in heads.groups] == \
             [(g.kind, g.channels, g.frozen, g.reasons) for g in dims.groups], z.name
         assert not dims.contractions and not dims.head_dims
-        assert attention_reading(model) is None   # --attention auto has nothing to choose
+        assert attention_analysis(model) is None   # --attention auto has nothing to choose
 
 
 def test_command_line_prunes_the_dims_and_the_output_loads_from_disk(transformers, tmp_path):
@@ -328,7 +328,7 @@ def test_auto_reads_dims_where_they_prune_and_heads_elsewhere(transformers):
     """The default, --attention auto: with data, dims wherever a block's dims prune (MiniLM, the dynamo form of
     scaled_dot_product_attention, whose heads freeze), heads where its Q·K dims would freeze (the TorchScript
     form, scaled by a head size read at run time); without data, heads."""
-    from onnxprune.analysis.analyzer import attention_reading
+    from onnxprune.analysis.analyzer import attention_analysis
     kinds = {}
     for name, exp in (("minilm_s7", "ts17"), ("vit_sdpa", "ts17"), ("vit_sdpa", "dynamo18")):
         tm = transformers[(name, exp)]
@@ -340,8 +340,10 @@ def test_auto_reads_dims_where_they_prune_and_heads_elsewhere(transformers):
     assert kinds == {("minilm_s7", "ts17"): ("dims", ["channels", "qk_dims", "v_dims"]),
                      ("vit_sdpa", "ts17"): ("heads", ["channels", "heads"]),
                      ("vit_sdpa", "dynamo18"): ("dims", ["channels", "v_dims"])}
-    assert attention_reading(load_model(transformers[("vit", "ts17")].path)) == frozenset()
-    assert attention_reading(load_model(tz.build(tz.default_cache_dir(), ["vit_sdpa"], ["ts17"])[0].path)) == \
+    vit = attention_analysis(load_model(transformers[("vit", "ts17")].path))
+    assert vit is not None and vit.attention == "dims" and vit.heads_at == frozenset()
+    sdpa = attention_analysis(load_model(tz.build(tz.default_cache_dir(), ["vit_sdpa"], ["ts17"])[0].path))
+    assert sdpa is not None and sdpa.attention == "dims" and sdpa.heads_at == \
         frozenset(f"/blocks/blocks.{b}/Reshape{s}" for b in (0, 1) for s in ("", "_1", "_2"))
 
 

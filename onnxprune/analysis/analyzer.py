@@ -37,7 +37,7 @@ class Analysis:
         shapes"); they size the MACs only, the analysis and the model keep the symbolic shapes.
         `attention`: 'heads' (an attention block's channels are its heads) or 'dims' (the dims within every
         head; docs/DESIGN.md, "Dims within heads"). `heads_at`: with 'dims', the Reshape nodes whose split
-        into heads is read as heads all the same (`attention_reading`)."""
+        into heads is read as heads all the same (`attention_analysis`)."""
         if str(attention) not in ("heads", "dims"):
             raise ValueError(f"attention must be 'heads' or 'dims', not {attention!r}")
         self.attention, self.heads_at = str(attention), frozenset(heads_at)
@@ -463,18 +463,19 @@ class Analysis:
         return count_params(self.model)
 
 
-def attention_reading(model: onnx.ModelProto, input_shapes: dict | None = None) -> frozenset[str] | None:
-    """`--attention auto` (docs/DESIGN.md, "Dims within heads"): the Reshape nodes whose split into heads is
-    read as heads in a dims analysis, or None when the model has no such split (nothing to choose). An
-    attention block keeps the heads reading where its heads prune but one of its splits read as dims would
-    freeze (a head size read at run time for the scale) or is not read as dims (a fused projection)."""
+def attention_analysis(model: onnx.ModelProto, input_shapes: dict | None = None) -> Analysis | None:
+    """`--attention auto` (docs/DESIGN.md, "Dims within heads"): the analysis of `model` (a copy) with every
+    split into heads read as dims except where an attention block keeps the heads reading: where its heads
+    prune but one of its splits read as dims would freeze (a head size read at run time for the scale) or is
+    not read as dims (a fused projection). The heads analysis when the model splits nothing into heads; None
+    when it has no product of two run-time tensors (no attention: analyse it as usual)."""
     consts = {t.name for t in model.graph.initializer} | \
         {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
     if not any(n.op_type == "MatMul" and not {n.input[0], n.input[1]} & consts for n in model.graph.node):
         return None   # no product of two run-time tensors: no attention (and no second analysis)
     heads = Analysis(model, input_shapes=input_shapes)
     if not heads.splits["heads"]:
-        return None
+        return heads
     dims = Analysis(model, input_shapes=input_shapes, attention="dims")
     blocks: dict[int, set[str]] = defaultdict(set)
     for name, atoms in heads.splits["heads"].items():
@@ -489,7 +490,7 @@ def attention_reading(model: onnx.ModelProto, input_shapes: dict | None = None) 
             if gid is None or dims.groups[gid].frozen:
                 keep |= names
                 break
-    return frozenset(keep)
+    return dims if not keep else Analysis(model, input_shapes=input_shapes, attention="dims", heads_at=frozenset(keep))
 
 
 def analyze(model: onnx.ModelProto) -> Analysis:
