@@ -18,7 +18,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..errors import UnsupportedModel
-from ..graph.inputs import resolve_input_shapes, symbolic_inputs
+from ..graph.inputs import declared_dims, resolve_input_shapes, symbolic_inputs
 from ..graph.normalise import const_value, fixed_shapes, import_graph, normalise, static_shape
 from ..graph.params import count_params
 from . import handlers
@@ -44,6 +44,13 @@ class Analysis:
         self.model = normalise(model, in_place)
         self.input_shapes = resolve_input_shapes(self.model, input_shapes) if input_shapes else {}
         self.cost_shapes = fixed_shapes(self.model, self.input_shapes) if self.input_shapes else {}
+        firsts = [d[0] for d in declared_dims(self.model).values() if d]
+        # the batch, axis 0 of the inputs (docs/DESIGN.md, "Input shapes"): its symbols, and its size where it is fixed
+        self.batch_symbols = {d for d in firsts if isinstance(d, str) and d != "?"}
+        sizes = {d for d in firsts if isinstance(d, int)} if not self.batch_symbols else set()
+        self.fixed_batch = sizes.pop() if len(sizes) == 1 else 1
+        given = {d[0] for d in self.input_shapes.values() if len(d)}
+        self.given_batch = given.pop() if len(given) == 1 else 1
         self.graph: gs.Graph = import_graph(self.model)
         self.index = {id(n): i for i, n in enumerate(self.graph.nodes)}
         # initializers also listed as graph inputs can be overridden at run time: not weights we may edit
@@ -150,6 +157,38 @@ class Analysis:
         if tensor is not None and tensor.name in self.cost_shapes:
             return self.cost_shapes[tensor.name]
         return static_shape(tensor)
+
+    def sample_size(self, tensor, trailing: int = 0) -> int | None:
+        """Elements per sample of `tensor` without its last `trailing` axes (the rows of a layer's input or
+        output; docs/DESIGN.md, "Input shapes"), None when a size is unknown. The batch may be on any axis and merged
+        with others: a dim written with the inputs' batch symbol (`batch`, `16*batch` after a Reshape to
+        [S·B, E], or on axis 1 of a sequence-first [S, B, E]) counts its factor; without one an unnamed
+        symbolic axis 0 is the batch, and a shape of numbers holds a whole (fixed) batch."""
+        if tensor is None:
+            return None
+        shape: tuple | list | None
+        if tensor.name in self.cost_shapes:
+            shape, symbols, batch = self.cost_shapes[tensor.name], set(), self.given_batch
+        else:
+            shape, symbols, batch = getattr(tensor, "shape", None), self.batch_symbols, self.fixed_batch
+        if shape is None:
+            return None
+        dims = list(shape)[:len(shape) - trailing] if trailing else list(shape)
+        factors = [_batch_factor(d, symbols) for d in dims]
+        per_sample = any(f is not None for f in factors)
+        total = 1
+        for i, (d, f) in enumerate(zip(dims, factors)):
+            if f is not None:
+                total *= f
+            elif isinstance(d, (int, np.integer)) and d >= 0:
+                total *= int(d)
+            elif i == 0 and not per_sample:
+                per_sample = True  # an unnamed symbolic batch axis
+            else:
+                return None
+        if per_sample:
+            return total
+        return total // batch if total % batch == 0 else None
 
     def const(self, tensor):
         return None if tensor is None or tensor.name in self.overridable else const_value(tensor)
@@ -461,6 +500,21 @@ class Analysis:
 
     def total_params(self) -> int:
         return count_params(self.model)
+
+
+def _batch_factor(dim, symbols: set[str]) -> int | None:
+    """K for a dim written `batch`, `K*batch` or `batch*K` with a batch symbol; None for any other dim."""
+    if not isinstance(dim, str) or not symbols:
+        return None
+    text = dim.replace(" ", "")
+    if text in symbols:
+        return 1
+    parts = text.split("*")
+    if len(parts) == 2:
+        for sym, k in (parts, parts[::-1]):
+            if sym in symbols and k.isdigit():
+                return int(k)
+    return None
 
 
 def attention_analysis(model: onnx.ModelProto, input_shapes: dict | None = None) -> Analysis | None:

@@ -29,10 +29,12 @@ def _aligned(shape: tuple, rank: int) -> tuple:
     return (1,) * (rank - len(shape)) + tuple(shape)
 
 
-@handles("Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "PRelu")
+@handles("Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "PRelu", "Where")
 def broadcast(node, ctx):
     """Broadcasting arithmetic: unite the channels of labelled operands positionally (residual Add,
-    SE gate Mul), slice per-channel constants, freeze on run-time tensors that are not tracked."""
+    SE gate Mul), slice per-channel constants, freeze on run-time tensors that are not tracked. `Where` is
+    one too: its condition, like any operand, is sliced where it is a per-channel constant and must not vary
+    along the channels where it is computed (a causal mask `Where(mask[S, S], -inf, scores[B, H, S, S])`)."""
     labs = [ctx.layout(t) for t in node.inputs]
     if all(lab is None for lab in labs):
         return

@@ -24,13 +24,16 @@ def gemm(node, ctx):
     b = ctx.const(node.inputs[1])
     if b is None or attr(node, "transA", 0):
         ctx.freeze_node(node, "Gemm with a run-time weight or transA is not supported")
-        ctx.cost(node, known_size(ctx.cost_shape(node.inputs[1]), 2))  # its MACs still count: k x n per sample
+        w = ctx.cost_shape(node.inputs[1])
+        size = known_size(w, 2)  # its MACs still count: rows x k x n per sample
+        ctx.cost(node, None if size is None else _gemm_rows(ctx, node, w[1 if attr(node, "transB", 0) else 0]) * size)
         return
     trans_b = bool(attr(node, "transB", 0))
     k, n = (b.shape[1], b.shape[0]) if trans_b else b.shape
+    macs = _gemm_rows(ctx, node, k) * k * n
     vec, ok = _features(node, ctx, node.inputs[0], 1, k)
     if not ok:
-        ctx.cost(node, k * n)
+        ctx.cost(node, macs)
         return
     if vec is not None:
         ctx.edit("consumer", node, input=1, axis=1 if trans_b else 0, labels=vec)
@@ -44,8 +47,15 @@ def gemm(node, ctx):
             ctx.edit("param", node, input=2, axis=c.ndim - 1, labels=atoms)
     else:  # absent bias: a re-fit may add one of shape (N,)
         ctx.edit("param", node, input=2, axis=0, labels=atoms)
-    ctx.cost(node, k * n, vec, atoms)
+    ctx.cost(node, macs, vec, atoms)
     ctx.set_layout(node.outputs[0], on_axis(atoms, 1, 2))
+
+
+def _gemm_rows(ctx, node, k: int) -> int:
+    """Rows per sample of a Gemm's input (several where a Reshape merged the batch with the tokens); one, as
+    for [N, K], where the size is unknown."""
+    size = ctx.sample_size(node.inputs[0])
+    return size // k if size and k and size % k == 0 else 1
 
 
 @handles("MatMul")
@@ -54,14 +64,13 @@ def matmul(node, ctx):
     b = ctx.const(b_t)
     a_shape = ctx.shape(a_t)
     if b is None or b.ndim != 2 or a_shape is None or len(a_shape) < 2:
-        a_size, out_size = ctx.cost_shape(a_t), ctx.cost_shape(node.outputs[0])
-        known = out_size is not None and a_size is not None and all(d is not None for d in out_size[1:]) \
-            and a_size[-1] is not None
-        _product(node, ctx, int(np.prod(out_size[1:], dtype=np.int64)) * a_size[-1] if known else None)
+        a_size, out_size = ctx.cost_shape(a_t), ctx.sample_size(node.outputs[0])
+        known = out_size is not None and a_size is not None and a_size[-1] is not None
+        _product(node, ctx, out_size * a_size[-1] if known else None)
         return
     k, n = b.shape
-    rows = (ctx.cost_shape(a_t) or a_shape)[1:-1]
-    macs = None if any(d is None for d in rows) else int(np.prod(rows, dtype=np.int64)) * k * n  # None: symbolic
+    rows = ctx.sample_size(a_t, 1)
+    macs = None if rows is None else rows * k * n  # None: symbolic
     vec, ok = _features(node, ctx, a_t, len(a_shape) - 1, k)
     if not ok:
         ctx.cost(node, macs)

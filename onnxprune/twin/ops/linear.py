@@ -1,4 +1,4 @@
-"""Gemm and MatMul."""
+"""Gemm, MatMul and Einsum."""
 from __future__ import annotations
 
 import torch
@@ -26,3 +26,9 @@ def _gemm(s, ins):
 @op("MatMul")
 def _matmul(s, ins):
     return torch.matmul(ins[0], ins[1])
+
+
+@op("Einsum")
+def _einsum(s, ins):
+    """ONNX's equation is numpy's (letters, `...`, an optional `->`), which torch reads as well."""
+    return torch.einsum(s.attr("equation"), *ins)

@@ -1,6 +1,6 @@
 """Ops that move or compute shapes: Flatten, Reshape, Transpose, Squeeze, Unsqueeze, DepthToSpace,
 SpaceToDepth, Shape, Size, Gather,
-ConstantOfShape, Constant, Expand, Tile, Range, CumSum, NonZero (as `analysis/handlers/shape.py`)."""
+ConstantOfShape, Constant, Expand, Tile, Range, CumSum, Trilu, NonZero (as `analysis/handlers/shape.py`)."""
 from __future__ import annotations
 
 import math
@@ -169,6 +169,13 @@ def _cumsum(s, ins):
     if s.attr("exclusive", 0):
         y = y - x
     return torch.flip(y, [axis]) if s.attr("reverse", 0) else y
+
+
+@op("Trilu")
+def _trilu(s, ins):
+    """The upper (default) or lower triangle from diagonal k (a causal mask's `triu(1)`)."""
+    k = int(ins[1].reshape(-1)[0]) if len(ins) > 1 and ins[1] is not None else 0
+    return torch.triu(ins[0], k) if s.attr("upper", 1) else torch.tril(ins[0], k)
 
 
 @op("NonZero")
