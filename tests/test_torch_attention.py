@@ -116,3 +116,20 @@ def test_the_twin_runs_trilu_and_einsum_as_onnx_runtime_does(exported, name):
         y = Twin(a)(feeds)[0].numpy()
     ref = ort.InferenceSession(str(path)).run(None, feeds)[0]
     assert np.abs(y - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
+def test_a_symbol_that_also_sizes_another_axis_is_not_taken_for_the_batch():
+    """`pos` [seq, 8] beside `x` [batch, seq, 8]: `seq` opens an input but is not the batch, so the MatMul's
+    rows stay unknown (a --flops target asks for the shape) instead of counting one row per sample."""
+    from onnx import TensorProto, helper, numpy_helper
+    w = numpy_helper.from_array(np.ones((8, 4), np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "pos"], ["h"]), helper.make_node("MatMul", ["h", "w"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq", 8]),
+         helper.make_tensor_value_info("pos", TensorProto.FLOAT, ["seq", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq", 4])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    a = Analysis(model)
+    assert [c.node for c in a.unknown_costs] == [a.graph.nodes[1].name]
+    sized = Analysis(model, input_shapes={"x": (1, 5, 8), "pos": (5, 8)})
+    assert not sized.unknown_costs and sized.total_macs == 5 * 8 * 4

@@ -44,9 +44,13 @@ class Analysis:
         self.model = normalise(model, in_place)
         self.input_shapes = resolve_input_shapes(self.model, input_shapes) if input_shapes else {}
         self.cost_shapes = fixed_shapes(self.model, self.input_shapes) if self.input_shapes else {}
-        firsts = [d[0] for d in declared_dims(self.model).values() if d]
-        # the batch, axis 0 of the inputs (docs/DESIGN.md, "Input shapes"): its symbols, and its size where it is fixed
-        self.batch_symbols = {d for d in firsts if isinstance(d, str) and d != "?"}
+        declared = [d for d in declared_dims(self.model).values() if d]
+        firsts = [d[0] for d in declared]
+        # the batch, axis 0 of the inputs (docs/DESIGN.md, "Input shapes"): its symbols (not one that also sizes
+        # another axis, as a sequence length does for `position_ids` [S] beside `input_ids` [B, S]), and its
+        # size where it is fixed
+        later = {x for d in declared for x in d[1:]}
+        self.batch_symbols = {d for d in firsts if isinstance(d, str) and d != "?" and d not in later}
         sizes = {d for d in firsts if isinstance(d, int)} if not self.batch_symbols else set()
         self.fixed_batch = sizes.pop() if len(sizes) == 1 else 1
         given = {d[0] for d in self.input_shapes.values() if len(d)}
