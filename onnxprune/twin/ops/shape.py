@@ -10,7 +10,7 @@ import onnx_graphsurgeon as gs
 import torch
 
 from . import op
-from .base import input_or_attr, ints, to_torch
+from .base import input_or_attr, ints, opt, to_torch
 
 
 @op("Flatten")
@@ -174,7 +174,7 @@ def _cumsum(s, ins):
 @op("Trilu")
 def _trilu(s, ins):
     """The upper (default) or lower triangle from diagonal k (a causal mask's `triu(1)`)."""
-    k = int(ins[1].reshape(-1)[0]) if len(ins) > 1 and ins[1] is not None else 0
+    k = int(opt(ins, 1).reshape(-1)[0]) if opt(ins, 1) is not None else 0
     return torch.triu(ins[0], k) if s.attr("upper", 1) else torch.tril(ins[0], k)
 
 
