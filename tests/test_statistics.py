@@ -9,7 +9,7 @@ import zoo
 from onnxprune.analysis import Analysis
 from onnxprune.calibration.taps import Tap
 from onnxprune.statistics.consumer import consumers_of, original_dense
-from onnxprune.statistics.moments import Stats, group_terms, ridge_refit
+from onnxprune.statistics.moments import Stats, group_terms, ridge_refit, scale_refit
 
 
 def _setup(zoo_models, name="chain"):
@@ -155,6 +155,40 @@ def test_infinite_ridge_is_the_least_squares_bias_correction():
     np.testing.assert_allclose(ridge_refit(st, keep, 1e9, prior=prior), w, rtol=1e-5, atol=1e-6)
     fixed = ridge_refit(st, keep, np.inf, fixed_bias=np.zeros(3), prior=prior)
     assert np.all(fixed[:, 8] == 0)
+
+
+def test_scale_refit_is_least_squares_over_one_scale_per_input_and_the_bias():
+    """Planted Y = X diag(g) W + b on fewer rows than a whole fit would need: the scales and the bias are
+    recovered exactly, removed inputs stay 0; with noise the result equals an explicit least-squares fit
+    over (g, b), and a fixed bias is kept as given."""
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((12, 30)) + rng.uniform(-1, 1, 30)   # 12 rows, 30 inputs, 20 outputs
+    prior = np.concatenate([rng.standard_normal((20, 30)), rng.standard_normal((20, 1))], 1)
+    keep = rng.random(30) < 0.3
+    k = np.flatnonzero(keep)
+    g, b = rng.uniform(0.5, 2.0, len(k)), rng.standard_normal(20)
+    Y = (X[:, k] * g) @ prior[:, k].T + b
+    st = Stats(30, 20)
+    st.add(torch.from_numpy(X), torch.from_numpy(Y))
+    w = scale_refit(st, keep, prior, ridge=0.0)
+    np.testing.assert_allclose(w[:, k], prior[:, k] * g, rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(w[:, 30], b, rtol=1e-7, atol=1e-8)
+    assert np.all(w[:, :30][:, ~keep] == 0)
+    Yn = Y + rng.standard_normal(Y.shape)
+    st = Stats(30, 20)
+    st.add(torch.from_numpy(X), torch.from_numpy(Yn))
+    w = scale_refit(st, keep, prior, ridge=0.0)
+    # explicit: vec(Y) regressed on the columns vec(x_j w_j^T) and one indicator per output's bias
+    design = np.concatenate([np.stack([np.outer(X[:, j], prior[:, j]).ravel() for j in k], 1),
+                             np.kron(np.ones((12, 1)), np.eye(20))], 1)
+    sol = np.linalg.lstsq(design, Yn.ravel(), rcond=None)[0]
+    np.testing.assert_allclose(w[:, k], prior[:, k] * sol[:len(k)], rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(w[:, 30], sol[len(k):], rtol=1e-6, atol=1e-8)
+    fixed = scale_refit(st, keep, prior, fixed_bias=b, ridge=0.0)
+    assert np.all(fixed[:, 30] == b)
+    design_f = design[:, :len(k)]
+    sol_f = np.linalg.lstsq(design_f, (Yn - b).ravel(), rcond=None)[0]
+    np.testing.assert_allclose(fixed[:, k], prior[:, k] * sol_f, rtol=1e-6, atol=1e-8)
 
 
 @pytest.mark.parametrize("k,s,d,p,mp", [(1, 1, 1, 0, 7), (3, 2, 1, 1, 10), (3, 1, 2, 2, None), (5, 2, 2, 2, 4),

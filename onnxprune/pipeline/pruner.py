@@ -217,8 +217,10 @@ class GreedyPruner:
                  if col.stats["calib"][c.node].rows < len(c.labels)]
         if short:
             name, rows, feats = short[0]
-            warning = (f"only {rows} calibration rows for the {feats} inputs of '{name}': fits are "
-                       f"ridge-regularised; give at least {feats} rows (samples x sampled positions)")
+            how = "re-fitted by one scale per kept input and its bias, not a whole weight" \
+                if name in out.scaled else "the statistics are thin"
+            warning = (f"only {rows} calibration rows for the {feats} inputs of '{name}': {how}; give at least "
+                       f"{feats} rows (samples x sampled positions) for a full re-fit")
             log.warning("group %d: %s", group.id, warning)
             note = "; ".join(x for x in (note, warning) if x)
         if out.ridge:

@@ -11,7 +11,7 @@ from ..analysis import Analysis
 from ..options import Refit
 from ..selection import Selection
 from ..statistics.consumer import Consumer, bias_index, to_onnx
-from ..statistics.moments import loss, ridge_refit
+from ..statistics.moments import loss, ridge_refit, scale_refit
 from .terms import current_weights
 
 RIDGE_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
@@ -27,6 +27,7 @@ class Outcome:
     err_calib: float | None = None
     err_holdout: float | None = None
     ridge: dict = field(default_factory=dict)      # consumer name -> the ridge strength chosen (full re-fit)
+    scaled: dict = field(default_factory=dict)     # consumer name -> (rows, kept inputs): re-fitted by scales only
 
 
 def apply_refit(analysis: Analysis, sel: Selection, dense: dict[int, np.ndarray], problem, idx: np.ndarray,
@@ -62,14 +63,21 @@ def _full_refit(analysis: Analysis, dense: dict[int, np.ndarray], problem, new_k
         fixed_bias = None if bias_index(c, analysis) is not None else current[:, -1]
         calib, held = problem.stats["calib"][c.node], problem.stats["holdout"].get(c.node)
         feats = new_keep[roots[c.labels]]
-        # ridge towards the current weights, its strength chosen on the held-out split when there is
-        # one: with few samples per input the fit stays near the original instead of near 0
-        lams = (chosen[c.name],) if c.name in chosen else RIDGE_GRID if held is not None else (ridge,)
-        blocks = c.blocks(current.shape[0])
-        fits = [ridge_refit(calib, feats, lam, fixed_bias, prior=current, blocks=blocks) for lam in lams]
-        best = int(np.argmin([held.loss(f) for f in fits])) if held is not None and len(fits) > 1 else 0
-        wt = fits[best]
-        out.ridge[c.name] = float(lams[best])
+        if calib.rows < len(c.labels):
+            # fewer rows than inputs (a classifier after global pooling sees one row per sample): a whole
+            # weight would be fitted to these rows at any width; one scale per kept input keeps the
+            # original's directions (docs/DESIGN.md, "Re-fit levels")
+            wt = scale_refit(calib, feats, current, fixed_bias)
+            out.scaled[c.name] = (calib.rows, len(c.labels))
+        else:
+            # ridge towards the current weights, its strength chosen on the held-out split when there is
+            # one: with few samples per input the fit stays near the original instead of near 0
+            lams = (chosen[c.name],) if c.name in chosen else RIDGE_GRID if held is not None else (ridge,)
+            blocks = c.blocks(current.shape[0])
+            fits = [ridge_refit(calib, feats, lam, fixed_bias, prior=current, blocks=blocks) for lam in lams]
+            best = int(np.argmin([held.loss(f) for f in fits])) if held is not None and len(fits) > 1 else 0
+            wt = fits[best]
+            out.ridge[c.name] = float(lams[best])
         out.dense[c.node] = wt
         for node, values in to_onnx(c, analysis, wt).items():
             out.replace.setdefault(node, {}).update(values)

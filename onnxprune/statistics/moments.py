@@ -98,6 +98,40 @@ def ridge_refit(st: Stats, keep_features: np.ndarray, ridge: float, fixed_bias: 
     return w
 
 
+def scale_refit(st: Stats, keep_features: np.ndarray, prior: np.ndarray, fixed_bias: np.ndarray | None = None,
+                ridge: float = 1e-6) -> np.ndarray:
+    """The re-fit of a consumer with fewer rows than inputs: the prior's weights on the kept features, each
+    input column scaled by one least-squares factor g_j, and the bias (unless fixed) fitted with them.
+    F + out parameters instead of out × (F + 1): W' = W_prior · diag(g). With the bias free, the moments are
+    centred first (the bias then absorbs the means); the normal equations of g are
+    (A_kk ∘ W_kᵀW_k) g = diag(W_kᵀ B_k), a ridge of `ridge` × their mean diagonal pulling g towards 1.
+    Returns W̃' = [W', b'] (out × (F+1)) with zeros on removed features."""
+    A, B, _ = st.numpy()
+    nf = A.shape[0] - 1
+    k = np.flatnonzero(np.asarray(keep_features, bool))
+    W = prior[:, k]
+    Akk, Bk = A[np.ix_(k, k)], B[k]
+    n = A[nf, nf]
+    if fixed_bias is None and n > 0:
+        Akk = Akk - np.outer(A[nf, k], A[nf, k]) / n
+        Bk = Bk - np.outer(A[nf, k], B[nf]) / n
+    elif fixed_bias is not None:
+        Bk = Bk - np.outer(A[k, nf], fixed_bias)
+    G = Akk * (W.T @ W)
+    c = np.einsum("fo,of->f", Bk, W)
+    reg = ridge * float(np.diag(G).mean()) if len(k) else 0.0
+    g = np.linalg.lstsq(G + reg * np.eye(len(k)), c + reg, rcond=None)[0] if len(k) else np.zeros(0)
+    w = np.zeros((B.shape[1], nf + 1))
+    w[:, k] = W * g
+    if fixed_bias is not None:
+        w[:, nf] = fixed_bias
+    elif n > 0:
+        w[:, nf] = (B[nf] - w[:, :nf] @ A[nf, :nf]) / n
+    else:
+        w[:, nf] = prior[:, nf]
+    return w
+
+
 def _bias_only(A, B, keep_features, fixed_bias, prior) -> np.ndarray:
     """The prior's weights on the kept features (zeros without a prior) and the least-squares bias given them:
     b = (Σy − W Σx) / rows, from the bias row of A and B."""
