@@ -217,7 +217,7 @@ class GreedyPruner:
                  if col.stats["calib"][c.node].rows < len(c.labels)]
         if short:
             name, rows, feats = short[0]
-            how = "re-fitted by one scale per kept input and its bias, not a whole weight" \
+            how = "re-fitted towards its weights with one scale per kept input (ridge inf: those scales alone)" \
                 if name in out.scaled else "the statistics are thin"
             warning = (f"only {rows} calibration rows for the {feats} inputs of '{name}': {how}; give at least "
                        f"{feats} rows (samples x sampled positions) for a full re-fit")

@@ -63,21 +63,24 @@ def _full_refit(analysis: Analysis, dense: dict[int, np.ndarray], problem, new_k
         fixed_bias = None if bias_index(c, analysis) is not None else current[:, -1]
         calib, held = problem.stats["calib"][c.node], problem.stats["holdout"].get(c.node)
         feats = new_keep[roots[c.labels]]
+        blocks = c.blocks(current.shape[0])
         if calib.rows < len(c.labels):
             # fewer rows than inputs (a classifier after global pooling sees one row per sample): a whole
-            # weight would be fitted to these rows at any width; one scale per kept input keeps the
-            # original's directions (docs/DESIGN.md, "Re-fit levels")
-            wt = scale_refit(calib, feats, current, fixed_bias)
+            # weight would follow these rows at any width. The prior becomes the current weights with one
+            # least-squares scale per kept input (and their bias); the ridge towards it is chosen on the
+            # held-out split as below, infinity being that scale fit itself (docs/DESIGN.md, "Re-fit levels")
+            prior = scale_refit(calib, feats, current, fixed_bias)
             out.scaled[c.name] = (calib.rows, len(c.labels))
+            grid: tuple[float, ...] = RIDGE_GRID + (np.inf,) if held is not None else (np.inf,)
         else:
             # ridge towards the current weights, its strength chosen on the held-out split when there is
             # one: with few samples per input the fit stays near the original instead of near 0
-            lams = (chosen[c.name],) if c.name in chosen else RIDGE_GRID if held is not None else (ridge,)
-            blocks = c.blocks(current.shape[0])
-            fits = [ridge_refit(calib, feats, lam, fixed_bias, prior=current, blocks=blocks) for lam in lams]
-            best = int(np.argmin([held.loss(f) for f in fits])) if held is not None and len(fits) > 1 else 0
-            wt = fits[best]
-            out.ridge[c.name] = float(lams[best])
+            prior, grid = current, RIDGE_GRID if held is not None else (ridge,)
+        lams = (chosen[c.name],) if c.name in chosen else grid
+        fits = [ridge_refit(calib, feats, lam, fixed_bias, prior=prior, blocks=blocks) for lam in lams]
+        best = int(np.argmin([held.loss(f) for f in fits])) if held is not None and len(fits) > 1 else 0
+        wt = fits[best]
+        out.ridge[c.name] = float(lams[best])
         out.dense[c.node] = wt
         for node, values in to_onnx(c, analysis, wt).items():
             out.replace.setdefault(node, {}).update(values)
