@@ -218,7 +218,7 @@ class GreedyPruner:
         if short:
             name, rows, feats = short[0]
             how = "re-fitted towards its weights with one scale per kept input (ridge inf: those scales alone)" \
-                if name in out.scaled else "the statistics are thin"
+                if self.refit == Refit.FULL else "the statistics are thin"   # refit.py: the same test of rows
             warning = (f"only {rows} calibration rows for the {feats} inputs of '{name}': {how}; give at least "
                        f"{feats} rows (samples x sampled positions) for a full re-fit")
             log.warning("group %d: %s", group.id, warning)

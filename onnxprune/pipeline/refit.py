@@ -27,7 +27,6 @@ class Outcome:
     err_calib: float | None = None
     err_holdout: float | None = None
     ridge: dict = field(default_factory=dict)      # consumer name -> the ridge strength chosen (full re-fit)
-    scaled: dict = field(default_factory=dict)     # consumer name -> (rows, kept inputs): re-fitted by scales only
 
 
 def apply_refit(analysis: Analysis, sel: Selection, dense: dict[int, np.ndarray], problem, idx: np.ndarray,
@@ -70,7 +69,6 @@ def _full_refit(analysis: Analysis, dense: dict[int, np.ndarray], problem, new_k
             # least-squares scale per kept input (and their bias); the ridge towards it is chosen on the
             # held-out split as below, infinity being that scale fit itself (docs/DESIGN.md, "Re-fit levels")
             prior = scale_refit(calib, feats, current, fixed_bias)
-            out.scaled[c.name] = (calib.rows, len(c.labels))
             grid: tuple[float, ...] = RIDGE_GRID + (np.inf,) if held is not None else (np.inf,)
         else:
             # ridge towards the current weights, its strength chosen on the held-out split when there is

@@ -100,8 +100,8 @@ def ridge_refit(st: Stats, keep_features: np.ndarray, ridge: float, fixed_bias: 
 
 def scale_refit(st: Stats, keep_features: np.ndarray, prior: np.ndarray, fixed_bias: np.ndarray | None = None,
                 ridge: float = 1e-6) -> np.ndarray:
-    """The re-fit of a consumer with fewer rows than inputs: the prior's weights on the kept features, each
-    input column scaled by one least-squares factor g_j, and the bias (unless fixed) fitted with them.
+    """The prior of the full re-fit of a consumer with fewer rows than inputs: the prior's weights on the kept
+    features, each input column scaled by one least-squares factor g_j, and the bias (unless fixed) fitted with them.
     F + out parameters instead of out × (F + 1): W' = W_prior · diag(g). With the bias free, the moments are
     centred first (the bias then absorbs the means); the normal equations of g are
     (A_kk ∘ W_kᵀW_k) g = diag(W_kᵀ B_k), a ridge of `ridge` × their mean diagonal pulling g towards 1.
