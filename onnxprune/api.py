@@ -170,7 +170,8 @@ def prune(model, calibration=None, *, method: str = _S.method, refit: str | None
           latency_threads: int | None = _T.latency_threads, latency_fp16: bool = _T.latency_fp16,
           allocate: str = _T.allocate, norm: str = _S.norm, seed: int = _S.seed, batch_size: int = _C.batch_size,
           max_positions: int | None = _C.max_positions, holdout: float = _C.holdout, ridge: float = _R.ridge,
-          residual_target: bool = _R.residual_target, preprocess: str = _C.preprocess,
+          residual_target: bool = _R.residual_target, bias_correction: bool = _R.bias_correction,
+          preprocess: str = _C.preprocess,
           image_size: int | None = _C.image_size, augment: int = _C.augment, output_loss: str = _G.output_loss,
           global_samples: int = _G.global_samples, taylor_rounds: int = _G.taylor_rounds,
           exact_limit: int = _G.exact_limit, group_kind: str = _T.group_kind,
@@ -185,7 +186,9 @@ def prune(model, calibration=None, *, method: str = _S.method, refit: str | None
     `calibration`: a path (.npz/.npy file or folder, image folder), dict of arrays, iterable of input
     dicts or ONNX Runtime CalibrationDataReader. Needed by the greedy methods and by any re-fit.
     `refit`: none | gamma | full (default: full with calibration, none without). `residual_target`: a consumer
-    whose output is added to a residual stream imitates the original sum (default on).
+    whose output is added to a residual stream imitates the original sum (default on). `bias_correction`: after a
+    re-fit, the biases are shifted so the kept channels' calibration means are the original's (default on; kept
+    if the held-out output loss falls).
     `allocate`: auto (output with calibration data, uniform without) | uniform | loss | output. `distill`:
     label-free distillation after pruning. `output_loss`: auto | kl | mse, the global methods' output
     discrepancy, measured on `global_samples`. `group_kind`: all |
@@ -203,6 +206,7 @@ def prune(model, calibration=None, *, method: str = _S.method, refit: str | None
         latency_fp16=latency_fp16,
         min_channels=min_channels, keep=keep or {}, allocate=allocate, norm=norm, seed=seed, batch_size=batch_size,
         max_positions=max_positions, holdout=holdout, ridge=ridge, residual_target=residual_target,
+        bias_correction=bias_correction,
         preprocess=preprocess, image_size=image_size, augment=augment, output_loss=output_loss,
         global_samples=global_samples, taylor_rounds=taylor_rounds,
         exact_limit=exact_limit, group_kind=group_kind, token_mask_input=token_mask_input, input_shapes=input_shapes,
@@ -289,6 +293,14 @@ def prune_with_options(model, calibration, options: PruneOptions, quiet: bool = 
         allocated = pruner.allocated or Allocation.UNIFORM   # None: a keep-ratio target, nothing allocated
         token_mask, output_loss = pruner.token_mask, pruner.output_loss
     pruned = apply_selection(analysis, selection)
+    corrected = None
+    if cal is not None and refit == Refit.FULL and options.refit.bias_correction:  # docs/DESIGN.md, "Bias correction"
+        from .bias_correction import correct_biases
+        from .graph.outputs import resolve_output_loss
+        loss_kind, _ = resolve_output_loss(analysis.model, options.global_imitation.output_loss)
+        pruned, selection, bias_record = correct_biases(analysis, selection, pruned, cal, str(loss_kind),
+                                                        options.calibration.batch_size)
+        corrected = bias_record.to_dict()
     distilled = None
     if options.distill.distill:  # after the layer-wise pruning: docs/DESIGN.md, "Distillation"
         from .distill import distill, feature_channels
@@ -301,7 +313,7 @@ def prune_with_options(model, calibration, options: PruneOptions, quiet: bool = 
         distilled = record.to_dict()
     measured = plan.finish(analysis, pruned)
     report = build_report(analysis, selection, pruned, name, method.name, {kind: fraction}, results)
-    report.distill, report.allocation = distilled, allocation
+    report.distill, report.allocation, report.bias_correction = distilled, allocation, corrected
     report.refit, report.calibration_samples = str(refit), n_cal
     report.allocate = str(allocated)
     report.token_mask, report.output_loss = token_mask, output_loss

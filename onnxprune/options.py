@@ -286,10 +286,14 @@ class RefitOptions:
     residual_target: bool = field(default=True, metadata=_help(
         "Where a consumer's output is added to a residual stream, imitate the original sum: the re-fit also "
         "corrects the error the layers pruned before left in that stream.", flag=True))
+    bias_correction: bool = field(default=True, metadata=_help(
+        "After the full re-fit, shift the biases of the Conv/Gemm layers so that each kept channel's mean on the "
+        "calibration data is the original's; kept only if the held-out output loss falls.", flag=True))
 
     def __post_init__(self):
-        if not isinstance(self.residual_target, bool):
-            raise OptionError("residual_target", self.residual_target, "must be true or false")
+        for name in ("residual_target", "bias_correction"):
+            if not isinstance(getattr(self, name), bool):
+                raise OptionError(name, getattr(self, name), "must be true or false")
         if self.refit is not None:
             object.__setattr__(self, "refit", Refit.parse("refit", self.refit))
         if isinstance(self.ridge, bool) or not isinstance(self.ridge, (int, float)) or not \

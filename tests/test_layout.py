@@ -19,8 +19,8 @@ from onnxprune.selection import methods
 PACKAGE = pathlib.Path(onnxprune.__file__).parent
 # a module may import from its own stage and from stages of a lower rank only
 RANK = {"errors": 0, "options": 1, "graph": 2, "analysis": 3, "twin": 4, "rewrite": 4, "calibration": 5,
-        "statistics": 6, "selection": 7, "latency": 7, "pipeline": 8, "report": 9, "distill": 9, "api": 10,
-        "finetune": 10, "cli": 11,
+        "statistics": 6, "selection": 7, "latency": 7, "pipeline": 8, "report": 9, "distill": 9,
+        "bias_correction": 9, "api": 10, "finetune": 10, "cli": 11,
         "__init__": 12, "__main__": 12}
 
 

@@ -63,6 +63,7 @@ class Report:
     fixed_batch: int | None = None   # the model's fixed batch dimension, the size of every calibration run
     output_loss: str | None = None   # the global methods' output loss (kl or mse), when one ran
     distill: dict | None = None   # the distillation's record (`onnxprune.distill.DistillRecord`), if it ran
+    bias_correction: dict | None = None   # `onnxprune.bias_correction.BiasCorrectionRecord`, if it ran
     # allocate=output: {"chosen", "held_out_output_loss": {candidate: loss}}; auto that could not use output:
     # {"chosen": "uniform", "output_unavailable": why}
     allocation: dict | None = None
@@ -114,6 +115,13 @@ class Report:
             losses = self.allocation.get("held_out_output_loss", {})
             text += (f"\nallocation {self.allocation['chosen']} chosen (held-out output loss "
                      + ", ".join(f"{k} {v:.4g}" for k, v in losses.items()) + ")")
+        b = self.bias_correction
+        if b:
+            did = "applied" if b["applied"] else "not applied"
+            loss = (f", held-out output loss {b['held_out_loss_before']:.4g} -> {b['held_out_loss_after']:.4g}"
+                    if b["held_out_loss_before"] is not None else "")
+            text += (f"\nbias correction {did}: {b['layers']} layers on {b['samples']} samples{loss}"
+                     + (f" ({b['why']})" if b["why"] else "") + f", {b['seconds']:.0f} s")
         d = self.distill
         if d:
             did = (f"{d['held_out_loss_before']:.4g} -> {d['held_out_loss_best']:.4g}, best epoch {d['best_epoch']}"

@@ -1,0 +1,219 @@
+"""Bias correction of a pruned model (docs/DESIGN.md, "Bias correction").
+
+The re-fit corrects the consumers of the groups it prunes, each on the calibration statistics of the network
+pruned so far. The layers it does not re-fit (those fed by groups kept whole, the channel-wise layers inside a
+group) still see inputs the pruning changed, and the means of their outputs drift; the drift adds up with depth.
+This pass shifts the bias of every Conv, ConvTranspose and Gemm whose bias is an initializer so that each
+kept output channel's mean over calibration samples equals the original's mean of that channel: layers in
+graph order, each measured after the corrections before it (one run of the pruned model cut after that
+layer, on at most `samples` samples of the calibration split). The correction is kept only when it lowers
+the output loss (KL or MSE, as the global methods) on the held-out split; without a held-out split it is
+kept as it is, and the report says so.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+
+from .analysis import Analysis
+from .calibration import Calibration, checked_batches
+from .calibration.taps import Tap
+from .graph.normalise import const_value
+from .rewrite import Rewriter
+from .selection import Selection
+from .selection.global_imitation import output_discrepancy
+
+log = logging.getLogger("onnxprune")
+
+BIASED = {"Conv": 2, "ConvTranspose": 2, "Gemm": 2}   # op -> index of its bias input
+
+
+@dataclass
+class BiasCorrectionRecord:
+    """What the bias correction did (the report's `bias_correction`)."""
+    layers: int = 0                   # biases shifted
+    samples: int = 0                  # calibration samples the means are measured on
+    seconds: float = 0.0
+    mean_shift: float = 0.0           # the largest |shift| / the original channel's standard deviation
+    held_out_loss_before: float | None = None
+    held_out_loss_after: float | None = None
+    applied: bool = False
+    why: str = ""                     # why it was not applied, or that nothing checked it
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class _Layer:
+    node: int                         # index in the analysis graph
+    index: int                        # the bias input
+    tensor: str
+    bias: str                         # the bias initializer in the pruned model
+    kept: np.ndarray | None           # the original's channels the pruned output keeps, in order (None: all)
+    scale: float                      # what the bias is multiplied by (Gemm's beta)
+
+
+def correct_biases(analysis: Analysis, selection: Selection, pruned: onnx.ModelProto, cal: Calibration,
+                   loss_kind: str, batch_size: int, samples: int = 256
+                   ) -> tuple[onnx.ModelProto, Selection, BiasCorrectionRecord]:
+    """The pruned model and selection with the biases corrected (the shifts become re-fitted values of the
+    selection, so the masked reference has them too), and the record; `pruned` and `selection` themselves
+    when the held-out output loss does not fall."""
+    t0 = time.perf_counter()
+    rec = BiasCorrectionRecord()
+    model = onnx.ModelProto()
+    model.CopyFrom(pruned)
+    layers = _layers(analysis, selection, model)
+    batches = _first(cal, batch_size, samples)
+    rec.samples = sum(len(next(iter(b.values()))) for b in batches)
+    if not layers or not rec.samples:
+        rec.why = "no calibration samples" if layers else "no Conv, ConvTranspose or Gemm with an initializer bias"
+        return pruned, selection, rec
+    ref = _moments(Tap(analysis.model, [x.tensor for x in layers]), batches)
+    _declare_types(model, analysis, [x.tensor for x in layers])
+    inits = {i.name: i for i in model.graph.initializer}
+    replace = {node: dict(values) for node, values in selection.replace.items()}
+    for layer in layers:
+        mean_o, std_o = ref[layer.tensor]
+        kept = np.arange(len(mean_o)) if layer.kept is None else layer.kept
+        mean_p, _ = _moments(Tap(model, [layer.tensor]), batches, spread=False)[layer.tensor]
+        if mean_p.shape != kept.shape:
+            continue
+        shift = (mean_o[kept] - mean_p) / layer.scale
+        bias = numpy_helper.to_array(inits[layer.bias])
+        inits[layer.bias].CopyFrom(numpy_helper.from_array(
+            (bias.astype(np.float64) + shift.reshape(bias.shape)).astype(bias.dtype), layer.bias))
+        whole = replace.get(layer.node, {}).get(layer.index)
+        if whole is None:
+            whole = np.asarray(analysis.graph.nodes[layer.node].inputs[layer.index].values)
+        corrected = whole.astype(np.float64).reshape(-1)
+        corrected[kept] += shift
+        replace.setdefault(layer.node, {})[layer.index] = corrected.reshape(whole.shape).astype(whole.dtype)
+        rec.layers += 1
+        assert std_o is not None
+        rec.mean_shift = max(rec.mean_shift, float((np.abs(mean_o[kept] - mean_p) /
+                                                    np.maximum(std_o[kept], 1e-12)).max(initial=0.0)))
+    corrected_sel = Selection(selection.kept, selection.gamma, replace, selection.scores)
+    keep, gamma = corrected_sel.class_arrays(analysis)
+    result = Rewriter(analysis, keep, gamma, replace=replace).run()
+    held = [b for _, b in checked_batches(cal, batch_size, "holdout")]
+    if held:
+        outputs = [o.name for o in analysis.model.graph.output]
+        rec.held_out_loss_before = _output_loss(analysis.model, pruned, outputs, held, loss_kind)
+        rec.held_out_loss_after = _output_loss(analysis.model, result, outputs, held, loss_kind)
+        rec.applied = rec.held_out_loss_after < rec.held_out_loss_before
+        if not rec.applied:
+            rec.why = "the held-out output loss did not fall"
+    else:
+        rec.applied, rec.why = True, "no held-out split: applied without a check"
+    rec.seconds = time.perf_counter() - t0
+    log.info("bias correction: %d layers on %d samples, held-out output loss %s -> %s, %s (%.1f s)", rec.layers,
+             rec.samples, rec.held_out_loss_before, rec.held_out_loss_after,
+             "applied" if rec.applied else "not applied", rec.seconds)
+    return (result, corrected_sel, rec) if rec.applied else (pruned, selection, rec)
+
+
+def _layers(analysis: Analysis, selection: Selection, model: onnx.ModelProto) -> list[_Layer]:
+    """The layers whose bias is corrected, in graph order: a Conv/ConvTranspose/Gemm with an initializer bias
+    used by it alone, whose output the original has, with its channels on axis 1."""
+    keep, _ = selection.class_arrays(analysis)
+    inits = {i.name: i for i in model.graph.initializer}
+    uses: dict[str, int] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            uses[i] = uses.get(i, 0) + 1
+    ids = {n.outputs[0].name: i for i, n in enumerate(analysis.graph.nodes) if n.outputs}
+    out = []
+    for n in model.graph.node:
+        b = BIASED.get(n.op_type)
+        if b is None or len(n.input) <= b or n.input[b] not in inits or uses[n.input[b]] != 1 or \
+                n.output[0] not in ids:
+            continue
+        node = analysis.graph.nodes[ids[n.output[0]]]
+        if node.op != n.op_type or len(node.inputs) <= b or const_value(node.inputs[b]) is None:
+            continue
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+        if n.op_type == "Gemm" and (attrs.get("beta", 1.0) == 0 or
+                                    int(np.prod(inits[n.input[b]].dims)) != _gemm_out(inits, n, attrs)):
+            continue   # a bias broadcast over rows only: one per output column
+        kept = None
+        layout = analysis.layouts.get(n.output[0])
+        if layout is not None:
+            axes = [i for i, d in enumerate(layout.shape) if d > 1]
+            if axes != [1]:
+                continue
+            kept = np.flatnonzero(keep[analysis.class_of[layout.reshape(-1)]])
+        out.append(_Layer(ids[n.output[0]], b, n.output[0], n.input[b], kept, float(attrs.get("beta", 1.0))))
+    return out
+
+
+def _declare_types(model: onnx.ModelProto, analysis: Analysis, names: list[str]) -> None:
+    """Give the tapped tensors of the pruned copy the element types they have in the original (a tap of a
+    tensor without one would read it as float32: an fp16 model's would not load)."""
+    declared = {v.name for v in list(model.graph.value_info) + list(model.graph.output)}
+    tensors = analysis.graph.tensors()
+    for name in names:
+        dtype = tensors[name].dtype if name in tensors else None
+        if name not in declared and dtype is not None:
+            elem = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+            model.graph.value_info.append(onnx.helper.make_tensor_value_info(name, elem, None))
+
+
+def _gemm_out(inits, node, attrs) -> int:
+    """A Gemm's output columns, from its B initializer (-1 when B is not one)."""
+    w = inits.get(node.input[1])
+    if w is None or len(w.dims) != 2:
+        return -1
+    return int(w.dims[0] if attrs.get("transB", 0) else w.dims[1])
+
+
+def _first(cal: Calibration, batch_size: int, samples: int) -> list[dict[str, np.ndarray]]:
+    """The first `samples` samples of the calibration split, as batches."""
+    out, n = [], 0
+    for _, batch in checked_batches(cal, batch_size, "calib"):
+        out.append(batch)
+        n += len(next(iter(batch.values())))
+        if n >= samples:
+            break
+    return out
+
+
+def _moments(tap: Tap, batches, spread: bool = True) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
+    """Per channel (axis 1) mean and, with `spread`, standard deviation of each tapped tensor over the batches
+    (float64 sums of the float32 values)."""
+    acc: dict[str, list] = {}
+    for batch in batches:
+        for name, v in tap(batch).items():
+            v = np.asarray(v)
+            axes = (0,) + tuple(range(2, v.ndim))
+            a = acc.setdefault(name, [0.0, 0.0, 0])
+            a[0] = a[0] + v.sum(axes, dtype=np.float64)
+            if spread:
+                a[1] = a[1] + np.square(v).sum(axes, dtype=np.float64)
+            a[2] += v.size // v.shape[1]
+    moments = {}
+    for name, (s1, s2, n) in acc.items():
+        mean = s1 / n
+        moments[name] = (mean, np.sqrt(np.maximum(s2 / n - mean * mean, 0.0)) if spread else None)
+    return moments
+
+
+def _output_loss(original: onnx.ModelProto, model: onnx.ModelProto, outputs: list[str], batches,
+                 kind: str) -> float:
+    """Mean over samples of the output discrepancy of `model` against `original` (every output)."""
+    ref, got = Tap(original, outputs), Tap(model, outputs)
+    total, n = 0.0, 0
+    for batch in batches:
+        a, b = ref(batch), got(batch)
+        for name in outputs:
+            total += float(output_discrepancy(torch.from_numpy(np.asarray(b[name])),
+                                              torch.from_numpy(np.asarray(a[name])), kind))
+        n += len(next(iter(batch.values())))
+    return total / max(n, 1)

@@ -1,0 +1,115 @@
+"""Bias correction after the full re-fit (docs/DESIGN.md, "Bias correction"): every Conv/Gemm bias is shifted so
+that each kept channel's mean on the calibration samples is the original's, kept only if the held-out output
+loss falls; the shifts are part of the selection, so the masked reference has them too."""
+import json
+
+import numpy as np
+import patterns as P
+import pytest
+from click.testing import CliRunner
+from helpers import load_in_ort
+from onnx import helper, numpy_helper
+
+import onnxprune.bias_correction as bc
+from onnxprune import masked_reference, prune, save_model
+from onnxprune.cli import main
+
+
+def chain(seed=0):
+    """x -> Conv(16) -> Relu -> depthwise Conv -> Relu -> Conv(16) -> Relu -> pool -> Gemm(10)."""
+    rng = np.random.default_rng(seed)
+    n1, i1 = P.conv("c1", "x", "c1_w", "a1", rng, 3, 16)
+    n2, i2 = P.conv("dw", "r1", "dw_w", "a2", rng, 16, 16, group=16)
+    n3, i3 = P.conv("c3", "r2", "c3_w", "a3", rng, 16, 16)
+    hn, hw = P.head("r3", 16, rng)
+    relus = [helper.make_node("Relu", [f"a{i}"], [f"r{i}"], name=f"relu{i}") for i in (1, 2, 3)]
+    return P.model([n1, relus[0], n2, relus[1], n3, relus[2]] + hn, {**i1, **i2, **i3, **hw})
+
+
+def data(n=256, seed=1):
+    rng = np.random.default_rng(seed)
+    return {"x": (rng.standard_normal((n, 3, 8, 8)) + 0.5).astype(np.float32)}
+
+
+def _biased_outputs(model):
+    return [n.output[0] for n in model.graph.node if n.op_type in ("Conv", "Gemm") and len(n.input) == 3]
+
+
+def _channel_means(model, names, feeds):
+    m = type(model)()
+    m.CopyFrom(model)
+    m.graph.output.extend([helper.make_tensor_value_info(n, 1, None) for n in names if n != "y"])
+    import onnxruntime as ort
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
+    return {n: got[n].mean(axis=(0,) + tuple(range(2, got[n].ndim))) for n in names}
+
+
+def _unmatched(original, pruned, feeds, tol=1e-4):
+    """Pruned tensors with a channel whose calibration mean is no original channel's mean there."""
+    names = _biased_outputs(pruned)
+    mo, mp = _channel_means(original, names, feeds), _channel_means(pruned, names, feeds)
+    scale = {n: np.abs(mo[n]).max() + 1e-6 for n in names}
+    return [n for n in names if np.abs(mp[n][:, None] - mo[n][None, :]).min(1).max() > tol * scale[n]]
+
+
+def test_every_kept_channel_has_the_original_mean_on_the_calibration_samples(tmp_path):
+    """The re-fit sees 2 positions per image (`max_positions`), so the means over all positions drift."""
+    model, feeds = chain(), data()
+    pruned, rep = prune(model, feeds, keep_ratio=0.5, allocate="uniform", holdout=0.0, max_positions=2)
+    b = rep.bias_correction
+    assert b["applied"] and b["layers"] == 4 and b["samples"] == 256 and "without a check" in b["why"]
+    assert _unmatched(model, pruned, feeds) == []
+    plain, _ = prune(model, feeds, keep_ratio=0.5, allocate="uniform", holdout=0.0, max_positions=2,
+                     bias_correction=False)
+    assert _unmatched(model, plain, feeds) == ["a3"]   # without it c3's means drift (its input has 16 channels)
+    path = tmp_path / "pruned.onnx"
+    save_model(pruned, path)
+    y = load_in_ort(path).run(None, feeds)[0]
+    ref = load_in_ort(_saved(masked_reference(rep), tmp_path / "masked.onnx")).run(None, feeds)[0]
+    assert np.abs(y - ref).max() <= 1e-4 * np.abs(ref).max()   # the masked reference has the shifts
+
+
+def _saved(model, path):
+    save_model(model, path)
+    return path
+
+
+def test_a_correction_that_does_not_lower_the_held_out_loss_is_dropped(monkeypatch):
+    model, feeds = chain(), data(300)
+    plain, _ = prune(model, feeds, keep_ratio=0.5, allocate="uniform", bias_correction=False)
+    monkeypatch.setattr(bc, "_output_loss", lambda original, m, outputs, batches, kind: 1.0)
+    pruned, rep = prune(model, feeds, keep_ratio=0.5, allocate="uniform")
+    b = rep.bias_correction
+    assert not b["applied"] and b["why"] == "the held-out output loss did not fall" and b["layers"] == 4
+    inits = lambda m: {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}  # noqa: E731
+    a, c = inits(plain), inits(pruned)
+    assert a.keys() == c.keys() and all(np.array_equal(a[k], c[k]) for k in a)
+
+
+def test_gemm_beta_divides_the_shift():
+    rng = np.random.default_rng(3)
+    n1, i1 = P.conv("c1", "x", "c1_w", "a1", rng, 3, 16)
+    hn, hw = P.head("r1", 16, rng)
+    hn[-1].attribute.append(helper.make_attribute("beta", 0.5))
+    model = P.model([n1, helper.make_node("Relu", ["a1"], ["r1"], name="relu1")] + hn, {**i1, **hw})
+    feeds = data()
+    pruned, rep = prune(model, feeds, keep_ratio=0.5, allocate="uniform", holdout=0.0)
+    assert rep.bias_correction["applied"] and _unmatched(model, pruned, feeds) == []
+
+
+@pytest.mark.parametrize("flag", ["--bias-correction", "--no-bias-correction"])
+def test_cli_flag_and_report(tmp_path, flag):
+    model_file, calib = tmp_path / "m.onnx", tmp_path / "c.npz"
+    save_model(chain(), model_file)
+    np.savez(calib, **data(300))
+    out, rep = tmp_path / "p.onnx", tmp_path / "r.json"
+    res = CliRunner().invoke(main, ["prune", str(model_file), "-o", str(out), "--calib", str(calib),
+                                    "--keep-ratio", "0.5", "--report", str(rep), flag], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    record = json.loads(rep.read_text())["bias_correction"]
+    if flag == "--no-bias-correction":
+        assert record is None and "bias correction" not in res.output
+    else:
+        assert record["layers"] == 4 and record["held_out_loss_before"] > 0 and "bias correction" in res.output
+    assert np.isfinite(load_in_ort(out).run(None, data(4))[0]).all()
