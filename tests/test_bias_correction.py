@@ -93,9 +93,12 @@ def test_gemm_beta_divides_the_shift():
     hn, hw = P.head("r1", 16, rng)
     hn[-1].attribute.append(helper.make_attribute("beta", 0.5))
     model = P.model([n1, helper.make_node("Relu", ["a1"], ["r1"], name="relu1")] + hn, {**i1, **hw})
-    feeds = data()
+    feeds = data(400)   # the head is fitted on all 400 rows; the means are those of the first 256
     pruned, rep = prune(model, feeds, keep_ratio=0.5, allocate="uniform", holdout=0.0)
-    assert rep.bias_correction["applied"] and _unmatched(model, pruned, feeds) == []
+    first = {"x": feeds["x"][:256]}
+    assert rep.bias_correction["applied"] and _unmatched(model, pruned, first) == []
+    plain, _ = prune(model, feeds, keep_ratio=0.5, allocate="uniform", holdout=0.0, bias_correction=False)
+    assert _unmatched(model, plain, first) == ["y"]
 
 
 @pytest.mark.parametrize("flag", ["--bias-correction", "--no-bias-correction"])
