@@ -40,7 +40,7 @@ class BiasCorrectionRecord:
     layers: int = 0                   # biases shifted
     samples: int = 0                  # calibration samples the means are measured on
     seconds: float = 0.0
-    mean_shift: float = 0.0           # the largest |shift| / the original channel's standard deviation
+    mean_shift: float = 0.0           # the largest over layers of the RMS shift / the RMS channel std there
     held_out_loss_before: float | None = None
     held_out_loss_after: float | None = None
     applied: bool = False
@@ -97,9 +97,10 @@ def correct_biases(analysis: Analysis, selection: Selection, pruned: onnx.ModelP
         corrected[kept] += shift
         replace.setdefault(layer.node, {})[layer.index] = corrected.reshape(whole.shape).astype(whole.dtype)
         rec.layers += 1
-        assert std_o is not None
-        rec.mean_shift = max(rec.mean_shift, float((np.abs(mean_o[kept] - mean_p) /
-                                                    np.maximum(std_o[kept], 1e-12)).max(initial=0.0)))
+        assert std_o is not None   # the layer's root-mean-square shift in units of its channels' spread
+        spread = float(np.sqrt(np.mean(std_o[kept] ** 2))) if len(kept) else 0.0
+        drift = float(np.sqrt(np.mean((mean_o[kept] - mean_p) ** 2))) if len(kept) else 0.0
+        rec.mean_shift = max(rec.mean_shift, drift / spread if spread > 0 else 0.0)
     corrected_sel = Selection(selection.kept, selection.gamma, replace, selection.scores)
     keep, gamma = corrected_sel.class_arrays(analysis)
     result = Rewriter(analysis, keep, gamma, replace=replace).run()
