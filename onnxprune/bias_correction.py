@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 import torch
 from onnx import numpy_helper
+from tqdm import tqdm
 
 from .analysis import Analysis
 from .calibration import Calibration, checked_batches
@@ -61,7 +62,7 @@ class _Layer:
 
 
 def correct_biases(analysis: Analysis, selection: Selection, pruned: onnx.ModelProto, cal: Calibration,
-                   loss_kind: str, batch_size: int, samples: int = 256
+                   loss_kind: str, batch_size: int, samples: int = 256, quiet: bool = True
                    ) -> tuple[onnx.ModelProto, Selection, BiasCorrectionRecord]:
     """The pruned model and selection with the biases corrected (the shifts become re-fitted values of the
     selection, so the masked reference has them too), and the record; `pruned` and `selection` themselves
@@ -80,7 +81,7 @@ def correct_biases(analysis: Analysis, selection: Selection, pruned: onnx.ModelP
     _declare_types(model, analysis, [x.tensor for x in layers])
     inits = {i.name: i for i in model.graph.initializer}
     replace = {node: dict(values) for node, values in selection.replace.items()}
-    for layer in layers:
+    for layer in tqdm(layers, desc="bias correction", unit="layer", disable=quiet or None):
         mean_o, std_o = ref[layer.tensor]
         kept = np.arange(len(mean_o)) if layer.kept is None else layer.kept
         mean_p, _ = _moments(Tap(model, [layer.tensor]), batches, spread=False)[layer.tensor]
@@ -101,6 +102,7 @@ def correct_biases(analysis: Analysis, selection: Selection, pruned: onnx.ModelP
         spread = float(np.sqrt(np.mean(std_o[kept] ** 2))) if len(kept) else 0.0
         drift = float(np.sqrt(np.mean((mean_o[kept] - mean_p) ** 2))) if len(kept) else 0.0
         rec.mean_shift = max(rec.mean_shift, drift / spread if spread > 0 else 0.0)
+    # a replaced node's slices are not scaled by γ again: under --refit full every γ is 1
     corrected_sel = Selection(selection.kept, selection.gamma, replace, selection.scores)
     keep, gamma = corrected_sel.class_arrays(analysis)
     result = Rewriter(analysis, keep, gamma, replace=replace).run()
