@@ -186,8 +186,8 @@ def prune(model, calibration=None, *, method: str = _S.method, refit: str | None
     `calibration`: a path (.npz/.npy file or folder, image folder), dict of arrays, iterable of input
     dicts or ONNX Runtime CalibrationDataReader. Needed by the greedy methods and by any re-fit.
     `refit`: none | gamma | full (default: full with calibration, none without). `residual_target`: a consumer
-    whose output is added to a residual stream imitates the original sum (default on). `bias_correction`: after a
-    re-fit, the biases are shifted so the kept channels' calibration means are the original's (default on; kept
+    whose output is added to a residual stream imitates the original sum (default on). `bias_correction`: after the
+    full re-fit, the biases are shifted so the kept channels' calibration means are the original's (default on; kept
     if the held-out output loss falls).
     `allocate`: auto (output with calibration data, uniform without) | uniform | loss | output. `distill`:
     label-free distillation after pruning. `output_loss`: auto | kl | mse, the global methods' output
