@@ -1,14 +1,14 @@
 """Bias correction of a pruned model (docs/DESIGN.md, "Bias correction").
 
-The re-fit corrects the consumers of the groups it prunes, each on the calibration statistics of the network
-pruned so far. The layers it does not re-fit (those fed by groups kept whole, the channel-wise layers inside a
-group) still see inputs the pruning changed, and the means of their outputs drift; the drift adds up with depth.
-This pass shifts the bias of every Conv, ConvTranspose and Gemm whose bias is an initializer so that each
-kept output channel's mean over calibration samples equals the original's mean of that channel: layers in
-graph order, each measured after the corrections before it (one run of the pruned model cut after that
-layer, on at most `samples` samples of the calibration split). The correction is kept only when it lowers
-the output loss (KL or MSE, as the global methods) on the held-out split; without a held-out split it is
-kept as it is, and the report says so.
+The re-fit matches each consumer's output means only on the rows it was fitted on: a few sampled positions per
+image, on the network pruned up to then. Over all positions, after the groups pruned later (a residual stream's
+consumers are fitted before the groups upstream of some of them), and at the channel-wise layers inside a group,
+which are not re-fitted, the means drift; the drift adds up with depth. This pass shifts the bias of every Conv,
+ConvTranspose and Gemm whose bias is an initializer so that each kept output channel's mean over calibration
+samples equals the original's mean of that channel: layers in graph order, each measured after the corrections
+before it (one run of the pruned model cut after that layer, on the first whole batches of the calibration split
+that hold `samples` samples). The correction is kept only when it lowers the output loss (KL or MSE, as the
+global methods) on the held-out split; without a held-out split it is kept as it is, and the report says so.
 """
 from __future__ import annotations
 
@@ -178,7 +178,8 @@ def _gemm_out(inits, node, attrs) -> int:
 
 
 def _first(cal: Calibration, batch_size: int, samples: int) -> list[dict[str, np.ndarray]]:
-    """The first `samples` samples of the calibration split, as batches."""
+    """Whole batches of the calibration split until they hold `samples` samples (not cut to it, as
+    `OutputLoss` cuts its subset: a fixed-batch model runs whole batches only)."""
     out, n = [], 0
     for _, batch in checked_batches(cal, batch_size, "calib"):
         out.append(batch)

@@ -4,6 +4,7 @@ loss falls; the shifts are part of the selection, so the masked reference has th
 import json
 
 import numpy as np
+import onnxruntime as ort
 import patterns as P
 import pytest
 from click.testing import CliRunner
@@ -39,7 +40,6 @@ def _channel_means(model, names, feeds):
     m = type(model)()
     m.CopyFrom(model)
     m.graph.output.extend([helper.make_tensor_value_info(n, 1, None) for n in names if n != "y"])
-    import onnxruntime as ort
     sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
     got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
     return {n: got[n].mean(axis=(0,) + tuple(range(2, got[n].ndim))) for n in names}
