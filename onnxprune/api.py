@@ -299,7 +299,8 @@ def prune_with_options(model, calibration, options: PruneOptions, quiet: bool = 
         from .graph.outputs import resolve_output_loss
         loss_kind, _ = resolve_output_loss(analysis.model, options.global_imitation.output_loss)
         pruned, selection, bias_record = correct_biases(analysis, selection, pruned, cal, str(loss_kind),
-                                                        options.calibration.batch_size, quiet=quiet)
+                                                        options.calibration.batch_size, quiet=quiet,
+                                                        token_mask=token_mask)
         corrected = bias_record.to_dict()
     distilled = None
     if options.distill.distill:  # after the layer-wise pruning: docs/DESIGN.md, "Distillation"

@@ -4,10 +4,13 @@ The re-fit matches each consumer's output means only on the rows it was fitted o
 image, on the network pruned up to then. Over all positions, after the groups pruned later (a residual stream's
 consumers are fitted before the groups upstream of some of them), and at the channel-wise layers inside a group,
 which are not re-fitted, the means drift; the drift adds up with depth. This pass shifts the bias of every Conv,
-ConvTranspose and Gemm whose bias is an initializer so that each kept output channel's mean over calibration
-samples equals the original's mean of that channel: layers in graph order, each measured after the corrections
-before it (one run of the pruned model cut after that layer, on the first whole batches of the calibration split
-that hold `samples` samples). The correction is kept only when it lowers the output loss (KL or MSE, as the
+ConvTranspose and Gemm whose bias is an initializer, and of every exported Linear layer (a MatMul with a constant
+weight and its bias Add; channels on the last axis), so that each kept output channel's mean over calibration
+samples equals the original's mean of that channel. Padding tokens are left out of the means as they are out of
+the statistics (`token_mask`). Layers go in graph order, each measured after the corrections of the layers
+upstream of it: one run of the pruned model cut after a wave of layers none of which is upstream of another (the
+Q, K and V projections of one attention block are one wave), on the first whole batches of the calibration split
+that hold `samples` samples. The correction is kept only when it lowers the output loss (KL or MSE, as the
 global methods) on the held-out split; without a held-out split it is kept as it is, and the report says so.
 """
 from __future__ import annotations
@@ -29,6 +32,7 @@ from .graph.normalise import const_value
 from .rewrite import Rewriter
 from .selection import Selection
 from .selection.global_imitation import output_discrepancy
+from .statistics import linear_bias_add
 
 log = logging.getLogger("onnxprune")
 
@@ -53,20 +57,22 @@ class BiasCorrectionRecord:
 
 @dataclass
 class _Layer:
-    node: int                         # index in the analysis graph
+    node: int                         # index in the analysis graph of the node adding the bias
     index: int                        # the bias input
     tensor: str
     bias: str                         # the bias initializer in the pruned model
     kept: np.ndarray | None           # the original's channels the pruned output keeps, in order (None: all)
     scale: float                      # what the bias is multiplied by (Gemm's beta)
+    axis: int                         # the channel axis: 1 (Conv, ConvTranspose, Gemm) or -1 (MatMul + Add)
 
 
 def correct_biases(analysis: Analysis, selection: Selection, pruned: onnx.ModelProto, cal: Calibration,
-                   loss_kind: str, batch_size: int, samples: int = 256, quiet: bool = True
-                   ) -> tuple[onnx.ModelProto, Selection, BiasCorrectionRecord]:
+                   loss_kind: str, batch_size: int, samples: int = 256, quiet: bool = True,
+                   token_mask: str | None = None) -> tuple[onnx.ModelProto, Selection, BiasCorrectionRecord]:
     """The pruned model and selection with the biases corrected (the shifts become re-fitted values of the
     selection, so the masked reference has them too), and the record; `pruned` and `selection` themselves
-    when the held-out output loss does not fall."""
+    when the held-out output loss does not fall. `token_mask`: the input marking real tokens, whose padding
+    rows stay out of the means (`Collector`), or None."""
     t0 = time.perf_counter()
     rec = BiasCorrectionRecord()
     model = onnx.ModelProto()
@@ -75,33 +81,40 @@ def correct_biases(analysis: Analysis, selection: Selection, pruned: onnx.ModelP
     batches = _first(cal, batch_size, samples)
     rec.samples = sum(len(next(iter(b.values()))) for b in batches)
     if not layers or not rec.samples:
-        rec.why = "no calibration samples" if layers else "no Conv, ConvTranspose or Gemm with an initializer bias"
+        rec.why = "no calibration samples" if layers else \
+            "no Conv, ConvTranspose, Gemm or MatMul + Add with an initializer bias"
         return pruned, selection, rec
-    ref = _moments(Tap(analysis.model, [x.tensor for x in layers]), batches)
+    axes = {x.tensor: x.axis for x in layers}
+    ref = _moments(Tap(analysis.model, [x.tensor for x in layers]), batches, axes, token_mask)
     _declare_types(model, analysis, [x.tensor for x in layers])
     inits = {i.name: i for i in model.graph.initializer}
     replace = {node: dict(values) for node, values in selection.replace.items()}
-    for layer in tqdm(layers, desc="bias correction", unit="layer", disable=quiet or None):
-        mean_o, std_o = ref[layer.tensor]
-        kept = np.arange(len(mean_o)) if layer.kept is None else layer.kept
-        mean_p, _ = _moments(Tap(model, [layer.tensor]), batches, spread=False)[layer.tensor]
-        if mean_p.shape != kept.shape:
-            continue
-        shift = (mean_o[kept] - mean_p) / layer.scale
-        bias = numpy_helper.to_array(inits[layer.bias])
-        inits[layer.bias].CopyFrom(numpy_helper.from_array(
-            (bias.astype(np.float64) + shift.reshape(bias.shape)).astype(bias.dtype), layer.bias))
-        whole = replace.get(layer.node, {}).get(layer.index)
-        if whole is None:
-            whole = np.asarray(analysis.graph.nodes[layer.node].inputs[layer.index].values)
-        corrected = whole.astype(np.float64).reshape(-1)
-        corrected[kept] += shift
-        replace.setdefault(layer.node, {})[layer.index] = corrected.reshape(whole.shape).astype(whole.dtype)
-        rec.layers += 1
-        assert std_o is not None   # the layer's root-mean-square shift in units of its channels' spread
-        spread = float(np.sqrt(np.mean(std_o[kept] ** 2))) if len(kept) else 0.0
-        drift = float(np.sqrt(np.mean((mean_o[kept] - mean_p) ** 2))) if len(kept) else 0.0
-        rec.mean_shift = max(rec.mean_shift, drift / spread if spread > 0 else 0.0)
+    bar = tqdm(total=len(layers), desc="bias correction", unit="layer", disable=quiet or None)
+    for wave in _waves(analysis, layers):
+        measured = _moments(Tap(model, [x.tensor for x in wave]), batches, axes, token_mask, spread=False)
+        for layer in wave:
+            mean_o, std_o = ref[layer.tensor]
+            kept = np.arange(len(mean_o)) if layer.kept is None else layer.kept
+            mean_p, _ = measured[layer.tensor]
+            if mean_p.shape != kept.shape:
+                continue
+            shift = (mean_o[kept] - mean_p) / layer.scale
+            bias = numpy_helper.to_array(inits[layer.bias])
+            inits[layer.bias].CopyFrom(numpy_helper.from_array(
+                (bias.astype(np.float64) + shift.reshape(bias.shape)).astype(bias.dtype), layer.bias))
+            whole = replace.get(layer.node, {}).get(layer.index)
+            if whole is None:
+                whole = np.asarray(analysis.graph.nodes[layer.node].inputs[layer.index].values)
+            corrected = whole.astype(np.float64).reshape(-1)
+            corrected[kept] += shift
+            replace.setdefault(layer.node, {})[layer.index] = corrected.reshape(whole.shape).astype(whole.dtype)
+            rec.layers += 1
+            assert std_o is not None   # the layer's root-mean-square shift in units of its channels' spread
+            spread = float(np.sqrt(np.mean(std_o[kept] ** 2))) if len(kept) else 0.0
+            drift = float(np.sqrt(np.mean((mean_o[kept] - mean_p) ** 2))) if len(kept) else 0.0
+            rec.mean_shift = max(rec.mean_shift, drift / spread if spread > 0 else 0.0)
+        bar.update(len(wave))
+    bar.close()
     # a replaced node's slices are not scaled by γ again: under --refit full every γ is 1
     corrected_sel = Selection(selection.kept, selection.gamma, replace, selection.scores)
     keep, gamma = corrected_sel.class_arrays(analysis)
@@ -124,8 +137,9 @@ def correct_biases(analysis: Analysis, selection: Selection, pruned: onnx.ModelP
 
 
 def _layers(analysis: Analysis, selection: Selection, model: onnx.ModelProto) -> list[_Layer]:
-    """The layers whose bias is corrected, in graph order: a Conv/ConvTranspose/Gemm with an initializer bias
-    used by it alone, whose output the original has, with its channels on axis 1."""
+    """The layers whose bias is corrected, in graph order: a Conv/ConvTranspose/Gemm with an initializer bias,
+    or the bias Add of a MatMul with a constant weight (`linear_bias_add`), the bias used by that node alone,
+    whose output the original has, with its channels on the layer's channel axis."""
     keep, _ = selection.class_arrays(analysis)
     inits = {i.name: i for i in model.graph.initializer}
     uses: dict[str, int] = {}
@@ -135,12 +149,14 @@ def _layers(analysis: Analysis, selection: Selection, model: onnx.ModelProto) ->
     ids = {n.outputs[0].name: i for i, n in enumerate(analysis.graph.nodes) if n.outputs}
     out = []
     for n in model.graph.node:
-        b = BIASED.get(n.op_type)
-        if b is None or len(n.input) <= b or n.input[b] not in inits or uses[n.input[b]] != 1 or \
-                n.output[0] not in ids:
+        if not n.output or n.output[0] not in ids:
             continue
-        node = analysis.graph.nodes[ids[n.output[0]]]
-        if node.op != n.op_type or len(node.inputs) <= b or const_value(node.inputs[b]) is None:
+        found = _bias_input(analysis, ids[n.output[0]])
+        if found is None:
+            continue
+        b, axis = found
+        if n.op_type != analysis.graph.nodes[ids[n.output[0]]].op or len(n.input) <= b or \
+                n.input[b] not in inits or uses[n.input[b]] != 1:
             continue
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
         if n.op_type == "Gemm" and (attrs.get("beta", 1.0) == 0 or
@@ -149,12 +165,61 @@ def _layers(analysis: Analysis, selection: Selection, model: onnx.ModelProto) ->
         kept = None
         layout = analysis.layouts.get(n.output[0])
         if layout is not None:
-            axes = [i for i, d in enumerate(layout.shape) if d > 1]
-            if axes != [1]:
+            channels = [i for i, d in enumerate(layout.shape) if d > 1]
+            if channels != [axis % layout.ndim]:
                 continue
             kept = np.flatnonzero(keep[analysis.class_of[layout.reshape(-1)]])
-        out.append(_Layer(ids[n.output[0]], b, n.output[0], n.input[b], kept, float(attrs.get("beta", 1.0))))
+        out.append(_Layer(ids[n.output[0]], b, n.output[0], n.input[b], kept, float(attrs.get("beta", 1.0)),
+                          axis))
     return out
+
+
+def _bias_input(analysis: Analysis, node_id: int) -> tuple[int, int] | None:
+    """(bias input, channel axis) of an analysis node whose bias the pass corrects, or None."""
+    node = analysis.graph.nodes[node_id]
+    if node.op in BIASED:
+        b = BIASED[node.op]
+        return (b, 1) if len(node.inputs) > b and const_value(node.inputs[b]) is not None else None
+    if node.op != "Add":
+        return None
+    for x in node.inputs:
+        mm = x.inputs[0] if x.inputs else None   # the tensor's producer
+        w = const_value(mm.inputs[1]) if mm is not None and mm.op == "MatMul" and len(mm.inputs) == 2 else None
+        if w is not None and w.ndim == 2:
+            found = linear_bias_add(analysis, mm)
+            if found is not None and found[0] == node_id:
+                return found[1], -1
+    return None
+
+
+def _waves(analysis: Analysis, layers: list[_Layer]) -> list[list[_Layer]]:
+    """The layers in runs, in graph order, where no layer of a run is upstream of another: each run is measured
+    in one pass after the corrections of the runs before it, which is what measuring them one by one gives."""
+    index = {x.tensor: i for i, x in enumerate(layers)}
+    tensors = analysis.graph.tensors()
+    waves: list[list[_Layer]] = []
+    for layer in layers:
+        if waves and not _upstream(tensors[layer.tensor], index) & {index[x.tensor] for x in waves[-1]}:
+            waves[-1].append(layer)
+        else:
+            waves.append([layer])
+    return waves
+
+
+def _upstream(tensor, index: dict[str, int]) -> set[int]:
+    """The layers (`index`: tensor -> layer) whose output the tensor's producer reads, directly or not."""
+    found: set[int] = set()
+    seen = {tensor.name}
+    todo = [t for n in tensor.inputs for t in n.inputs]
+    while todo:
+        t = todo.pop()
+        if t.name in seen:
+            continue
+        seen.add(t.name)
+        if t.name in index:
+            found.add(index[t.name])
+        todo.extend(x for n in t.inputs for x in n.inputs)
+    return found
 
 
 def _declare_types(model: onnx.ModelProto, analysis: Analysis, names: list[str]) -> None:
@@ -189,19 +254,25 @@ def _first(cal: Calibration, batch_size: int, samples: int) -> list[dict[str, np
     return out
 
 
-def _moments(tap: Tap, batches, spread: bool = True) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
-    """Per channel (axis 1) mean and, with `spread`, standard deviation of each tapped tensor over the batches
-    (float64 sums of the float32 values)."""
+def _moments(tap: Tap, batches, axes: dict[str, int], token_mask: str | None, spread: bool = True
+             ) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
+    """Per channel (`axes[tensor]`) mean and, with `spread`, standard deviation of each tapped tensor over the
+    batches (float64 sums of the float32 values); a [N, S, C] tensor of a model with a token mask counts its
+    real tokens' rows only, as the statistics do (`Consumer.features`)."""
     acc: dict[str, list] = {}
     for batch in batches:
+        tokens = np.asarray(batch[token_mask]) if token_mask else None
         for name, v in tap(batch).items():
             v = np.asarray(v)
-            axes = (0,) + tuple(range(2, v.ndim))
+            axis = axes[name] % v.ndim
+            if tokens is not None and v.ndim == 3 and axis == 2 and v.shape[:2] == tokens.shape:
+                v, axis = v[tokens != 0], 1   # [real tokens, C]
+            other = tuple(i for i in range(v.ndim) if i != axis)
             a = acc.setdefault(name, [0.0, 0.0, 0])
-            a[0] = a[0] + v.sum(axes, dtype=np.float64)
+            a[0] = a[0] + v.sum(other, dtype=np.float64)
             if spread:
-                a[1] = a[1] + np.square(v).sum(axes, dtype=np.float64)
-            a[2] += v.size // v.shape[1]
+                a[1] = a[1] + np.square(v).sum(other, dtype=np.float64)
+            a[2] += v.size // v.shape[axis]
     moments = {}
     for name, (s1, s2, n) in acc.items():
         mean = s1 / n

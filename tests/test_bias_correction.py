@@ -1,5 +1,6 @@
-"""Bias correction after the full re-fit (docs/DESIGN.md, "Bias correction"): every Conv/Gemm bias is shifted so
-that each kept channel's mean on the calibration samples is the original's, kept only if the held-out output
+"""Bias correction after the full re-fit (docs/DESIGN.md, "Bias correction"): every Conv/Gemm bias, and every
+Linear layer's (MatMul + bias Add, over the real tokens only), is shifted so that each kept channel's mean on the
+calibration samples is the original's, kept only if the held-out output
 loss falls; the shifts are part of the selection, so the masked reference has them too."""
 import json
 
@@ -7,13 +8,18 @@ import numpy as np
 import onnxruntime as ort
 import patterns as P
 import pytest
+import transformer_zoo as tz
 from click.testing import CliRunner
 from helpers import load_in_ort
 from onnx import helper, numpy_helper
 
 import onnxprune.bias_correction as bc
-from onnxprune import masked_reference, prune, save_model
+from onnxprune import load_model, masked_reference, prune, save_model
+from onnxprune.analysis import Analysis
+from onnxprune.api import apply_selection
+from onnxprune.calibration import load_calibration
 from onnxprune.cli import main
+from onnxprune.selection import counts_for_ratio, select
 
 
 def chain(seed=0):
@@ -116,3 +122,80 @@ def test_cli_flag_and_report(tmp_path, flag):
     else:
         assert record["layers"] == 4 and record["held_out_loss_before"] > 0 and "bias correction" in res.output
     assert np.isfinite(load_in_ort(out).run(None, data(4))[0]).all()
+
+
+# ----- Linear layers (MatMul + bias Add) of transformers: channels on the last axis, real tokens only ---------
+
+@pytest.fixture(scope="module")
+def encoders():
+    return {(m.name, m.exporter): m for m in tz.build(tz.default_cache_dir())}
+
+
+def _linear_outputs(model):
+    """The outputs of the bias Adds of MatMuls with an initializer weight (exported Linear layers)."""
+    inits = {i.name for i in model.graph.initializer}
+    matmuls = {n.output[0] for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in inits}
+    return [n.output[0] for n in model.graph.node if n.op_type == "Add" and
+            any(i in matmuls for i in n.input) and any(i in inits for i in n.input)]
+
+
+def _token_means(model, names, feeds):
+    """Per tensor [N, S, C], the mean of each channel over the real tokens (attention_mask 1)."""
+    m = type(model)()
+    m.CopyFrom(model)
+    m.graph.output.extend([helper.make_tensor_value_info(n, 1, None) for n in names])
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
+    real = feeds["attention_mask"] != 0
+    return {n: got[n][real].mean(0) for n in names}
+
+
+@pytest.mark.parametrize("exp", tz.EXPORTERS)
+def test_linear_layers_keep_the_original_means_over_the_real_tokens(encoders, exp, tmp_path):
+    """Every Linear layer's kept channels (Q, K, V, output projection, both MLP layers) have the original's
+    mean over the real tokens of the calibration sentences; without the correction, the re-fit on 2 tokens per
+    sentence leaves drifts."""
+    tm = encoders[("minilm_s16", exp)]
+    model, feeds = load_model(tm.path), tz.feeds(tm, 64, 3)
+    pruned, rep = prune(model, feeds, keep_ratio=0.5, holdout=0.0, max_positions=2, attention="heads")
+    b = rep.bias_correction
+    layers = 6 * tz.architecture(tm)[0]
+    assert b["applied"] and b["layers"] == layers and b["samples"] == 64
+    names = _linear_outputs(pruned)
+    assert len(names) == layers
+
+    def unmatched(m):
+        mo, mp = _token_means(model, names, feeds), _token_means(m, names, feeds)
+        return [n for n in names if np.abs(mp[n][:, None] - mo[n][None, :]).min(1).max() >
+                1e-4 * (np.abs(mo[n]).max() + 1e-6)]
+    assert unmatched(pruned) == []
+    plain, _ = prune(model, feeds, keep_ratio=0.5, holdout=0.0, max_positions=2, attention="heads",
+                     bias_correction=False)
+    assert len(unmatched(plain)) >= layers // 3
+    path = _saved(pruned, tmp_path / "pruned.onnx")
+    f = tz.feeds(tm, 3, 7)
+    y = load_in_ort(path).run(None, f)[0]
+    ref = load_in_ort(_saved(masked_reference(rep), tmp_path / "masked.onnx")).run(None, f)[0]
+    assert np.abs(y - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
+def test_padding_tokens_stay_out_of_the_means(encoders):
+    """One selection, corrected on the same sentences with different token ids in the padding: the same biases
+    when the means leave the padding out, different ones when they count it (the test can fail)."""
+    tm = encoders[("minilm_s16", "ts17")]
+    a = Analysis(load_model(tm.path))
+    sel = select(a, counts_for_ratio(a, 0.5), "magnitude")
+    feeds = tz.feeds(tm, 40, 4)
+    other = dict(feeds, input_ids=np.where(feeds["attention_mask"] == 1, feeds["input_ids"],
+                                           np.random.default_rng(1).integers(1, tz.VOCAB, feeds["input_ids"].shape)))
+
+    def corrected(data, token_mask):
+        cal = load_calibration(data, a.model, holdout=0.0)
+        model, _, rec = bc.correct_biases(a, sel, apply_selection(a, sel), cal, "mse", 8, token_mask=token_mask)
+        assert rec.applied and rec.layers == 6 * tz.architecture(tm)[0]
+        return {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+
+    def same(x, y):
+        return x.keys() == y.keys() and all(np.allclose(x[k], y[k], rtol=1e-6, atol=1e-7) for k in x)
+    assert same(corrected(feeds, "attention_mask"), corrected(other, "attention_mask"))
+    assert not same(corrected(feeds, None), corrected(other, None))

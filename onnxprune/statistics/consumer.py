@@ -198,7 +198,7 @@ def consumers_of(analysis: Analysis, group: Group) -> list[Consumer]:
             labels = np.repeat(e.labels, int(np.prod(w.shape[2:])))
         elif node.op not in ("Gemm", "MatMul"):
             raise NotSupported(f"{node.op} '{node.name}' has no statistics")
-        bias_add = _bias_add(analysis, node) if node.op == "MatMul" else None
+        bias_add = linear_bias_add(analysis, node) if node.op == "MatMul" else None
         output = node.outputs[0] if bias_add is None else analysis.graph.nodes[bias_add[0]].outputs[0]
         residual = _residual(analysis, output, 1 if node.op == "Conv" else -1)
         out.append(Consumer(e.node, node.name, node.op, node.inputs[0].name, output.name, e.input, labels, conv,
@@ -209,7 +209,7 @@ def consumers_of(analysis: Analysis, group: Group) -> list[Consumer]:
     return out
 
 
-def _bias_add(analysis: Analysis, node) -> tuple[int, int] | None:
+def linear_bias_add(analysis: Analysis, node) -> tuple[int, int] | None:
     """(Add node index, bias input index) when the MatMul's only reader adds a constant vector over its
     output features (an exported Linear layer: MatMul then Add(bias), either operand order)."""
     out = node.outputs[0]
