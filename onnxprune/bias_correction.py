@@ -6,12 +6,14 @@ consumers are fitted before the groups upstream of some of them), and at the cha
 which are not re-fitted, the means drift; the drift adds up with depth. This pass shifts the bias of every Conv,
 ConvTranspose and Gemm whose bias is an initializer, and of every exported Linear layer (a MatMul with a constant
 weight and its bias Add; channels on the last axis), so that each kept output channel's mean over calibration
-samples equals the original's mean of that channel. Padding tokens are left out of the means as they are out of
-the statistics (`token_mask`). Layers go in graph order, each measured after the corrections of the layers
-upstream of it: one run of the pruned model cut after a wave of layers none of which is upstream of another (the
-Q, K and V projections of one attention block are one wave), on the first whole batches of the calibration split
-that hold `samples` samples. The correction is kept only when it lowers the output loss (KL or MSE, as the
-global methods) on the held-out split; without a held-out split it is kept as it is, and the report says so.
+samples equals the original's mean of that channel; a layer whose output reaches a residual Add has the means of
+that sum matched (with residual targets it was fitted to make up for the stream's error). Padding tokens are
+left out of the means as they are out of the statistics (`token_mask`). Layers go in graph order, each measured
+after the corrections of the layers upstream of it: one run of the pruned model cut after a wave of layers none
+of which is upstream of another (the Q, K and V projections of one attention block are one wave), on the first
+whole batches of the calibration split that hold `samples` samples. The correction is kept only when it lowers
+the output loss (KL or MSE, as the global methods) on the held-out split; without a held-out split it is kept
+as it is, and the report says so.
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ from .graph.normalise import const_value
 from .rewrite import Rewriter
 from .selection import Selection
 from .selection.global_imitation import output_discrepancy
-from .statistics import linear_bias_add
+from .statistics import linear_bias_add, residual_sum
 
 log = logging.getLogger("onnxprune")
 
@@ -59,10 +61,12 @@ class BiasCorrectionRecord:
 class _Layer:
     node: int                         # index in the analysis graph of the node adding the bias
     index: int                        # the bias input
-    tensor: str
+    output: str                       # the layer's output
+    tensor: str                       # where its means are matched: its output, or the residual sum it reaches
     bias: str                         # the bias initializer in the pruned model
-    kept: np.ndarray | None           # the original's channels the pruned output keeps, in order (None: all)
-    scale: float                      # what the bias is multiplied by (Gemm's beta)
+    kept: np.ndarray | None           # the original's channels the pruned tensor keeps, in order (None: all)
+    scale: np.ndarray                 # what the bias is multiplied by on the way there, per original channel
+    #                                   (Gemm's beta, the per-channel affine ops before the sum), or one value
     axis: int                         # the channel axis: 1 (Conv, ConvTranspose, Gemm) or -1 (MatMul + Add)
 
 
@@ -98,7 +102,9 @@ def correct_biases(analysis: Analysis, selection: Selection, pruned: onnx.ModelP
             mean_p, _ = measured[layer.tensor]
             if mean_p.shape != kept.shape:
                 continue
-            shift = (mean_o[kept] - mean_p) / layer.scale
+            scale = np.broadcast_to(layer.scale, mean_o.shape)[kept]
+            usable = np.abs(scale) > 1e-12 * max(float(np.abs(scale).max(initial=0.0)), 1e-300)
+            shift = np.where(usable, (mean_o[kept] - mean_p) / np.where(usable, scale, 1.0), 0.0)
             bias = numpy_helper.to_array(inits[layer.bias])
             inits[layer.bias].CopyFrom(numpy_helper.from_array(
                 (bias.astype(np.float64) + shift.reshape(bias.shape)).astype(bias.dtype), layer.bias))
@@ -139,7 +145,8 @@ def correct_biases(analysis: Analysis, selection: Selection, pruned: onnx.ModelP
 def _layers(analysis: Analysis, selection: Selection, model: onnx.ModelProto) -> list[_Layer]:
     """The layers whose bias is corrected, in graph order: a Conv/ConvTranspose/Gemm with an initializer bias,
     or the bias Add of a MatMul with a constant weight (`linear_bias_add`), the bias used by that node alone,
-    whose output the original has, with its channels on the layer's channel axis."""
+    whose output the original has, with its channels on the layer's channel axis; each matched at the residual
+    sum its output reaches (`residual_sum`; one layer per sum), else at its output."""
     keep, _ = selection.class_arrays(analysis)
     inits = {i.name: i for i in model.graph.initializer}
     uses: dict[str, int] = {}
@@ -147,7 +154,8 @@ def _layers(analysis: Analysis, selection: Selection, model: onnx.ModelProto) ->
         for i in n.input:
             uses[i] = uses.get(i, 0) + 1
     ids = {n.outputs[0].name: i for i, n in enumerate(analysis.graph.nodes) if n.outputs}
-    out = []
+    out: list[_Layer] = []
+    matched: set[str] = set()
     for n in model.graph.node:
         if not n.output or n.output[0] not in ids:
             continue
@@ -162,16 +170,32 @@ def _layers(analysis: Analysis, selection: Selection, model: onnx.ModelProto) ->
         if n.op_type == "Gemm" and (attrs.get("beta", 1.0) == 0 or
                                     int(np.prod(inits[n.input[b]].dims)) != _gemm_out(inits, n, attrs)):
             continue   # a bias broadcast over rows only: one per output column
-        kept = None
-        layout = analysis.layouts.get(n.output[0])
-        if layout is not None:
-            channels = [i for i, d in enumerate(layout.shape) if d > 1]
-            if channels != [axis % layout.ndim]:
-                continue
-            kept = np.flatnonzero(keep[analysis.class_of[layout.reshape(-1)]])
-        out.append(_Layer(ids[n.output[0]], b, n.output[0], n.input[b], kept, float(attrs.get("beta", 1.0)),
-                          axis))
+        node = analysis.graph.nodes[ids[n.output[0]]]
+        beta = np.full(1, float(attrs.get("beta", 1.0)))
+        layer = None
+        residual = residual_sum(analysis, node.outputs[0], axis)
+        if residual is not None and residual[0] not in matched:   # match the sum the layer's output reaches
+            scale = beta if residual[1] is None else beta * residual[1]
+            layer = _layer(analysis, keep, ids[n.output[0]], b, n.output[0], residual[0], n.input[b], scale, axis)
+        layer = layer or _layer(analysis, keep, ids[n.output[0]], b, n.output[0], n.output[0], n.input[b], beta,
+                                axis)
+        if layer is not None:
+            matched.add(layer.tensor)
+            out.append(layer)
     return out
+
+
+def _layer(analysis: Analysis, keep: np.ndarray, node: int, index: int, output: str, tensor: str, bias: str,
+           scale: np.ndarray, axis: int) -> _Layer | None:
+    """The layer matching its means at `tensor`, or None when that tensor's channels are not on `axis` alone."""
+    kept = None
+    layout = analysis.layouts.get(tensor)
+    if layout is not None:
+        channels = [i for i, d in enumerate(layout.shape) if d > 1]
+        if channels != [axis % layout.ndim]:
+            return None
+        kept = np.flatnonzero(keep[analysis.class_of[layout.reshape(-1)]])
+    return _Layer(node, index, output, tensor, bias, kept, scale, axis)
 
 
 def _bias_input(analysis: Analysis, node_id: int) -> tuple[int, int] | None:
@@ -195,11 +219,11 @@ def _bias_input(analysis: Analysis, node_id: int) -> tuple[int, int] | None:
 def _waves(analysis: Analysis, layers: list[_Layer]) -> list[list[_Layer]]:
     """The layers in runs, in graph order, where no layer of a run is upstream of another: each run is measured
     in one pass after the corrections of the runs before it, which is what measuring them one by one gives."""
-    index = {x.tensor: i for i, x in enumerate(layers)}
+    index = {x.output: i for i, x in enumerate(layers)}
     tensors = analysis.graph.tensors()
     waves: list[list[_Layer]] = []
     for layer in layers:
-        if waves and not _upstream(tensors[layer.tensor], index) & {index[x.tensor] for x in waves[-1]}:
+        if waves and not _upstream(tensors[layer.tensor], index) & {index[x.output] for x in waves[-1]}:
             waves[-1].append(layer)
         else:
             waves.append([layer])

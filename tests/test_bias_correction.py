@@ -132,11 +132,23 @@ def encoders():
 
 
 def _linear_outputs(model):
-    """The outputs of the bias Adds of MatMuls with an initializer weight (exported Linear layers)."""
+    """(output, where its means are matched) of each exported Linear layer (the bias Add of a MatMul with an
+    initializer weight): the residual Add it feeds (the other operand computed), else its own output."""
     inits = {i.name for i in model.graph.initializer}
     matmuls = {n.output[0] for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in inits}
-    return [n.output[0] for n in model.graph.node if n.op_type == "Add" and
-            any(i in matmuls for i in n.input) and any(i in inits for i in n.input)]
+    linear = [n.output[0] for n in model.graph.node if n.op_type == "Add" and
+              any(i in matmuls for i in n.input) and any(i in inits for i in n.input)]
+    readers = {}
+    for n in model.graph.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+
+    def matched(out):
+        r = readers.get(out, [])
+        if len(r) == 1 and r[0].op_type == "Add" and not any(i in inits for i in r[0].input):
+            return r[0].output[0]
+        return out
+    return [(out, matched(out)) for out in linear]
 
 
 def _token_means(model, names, feeds):
@@ -152,17 +164,18 @@ def _token_means(model, names, feeds):
 
 @pytest.mark.parametrize("exp", tz.EXPORTERS)
 def test_linear_layers_keep_the_original_means_over_the_real_tokens(encoders, exp, tmp_path):
-    """Every Linear layer's kept channels (Q, K, V, output projection, both MLP layers) have the original's
-    mean over the real tokens of the calibration sentences; without the correction, the re-fit on 2 tokens per
-    sentence leaves drifts."""
+    """Every Linear layer's kept channels (Q, K, V and the first MLP layer; the residual sums after the output
+    projection and the second MLP layer) have the original's mean over the real tokens of the calibration
+    sentences; without the correction, the re-fit on 2 tokens per sentence leaves drifts."""
     tm = encoders[("minilm_s16", exp)]
     model, feeds = load_model(tm.path), tz.feeds(tm, 64, 3)
     pruned, rep = prune(model, feeds, keep_ratio=0.5, holdout=0.0, max_positions=2, attention="heads")
     b = rep.bias_correction
     layers = 6 * tz.architecture(tm)[0]
     assert b["applied"] and b["layers"] == layers and b["samples"] == 64
-    names = _linear_outputs(pruned)
-    assert len(names) == layers
+    linear = _linear_outputs(pruned)
+    names = [m for _, m in linear]
+    assert len(names) == layers and sum(out != m for out, m in linear) == 2 * tz.architecture(tm)[0]
 
     def unmatched(m):
         mo, mp = _token_means(model, names, feeds), _token_means(m, names, feeds)

@@ -268,6 +268,19 @@ def _residual(analysis: Analysis, out, axis: int) -> tuple[str, np.ndarray | Non
     """The other operand of the residual Add `out` reaches through per-channel affine ops (`_channel_scale`,
     each the only reader of its input), when it is a computed tensor of `out`'s shape: (its name, the chain's
     scale per channel along `axis`, or None when there is no scaling), else None."""
+    found = _residual_add(analysis, out, axis)
+    return None if found is None else (found[1].name, found[2])
+
+
+def residual_sum(analysis: Analysis, out, axis: int) -> tuple[str, np.ndarray | None] | None:
+    """The output of the residual Add that `out` reaches as `_residual` finds it, and the chain's scale
+    (None: none), or None when `out` reaches no residual Add."""
+    found = _residual_add(analysis, out, axis)
+    return None if found is None else (found[0].outputs[0].name, found[2])
+
+
+def _residual_add(analysis: Analysis, out, axis: int):
+    """(the residual Add, its other operand, the chain's scale or None) for `_residual`, or None."""
     shape = analysis.shape(out)
     if shape is None:
         return None
@@ -285,7 +298,7 @@ def _residual(analysis: Analysis, out, axis: int) -> tuple[str, np.ndarray | Non
                 if b is None or len(b) != len(shape) or any(x is not None and y is not None and x != y
                                                             for x, y in zip(shape, b)):
                     return None
-                return other.name, (None if np.all(scale == 1.0) else scale)
+                return node, other, (None if np.all(scale == 1.0) else scale)
         step = _channel_scale(analysis, node, t, shape, axis)
         if step is None or len(node.outputs) != 1:
             return None
