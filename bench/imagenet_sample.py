@@ -20,18 +20,21 @@ centre crops of the calibration images themselves ("calib top-1", the over-fitti
 used by any row.
 
 Rows (--rows; all side by side in one run, every row in a fresh subprocess under /usr/bin/time -v for
-its prune wall time, process CPU time and peak RSS; default: default,no-bias-correction,no-residual,uniform,
-output-distill,magfull,tp-l1,tp-taylor):
+its prune wall time, process CPU time and peak RSS; default: default,no-refit-sweep,no-bias-correction,
+no-residual,uniform,output-distill,magfull,tp-l1,tp-taylor):
 - default: `onnxprune.prune` with every option at its default: greedy-local + full re-fit, allocate auto
-  (output-aware with calibration data), residual targets, bias correction; the same pipeline as the output row.
-- no-bias-correction: the default without bias correction (`bias_correction=False`), the default before it;
-  the rows of the JSON keyed `default` before that change are this row and were renamed.
-- no-residual: the default without residual targets (`residual_target=False`) or bias correction, the default
-  before residual targets; the rows of the JSON keyed `default` before that change are this row.
-- uniform: greedy-local + full re-fit with allocate=uniform, no residual targets and no bias correction, the
-  default before issue 13 (the rows keyed `default` before allocate auto are this row and were renamed).
-- magfull: magnitude selection + full re-fit (with residual targets, without bias correction), uniform
-  allocation.
+  (output-aware with calibration data), residual targets, the re-fit sweep, bias correction; the same pipeline
+  as the output row.
+- no-refit-sweep: the default without the re-fit sweep (`refit_sweep=False`), the default before it; the rows
+  of the JSON keyed `default` before that change are this row and were renamed.
+- no-bias-correction: the default without the re-fit sweep or bias correction (`bias_correction=False`), the
+  default before bias correction; the rows of the JSON keyed `default` before that change are this row.
+- no-residual: the same without residual targets (`residual_target=False`), the default before residual
+  targets; the rows of the JSON keyed `default` before that change are this row.
+- uniform: greedy-local + full re-fit with allocate=uniform, no residual targets, no re-fit sweep and no bias
+  correction, the default before issue 13 (the rows keyed `default` before allocate auto are this row).
+- magfull: magnitude selection + full re-fit (with residual targets, without the re-fit sweep or bias
+  correction), uniform allocation.
 - One feature each on top of uniform: grid (the re-fit's ridge grid widened to 1e3 and the bias-only limit,
   chosen per consumer on held-out images), output (allocate=output), distill (distillation with its
   default options), combined (greedy-combined).
@@ -64,30 +67,36 @@ OLD_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)   # pipeline/refit.RIDGE_GRID bef
 WIDE_GRID = OLD_GRID + (100.0, 1000.0, float("inf"))   # up to the bias-only correction (infinite ridge)
 ROWS: dict[str, dict] = {
     # the library defaults (allocate auto: output with calibration data; residual targets)
-    "default": dict(label="default: greedy-local+full, allocate auto = output, residual targets, bias correction",
-                    opts={}),
-    # the default before bias correction; the rows of the JSON keyed `default` before that change are this row
-    "no-bias-correction": dict(label="the same without bias correction (--no-bias-correction)",
-                               opts=dict(bias_correction=False)),
+    "default": dict(label="default: greedy-local+full, allocate auto = output, residual targets, re-fit sweep, "
+                          "bias correction", opts={}),
+    # the default before the re-fit sweep; the rows of the JSON keyed `default` before that change are this row
+    "no-refit-sweep": dict(label="the same without the re-fit sweep (--no-refit-sweep)",
+                           opts=dict(refit_sweep=False)),
+    # the default before bias correction; the rows keyed `default` before it are this row
+    "no-bias-correction": dict(label="the same without the re-fit sweep or bias correction "
+                                     "(--no-refit-sweep --no-bias-correction)",
+                               opts=dict(refit_sweep=False, bias_correction=False)),
     # the default before residual targets (and bias correction); the rows keyed `default` before residual
     # targets are this row
     "no-residual": dict(label="the same without residual targets or bias correction",
-                        opts=dict(residual_target=False, bias_correction=False)),
+                        opts=dict(residual_target=False, refit_sweep=False, bias_correction=False)),
     # the default before issue 13 (uniform allocation, no residual targets, no bias correction)
     "uniform": dict(label="greedy-local+full, uniform, no residual targets",
-                    opts=dict(allocate="uniform", residual_target=False, bias_correction=False)),
+                    opts=dict(allocate="uniform", residual_target=False, refit_sweep=False, bias_correction=False)),
     "magfull": dict(label="magnitude+full (uniform)",
-                    opts=dict(method="magnitude", refit="full", allocate="uniform", bias_correction=False)),
+                    opts=dict(method="magnitude", refit="full", allocate="uniform", refit_sweep=False,
+                              bias_correction=False)),
     # one feature each on top of `uniform`
     "grid": dict(label="uniform + ridge grid to bias-only",
-                 opts=dict(allocate="uniform", residual_target=False, bias_correction=False),
+                 opts=dict(allocate="uniform", residual_target=False, refit_sweep=False, bias_correction=False),
                  grid=WIDE_GRID),
     "output": dict(label="greedy-local+full, allocate output (the default's pipeline)", opts=dict(allocate="output")),
     "distill": dict(label="uniform + distill",
-                    opts=dict(allocate="uniform", residual_target=False, bias_correction=False, distill=True)),
+                    opts=dict(allocate="uniform", residual_target=False, refit_sweep=False, bias_correction=False,
+                              distill=True)),
     "combined": dict(label="greedy-combined+full (uniform)",
                      opts=dict(method="greedy-combined", allocate="uniform", residual_target=False,
-                               bias_correction=False)),
+                               refit_sweep=False, bias_correction=False)),
     # together
     "output-distill": dict(label="allocate output + distill", opts=dict(allocate="output", distill=True)),
     "all": dict(label="output + distill + combined + wide grid",
@@ -95,7 +104,7 @@ ROWS: dict[str, dict] = {
     "tp-l1": dict(label="torch-pruning-l1 (uniform ratio)", tp="l1"),
     "tp-taylor": dict(label="torch-pruning-taylor (uniform ratio)", tp="taylor"),
 }
-DEFAULT_ROWS = "default,no-bias-correction,no-residual,uniform,output-distill,magfull,tp-l1,tp-taylor"
+DEFAULT_ROWS = "default,no-refit-sweep,no-bias-correction,no-residual,uniform,output-distill,magfull,tp-l1,tp-taylor"
 QUICK = dict(folds="B", levels="0.7", rows="uniform,output")   # --quick: one fold, one level, two rows
 
 
@@ -129,7 +138,8 @@ def _child(spec_json: str) -> None:
                    ridge_grid=list(refit.RIDGE_GRID),
                    kept={g.id: g.kept_count for g in rep.groups if not g.frozen},
                    group_methods={g.id: g.method for g in rep.groups if not g.frozen},
-                   notes={g.id: g.note for g in rep.groups if not g.frozen}, bias_correction=rep.bias_correction)
+                   notes={g.id: g.note for g in rep.groups if not g.frozen}, bias_correction=rep.bias_correction,
+                   refit_sweep=rep.refit_sweep)
         onnxprune.save_model(pruned, spec["save"])
     rec.update(prune_cpu_s=time.process_time() - c0,
                peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)

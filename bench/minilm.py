@@ -30,11 +30,14 @@ sentences of models/text_corpus.py's "calib" split and evaluated on `--eval` sen
                          and kept by their singular values, V dims chosen greedily with the output
                          projection re-fitted) instead of whole heads
   attention-dims-1000-sentences  the same calibrated on 1000 sentences
-  attention-dims-no-bias-correction  attention-dims without the bias correction (--no-bias-correction),
+  attention-dims-no-refit-sweep  attention-dims without the re-fit sweep (--no-refit-sweep), which re-fits
+                         every group's consumers once more on the network as finally pruned
+  attention-dims-no-bias-correction  the same without the bias correction either (--no-bias-correction),
                          which shifts every Linear layer's bias to the original's mean on the real tokens
 
-Every row but the default and magnitude runs without residual targets (residual_target=False), and every row
-but the two attention-dims rows without the bias correction, as they were measured before them.
+Every row but the default and magnitude runs without residual targets (residual_target=False), every row
+but the three attention-dims rows above without the bias correction, and every row but attention-dims and
+attention-dims-1000-sentences without the re-fit sweep, as they were measured before them.
 
 All rows use --round-to 1 (heads of 32 are multiples of 8 at any count; round-to auto's latency probe
 is not part of these rows), and once, the issue's starting point: the six MLP widths halved
@@ -96,9 +99,12 @@ ROWS = {
     "attention-dims": dict(method="greedy-local", refit="full", allocate="output", attention="dims"),
     "attention-dims-1000-sentences": dict(method="greedy-local", refit="full", allocate="output", attention="dims",
                                           calib=1000),
-    # the default without the bias correction of its Linear layers (the attention-dims rows before it)
+    # the default without the re-fit sweep (the attention-dims rows before it)
+    "attention-dims-no-refit-sweep": dict(method="greedy-local", refit="full", allocate="output",
+                                          attention="dims", refit_sweep=False),
+    # the default without the re-fit sweep or the bias correction of its Linear layers
     "attention-dims-no-bias-correction": dict(method="greedy-local", refit="full", allocate="output",
-                                              attention="dims", bias_correction=False),
+                                              attention="dims", refit_sweep=False, bias_correction=False),
 }
 # the starting point, run once: the six MLP widths halved (about 68% of the MACs), with padding
 # tokens in the statistics (as before they were left out) and without
@@ -109,10 +115,14 @@ HALF_MLP = {
 }
 # the rows with the bias correction (the default): every other row was measured before it corrected MatMul + Add
 # biases, and keeps its meaning without it
-BIAS_CORRECTED = ("attention-dims", "attention-dims-1000-sentences")
+BIAS_CORRECTED = ("attention-dims", "attention-dims-1000-sentences", "attention-dims-no-refit-sweep")
+# the rows with the re-fit sweep (the default); the others were measured before it
+SWEPT = ("attention-dims", "attention-dims-1000-sentences")
 for _name, _row in {**ROWS, **HALF_MLP}.items():
     if _name not in BIAS_CORRECTED:
         _row.setdefault("bias_correction", False)
+    if _name not in SWEPT:
+        _row.setdefault("refit_sweep", False)
 OUT = os.path.join("bench", "results", "minilm.json")
 # rows whose models are timed; latency records written before the default was timed have no "row" and are
 # greedy-local+full's
@@ -219,7 +229,8 @@ def main(argv=None) -> int:
                    output_loss=report.output_loss,
                    kept={f"{g.kind} {g.id}": g.kept_count for g in report.groups if not g.frozen},
                    winners={g.id: g.method for g in report.groups if not g.frozen and g.candidates},
-                   distill=report.distill, bias_correction=report.bias_correction, date=doc["machine"]["date"])
+                   distill=report.distill, bias_correction=report.bias_correction,
+                   refit_sweep=report.refit_sweep, date=doc["machine"]["date"])
         rec.update(embedding_metrics(reference, embed(pruned, evaluation)))
         doc["results"].append(rec)
         print(f"{target} {name}: MACs {rec['macs_ratio']:.3f}, cosine {rec['mean_cosine']:.4f}, "

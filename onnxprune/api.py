@@ -170,8 +170,8 @@ def prune(model, calibration=None, *, method: str = _S.method, refit: str | None
           latency_threads: int | None = _T.latency_threads, latency_fp16: bool = _T.latency_fp16,
           allocate: str = _T.allocate, norm: str = _S.norm, seed: int = _S.seed, batch_size: int = _C.batch_size,
           max_positions: int | None = _C.max_positions, holdout: float = _C.holdout, ridge: float = _R.ridge,
-          residual_target: bool = _R.residual_target, bias_correction: bool = _R.bias_correction,
-          preprocess: str = _C.preprocess,
+          residual_target: bool = _R.residual_target, refit_sweep: bool = _R.refit_sweep,
+          bias_correction: bool = _R.bias_correction, preprocess: str = _C.preprocess,
           image_size: int | None = _C.image_size, augment: int = _C.augment, output_loss: str = _G.output_loss,
           global_samples: int = _G.global_samples, taylor_rounds: int = _G.taylor_rounds,
           exact_limit: int = _G.exact_limit, group_kind: str = _T.group_kind,
@@ -186,7 +186,9 @@ def prune(model, calibration=None, *, method: str = _S.method, refit: str | None
     `calibration`: a path (.npz/.npy file or folder, image folder), dict of arrays, iterable of input
     dicts or ONNX Runtime CalibrationDataReader. Needed by the greedy methods and by any re-fit.
     `refit`: none | gamma | full (default: full with calibration, none without). `residual_target`: a consumer
-    whose output is added to a residual stream imitates the original sum (default on). `bias_correction`: after the
+    whose output is added to a residual stream imitates the original sum (default on). `refit_sweep`: after every
+    group is decided, their consumers are re-fitted once more on the network as pruned (default on; kept if the
+    held-out output loss falls). `bias_correction`: after the
     full re-fit, the biases are shifted so the kept channels' calibration means are the original's (default on; kept
     if the held-out output loss falls).
     `allocate`: auto (output with calibration data, uniform without) | uniform | loss | output. `distill`:
@@ -206,7 +208,7 @@ def prune(model, calibration=None, *, method: str = _S.method, refit: str | None
         latency_fp16=latency_fp16,
         min_channels=min_channels, keep=keep or {}, allocate=allocate, norm=norm, seed=seed, batch_size=batch_size,
         max_positions=max_positions, holdout=holdout, ridge=ridge, residual_target=residual_target,
-        bias_correction=bias_correction,
+        refit_sweep=refit_sweep, bias_correction=bias_correction,
         preprocess=preprocess, image_size=image_size, augment=augment, output_loss=output_loss,
         global_samples=global_samples, taylor_rounds=taylor_rounds,
         exact_limit=exact_limit, group_kind=group_kind, token_mask_input=token_mask_input, input_shapes=input_shapes,
@@ -275,7 +277,7 @@ def prune_with_options(model, calibration, options: PruneOptions, quiet: bool = 
     overrides = {**kept_whole, **overrides}
     n_cal = 0
     results, allocation, allocated = None, None, Allocation.UNIFORM
-    token_mask = output_loss = None
+    token_mask = output_loss = swept = None
     if calibration is None:
         plan = plan_counts(analysis, target, overrides)
         selection = select(analysis, plan.counts, method.name, norm=options.selection.norm,
@@ -289,6 +291,11 @@ def prune_with_options(model, calibration, options: PruneOptions, quiet: bool = 
         pruner = GreedyPruner(analysis, cal, options, quiet=quiet, head_scores=head_scores)
         plan = plan_counts(analysis, target, overrides, pruner)
         selection = pruner.run(plan.counts)
+        if refit == Refit.FULL and options.refit.refit_sweep:  # docs/DESIGN.md, "Re-fit sweep"
+            from .graph.outputs import resolve_output_loss
+            from .pipeline.refit_sweep import refit_sweep as sweep
+            loss_kind, _ = resolve_output_loss(analysis.model, options.global_imitation.output_loss)
+            swept = sweep(pruner, str(loss_kind), quiet=quiet).to_dict()
         results, n_cal, allocation = pruner.results, cal.size, pruner.allocation
         allocated = pruner.allocated or Allocation.UNIFORM   # None: a keep-ratio target, nothing allocated
         token_mask, output_loss = pruner.token_mask, pruner.output_loss
@@ -315,6 +322,7 @@ def prune_with_options(model, calibration, options: PruneOptions, quiet: bool = 
     measured = plan.finish(analysis, pruned)
     report = build_report(analysis, selection, pruned, name, method.name, {kind: fraction}, results)
     report.distill, report.allocation, report.bias_correction = distilled, allocation, corrected
+    report.refit_sweep = swept
     report.refit, report.calibration_samples = str(refit), n_cal
     report.allocate = str(allocated)
     report.token_mask, report.output_loss = token_mask, output_loss

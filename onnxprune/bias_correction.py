@@ -23,7 +23,6 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import onnx
-import torch
 from onnx import numpy_helper
 from tqdm import tqdm
 
@@ -31,9 +30,9 @@ from .analysis import Analysis
 from .calibration import Calibration, checked_batches
 from .calibration.taps import Tap
 from .graph.normalise import const_value
+from .pipeline.held_out import held_out_batches, output_loss
 from .rewrite import Rewriter
 from .selection import Selection
-from .selection.global_imitation import output_discrepancy
 from .statistics import linear_bias_add, residual_sum
 
 log = logging.getLogger("onnxprune")
@@ -125,11 +124,10 @@ def correct_biases(analysis: Analysis, selection: Selection, pruned: onnx.ModelP
     corrected_sel = Selection(selection.kept, selection.gamma, replace, selection.scores)
     keep, gamma = corrected_sel.class_arrays(analysis)
     result = Rewriter(analysis, keep, gamma, replace=replace).run()
-    held = [b for _, b in checked_batches(cal, batch_size, "holdout")]
+    held = held_out_batches(cal, batch_size)
     if held:
-        outputs = [o.name for o in analysis.model.graph.output]
-        rec.held_out_loss_before = _output_loss(analysis.model, pruned, outputs, held, loss_kind)
-        rec.held_out_loss_after = _output_loss(analysis.model, result, outputs, held, loss_kind)
+        rec.held_out_loss_before = output_loss(analysis.model, pruned, held, loss_kind)
+        rec.held_out_loss_after = output_loss(analysis.model, result, held, loss_kind)
         rec.applied = rec.held_out_loss_after < rec.held_out_loss_before
         if not rec.applied:
             rec.why = "the held-out output loss did not fall"
@@ -303,16 +301,3 @@ def _moments(tap: Tap, batches, axes: dict[str, int], token_mask: str | None, sp
         moments[name] = (mean, np.sqrt(np.maximum(s2 / n - mean * mean, 0.0)) if spread else None)
     return moments
 
-
-def _output_loss(original: onnx.ModelProto, model: onnx.ModelProto, outputs: list[str], batches,
-                 kind: str) -> float:
-    """Mean over samples of the output discrepancy of `model` against `original` (every output)."""
-    ref, got = Tap(original, outputs), Tap(model, outputs)
-    total, n = 0.0, 0
-    for batch in batches:
-        a, b = ref(batch), got(batch)
-        for name in outputs:
-            total += float(output_discrepancy(torch.from_numpy(np.asarray(b[name])),
-                                              torch.from_numpy(np.asarray(a[name])), kind))
-        n += len(next(iter(batch.values())))
-    return total / max(n, 1)

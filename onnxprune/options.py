@@ -286,12 +286,15 @@ class RefitOptions:
     residual_target: bool = field(default=True, metadata=_help(
         "Where a consumer's output is added to a residual stream, imitate the original sum: the re-fit also "
         "corrects the error the layers pruned before left in that stream.", flag=True))
+    refit_sweep: bool = field(default=True, metadata=_help(
+        "After every group is decided, re-fit each group's consumers once more, in the same order, on the network "
+        "as finally pruned; kept only if the held-out output loss falls.", flag=True))
     bias_correction: bool = field(default=True, metadata=_help(
         "After the full re-fit, shift the biases of the Conv/Gemm layers so that each kept channel's mean on the "
         "calibration data is the original's; kept only if the held-out output loss falls.", flag=True))
 
     def __post_init__(self):
-        for name in ("residual_target", "bias_correction"):
+        for name in ("residual_target", "refit_sweep", "bias_correction"):
             if not isinstance(getattr(self, name), bool):
                 raise OptionError(name, getattr(self, name), "must be true or false")
         if self.refit is not None:

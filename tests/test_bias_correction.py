@@ -84,7 +84,7 @@ def _saved(model, path):
 def test_a_correction_that_does_not_lower_the_held_out_loss_is_dropped(monkeypatch):
     model, feeds = chain(), data(300)
     plain, _ = prune(model, feeds, keep_ratio=0.5, allocate="uniform", bias_correction=False)
-    monkeypatch.setattr(bc, "_output_loss", lambda original, m, outputs, batches, kind: 1.0)
+    monkeypatch.setattr(bc, "output_loss", lambda original, m, batches, kind: 1.0)
     pruned, rep = prune(model, feeds, keep_ratio=0.5, allocate="uniform")
     b = rep.bias_correction
     assert not b["applied"] and b["why"] == "the held-out output loss did not fall" and b["layers"] == 4

@@ -93,6 +93,7 @@ class GreedyPruner:
         self.sel = Selection()
         self.dense: dict[int, np.ndarray] = {}   # re-fitted consumers: node -> W̃
         self.results: dict[int, GroupResult] = {}
+        self.fitted: list[int] = []   # the groups re-fitted on their statistics, in the order they were decided
         self.magnitude = magnitude_scores(analysis, options.selection.norm)
         self._global: GlobalImitation | None = None
         self._outputs: OutputCache | bool | None = None   # None: not built yet; False: cannot be cached
@@ -169,6 +170,23 @@ class GreedyPruner:
             self._prune_group(g, counts[g.id])
         return self.sel
 
+    def statistics(self, consumers: list[Consumer], keep: np.ndarray, gamma: np.ndarray, what: str) -> Collector:
+        """The consumers' statistics: their inputs in the network as decided so far (`keep`, `gamma` and the
+        re-fitted values; its masked reference), their targets from the original network."""
+        masked = Rewriter(self.analysis, keep, gamma, masked=True, replace=self.sel.replace).run()
+        col = self.collector(consumers)
+        cache = self.output_cache()
+        residual = [c for c in consumers if c.residual]
+        streams = [str(c.residual) for c in residual]
+        outputs = cache if cache is not None and all(cache.holds(c) for c in consumers) \
+            else Tap(self.analysis.model, [c.output for c in consumers] + streams)
+        # docs/DESIGN.md, "Residual targets": the kept output channels imitate the original residual sum
+        roots = self.analysis.class_of
+        residual_keep = {c.node: keep[roots[c.out_labels]] if c.out_labels is not None else np.ones(1, bool)
+                         for c in residual}
+        col.run(self.cal, Tap(masked, [c.input for c in consumers] + streams), outputs, what, residual_keep)
+        return col
+
     def _prune_group(self, group: Group, k: int) -> None:
         if group.id in self.head_scores:
             self._keep_leading_dims(group, k)
@@ -183,19 +201,8 @@ class GreedyPruner:
             self.sel.kept[group.id], self.sel.gamma[group.id] = idx, np.ones(len(idx))
             self.results[group.id] = GroupResult(method, note=f"no statistics ({exc}); {method}, no re-fit")
             return
-        masked = Rewriter(self.analysis, keep, gamma, masked=True, replace=self.sel.replace).run()
-        col = self.collector(consumers)
-        cache = self.output_cache()
+        col = self.statistics(consumers, keep, gamma, f"group {group.id}")
         residual = [c for c in consumers if c.residual]
-        streams = [str(c.residual) for c in residual]
-        outputs = cache if cache is not None and all(cache.holds(c) for c in consumers) \
-            else Tap(self.analysis.model, [c.output for c in consumers] + streams)
-        # docs/DESIGN.md, "Residual targets": the kept output channels imitate the original residual sum
-        roots = self.analysis.class_of
-        residual_keep = {c.node: keep[roots[c.out_labels]] if c.out_labels is not None else np.ones(1, bool)
-                         for c in residual}
-        col.run(self.cal, Tap(masked, [c.input for c in consumers] + streams), outputs, f"group {group.id}",
-                residual_keep)
         problem = LocalProblem(self, group, k, consumers, col, keep, gamma)
         cands = [self._completed(problem, cand) for cand in self.method.candidates(problem)]
         outcomes = [(cand, apply_refit(self.analysis, self.sel, self.dense, problem, cand.kept, cand.gamma,
@@ -213,6 +220,7 @@ class GreedyPruner:
         self.sel.kept[group.id], self.sel.gamma[group.id] = out.kept, out.gamma
         self.sel.replace.update(out.replace)
         self.dense.update(out.dense)
+        self.fitted.append(group.id)
         short = [(c.name, col.stats["calib"][c.node].rows, len(c.labels)) for c in consumers
                  if col.stats["calib"][c.node].rows < len(c.labels)]
         if short:

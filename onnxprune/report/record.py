@@ -63,6 +63,7 @@ class Report:
     fixed_batch: int | None = None   # the model's fixed batch dimension, the size of every calibration run
     output_loss: str | None = None   # the global methods' output loss (kl or mse), when one ran
     distill: dict | None = None   # the distillation's record (`onnxprune.distill.DistillRecord`), if it ran
+    refit_sweep: dict | None = None       # `onnxprune.pipeline.refit_sweep.RefitSweepRecord`, if it ran
     bias_correction: dict | None = None   # `onnxprune.bias_correction.BiasCorrectionRecord`, if it ran
     # allocate=output: {"chosen", "held_out_output_loss": {candidate: loss}}; auto that could not use output:
     # {"chosen": "uniform", "output_unavailable": why}
@@ -115,6 +116,13 @@ class Report:
             losses = self.allocation.get("held_out_output_loss", {})
             text += (f"\nallocation {self.allocation['chosen']} chosen (held-out output loss "
                      + ", ".join(f"{k} {v:.4g}" for k, v in losses.items()) + ")")
+        w = self.refit_sweep
+        if w:
+            did = "applied" if w["applied"] else "not applied"
+            loss = (f", held-out output loss {w['held_out_loss_before']:.4g} -> {w['held_out_loss_after']:.4g}"
+                    if w["held_out_loss_before"] is not None else "")
+            text += (f"\nre-fit sweep {did}: {w['groups']} groups re-fitted again{loss}"
+                     + (f" ({w['why']})" if w["why"] else "") + f", {w['seconds']:.0f} s")
         b = self.bias_correction
         if b:
             did = "applied" if b["applied"] else "not applied"
