@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -30,7 +30,7 @@ from .analysis import Analysis
 from .calibration import Calibration, checked_batches
 from .calibration.taps import Tap
 from .graph.normalise import const_value
-from .pipeline.held_out import held_out_batches, output_loss
+from .pipeline.held_out import GatedRecord, held_out_batches
 from .rewrite import Rewriter
 from .selection import Selection
 from .statistics import linear_bias_add, residual_sum
@@ -41,19 +41,12 @@ BIASED = {"Conv": 2, "ConvTranspose": 2, "Gemm": 2}   # op -> index of its bias 
 
 
 @dataclass
-class BiasCorrectionRecord:
+class BiasCorrectionRecord(GatedRecord):
     """What the bias correction did (the report's `bias_correction`)."""
     layers: int = 0                   # biases shifted
     samples: int = 0                  # calibration samples the means are measured on
     seconds: float = 0.0
     mean_shift: float = 0.0           # the largest over layers of the RMS shift / the RMS channel std there
-    held_out_loss_before: float | None = None
-    held_out_loss_after: float | None = None
-    applied: bool = False
-    why: str = ""                     # why it was not applied, or that nothing checked it
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass
@@ -124,15 +117,7 @@ def correct_biases(analysis: Analysis, selection: Selection, pruned: onnx.ModelP
     corrected_sel = Selection(selection.kept, selection.gamma, replace, selection.scores)
     keep, gamma = corrected_sel.class_arrays(analysis)
     result = Rewriter(analysis, keep, gamma, replace=replace).run()
-    held = held_out_batches(cal, batch_size)
-    if held:
-        rec.held_out_loss_before = output_loss(analysis.model, pruned, held, loss_kind)
-        rec.held_out_loss_after = output_loss(analysis.model, result, held, loss_kind)
-        rec.applied = rec.held_out_loss_after < rec.held_out_loss_before
-        if not rec.applied:
-            rec.why = "the held-out output loss did not fall"
-    else:
-        rec.applied, rec.why = True, "no held-out split: applied without a check"
+    rec.judge(analysis.model, pruned, result, held_out_batches(cal, batch_size), loss_kind)
     rec.seconds = time.perf_counter() - t0
     log.info("bias correction: %d layers on %d samples, held-out output loss %s -> %s, %s (%.1f s)", rec.layers,
              rec.samples, rec.held_out_loss_before, rec.held_out_loss_after,

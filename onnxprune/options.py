@@ -287,8 +287,8 @@ class RefitOptions:
         "Where a consumer's output is added to a residual stream, imitate the original sum: the re-fit also "
         "corrects the error the layers pruned before left in that stream.", flag=True))
     refit_sweep: bool = field(default=True, metadata=_help(
-        "After every group is decided, re-fit each group's consumers once more, in the same order, on the network "
-        "as finally pruned; kept only if the held-out output loss falls.", flag=True))
+        "With the full re-fit, once every group is decided, re-fit each group's consumers once more, in the same "
+        "order, on the network as finally pruned; kept only if the held-out output loss falls.", flag=True))
     bias_correction: bool = field(default=True, metadata=_help(
         "After the full re-fit, shift the biases of the Conv/Gemm layers so that each kept channel's mean on the "
         "calibration data is the original's; kept only if the held-out output loss falls.", flag=True))

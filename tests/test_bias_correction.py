@@ -14,6 +14,7 @@ from helpers import load_in_ort
 from onnx import helper, numpy_helper
 
 import onnxprune.bias_correction as bc
+import onnxprune.pipeline.held_out as held_out
 from onnxprune import load_model, masked_reference, prune, save_model
 from onnxprune.analysis import Analysis
 from onnxprune.api import apply_selection
@@ -83,9 +84,9 @@ def _saved(model, path):
 
 def test_a_correction_that_does_not_lower_the_held_out_loss_is_dropped(monkeypatch):
     model, feeds = chain(), data(300)
-    plain, _ = prune(model, feeds, keep_ratio=0.5, allocate="uniform", bias_correction=False)
-    monkeypatch.setattr(bc, "output_loss", lambda original, m, batches, kind: 1.0)
-    pruned, rep = prune(model, feeds, keep_ratio=0.5, allocate="uniform")
+    plain, _ = prune(model, feeds, keep_ratio=0.5, allocate="uniform", refit_sweep=False, bias_correction=False)
+    monkeypatch.setattr(held_out, "output_loss", lambda original, m, batches, kind: 1.0)
+    pruned, rep = prune(model, feeds, keep_ratio=0.5, allocate="uniform", refit_sweep=False)
     b = rep.bias_correction
     assert not b["applied"] and b["why"] == "the held-out output loss did not fall" and b["layers"] == 4
     inits = lambda m: {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}  # noqa: E731

@@ -9,7 +9,7 @@ from helpers import load_in_ort
 from onnx import numpy_helper
 from test_residual_target import residual_block
 
-import onnxprune.pipeline.refit_sweep as rs
+import onnxprune.pipeline.held_out as held_out
 from onnxprune import masked_reference, prune, save_model
 from onnxprune.calibration.taps import Tap
 from onnxprune.cli import main
@@ -70,7 +70,7 @@ def _saved(model, path):
 def test_a_sweep_that_does_not_lower_the_held_out_loss_is_undone(monkeypatch):
     m, feeds = residual_block(head=True), _data(200)
     plain, _ = prune(m, feeds, refit_sweep=False, **COMMON)
-    monkeypatch.setattr(rs, "output_loss", lambda original, model, batches, kind: 1.0)
+    monkeypatch.setattr(held_out, "output_loss", lambda original, model, batches, kind: 1.0)
     pruned, rep = prune(m, feeds, **COMMON)
     w = rep.refit_sweep
     assert not w["applied"] and w["why"] == "the held-out output loss did not fall" and w["groups"] == 3

@@ -2,6 +2,8 @@
 of the passes that are kept only if they lower it (docs/DESIGN.md, "Re-fit sweep", "Bias correction")."""
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
+
 import numpy as np
 import onnx
 import torch
@@ -29,3 +31,30 @@ def output_loss(original: onnx.ModelProto, model: onnx.ModelProto, batches, kind
                                               torch.from_numpy(np.asarray(a[name])), kind))
         n += len(next(iter(batch.values())))
     return total / max(n, 1)
+
+
+@dataclass
+class GatedRecord:
+    """What a gated pass did: both held-out output losses, whether its model was kept, and why not (or that
+    nothing checked it). The passes' records extend it (the report's `refit_sweep`, `bias_correction`)."""
+    held_out_loss_before: float | None = None
+    held_out_loss_after: float | None = None
+    applied: bool = False
+    why: str = ""
+
+    def judge(self, original: onnx.ModelProto, before: onnx.ModelProto, after: onnx.ModelProto, batches,
+              kind: str) -> bool:
+        """Keep `after` only if its output loss on `batches` (the held-out split) is lower than `before`'s; without
+        batches it is kept unchecked. Returns whether it is kept."""
+        if batches:
+            self.held_out_loss_before = output_loss(original, before, batches, kind)
+            self.held_out_loss_after = output_loss(original, after, batches, kind)
+            self.applied = self.held_out_loss_after < self.held_out_loss_before
+            if not self.applied:
+                self.why = "the held-out output loss did not fall"
+        else:
+            self.applied, self.why = True, "no held-out split: applied without a check"
+        return self.applied
+
+    def to_dict(self) -> dict:
+        return asdict(self)

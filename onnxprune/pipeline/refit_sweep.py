@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
 from ..rewrite import Rewriter
-from .held_out import held_out_batches, output_loss
+from .held_out import GatedRecord, held_out_batches
 from .problem import LocalProblem
 from .refit import apply_refit
 
@@ -29,17 +29,10 @@ log = logging.getLogger("onnxprune")
 
 
 @dataclass
-class RefitSweepRecord:
+class RefitSweepRecord(GatedRecord):
     """What the re-fit sweep did (the report's `refit_sweep`)."""
     groups: int = 0                   # groups whose consumers were re-fitted again
     seconds: float = 0.0
-    held_out_loss_before: float | None = None
-    held_out_loss_after: float | None = None
-    applied: bool = False
-    why: str = ""                     # why it was not applied, or that nothing checked it
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def refit_sweep(pruner: GreedyPruner, loss_kind: str, quiet: bool = True) -> RefitSweepRecord:
@@ -61,24 +54,18 @@ def refit_sweep(pruner: GreedyPruner, loss_kind: str, quiet: bool = True) -> Ref
         sel.replace.update(out.replace)
         pruner.dense.update(out.dense)
         rec.groups += 1
-    held = held_out_batches(pruner.cal, pruner.options.calibration.batch_size)
-    if held and rec.groups:
+    if not rec.groups:
+        rec.why = "no group was re-fitted"
+    else:
         keep, gamma = sel.class_arrays(analysis)
-        swept = Rewriter(analysis, keep, gamma, replace=sel.replace).run()
         plain = Rewriter(analysis, keep, gamma, replace=before_replace).run()
-        rec.held_out_loss_before = output_loss(analysis.model, plain, held, loss_kind)
-        rec.held_out_loss_after = output_loss(analysis.model, swept, held, loss_kind)
-        rec.applied = rec.held_out_loss_after < rec.held_out_loss_before
-        if not rec.applied:
-            rec.why = "the held-out output loss did not fall"
+        swept = Rewriter(analysis, keep, gamma, replace=sel.replace).run()
+        if not rec.judge(analysis.model, plain, swept,
+                         held_out_batches(pruner.cal, pruner.options.calibration.batch_size), loss_kind):
             sel.replace.clear()
             sel.replace.update(before_replace)
             pruner.dense.clear()
             pruner.dense.update(before_dense)
-    elif not rec.groups:
-        rec.why = "no group was re-fitted"
-    else:
-        rec.applied, rec.why = True, "no held-out split: applied without a check"
     rec.seconds = time.perf_counter() - t0
     log.info("re-fit sweep: %d groups, held-out output loss %s -> %s, %s (%.1f s)", rec.groups,
              rec.held_out_loss_before, rec.held_out_loss_after, "applied" if rec.applied else "not applied",

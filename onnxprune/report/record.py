@@ -118,18 +118,10 @@ class Report:
                      + ", ".join(f"{k} {v:.4g}" for k, v in losses.items()) + ")")
         w = self.refit_sweep
         if w:
-            did = "applied" if w["applied"] else "not applied"
-            loss = (f", held-out output loss {w['held_out_loss_before']:.4g} -> {w['held_out_loss_after']:.4g}"
-                    if w["held_out_loss_before"] is not None else "")
-            text += (f"\nre-fit sweep {did}: {w['groups']} groups re-fitted again{loss}"
-                     + (f" ({w['why']})" if w["why"] else "") + f", {w['seconds']:.0f} s")
+            text += "\n" + _gated("re-fit sweep", w, f"{w['groups']} groups re-fitted again")
         b = self.bias_correction
         if b:
-            did = "applied" if b["applied"] else "not applied"
-            loss = (f", held-out output loss {b['held_out_loss_before']:.4g} -> {b['held_out_loss_after']:.4g}"
-                    if b["held_out_loss_before"] is not None else "")
-            text += (f"\nbias correction {did}: {b['layers']} layers on {b['samples']} samples{loss}"
-                     + (f" ({b['why']})" if b["why"] else "") + f", {b['seconds']:.0f} s")
+            text += "\n" + _gated("bias correction", b, f"{b['layers']} layers on {b['samples']} samples")
         d = self.distill
         if d:
             did = (f"{d['held_out_loss_before']:.4g} -> {d['held_out_loss_best']:.4g}, best epoch {d['best_epoch']}"
@@ -176,3 +168,11 @@ def build_report(analysis: Analysis, selection: Selection, pruned: onnx.ModelPro
     return Report(name, method, target, analysis.total_macs, macs(analysis, keep),
                   count_params(analysis.model), count_params(pruned), groups, layers=layers,
                   macs_unknown=[c.node for c in analysis.unknown_costs])
+
+
+def _gated(name: str, rec: dict, did: str) -> str:
+    """The summary line of a pass kept only if the held-out output loss falls (`pipeline.held_out.GatedRecord`)."""
+    loss = (f", held-out output loss {rec['held_out_loss_before']:.4g} -> {rec['held_out_loss_after']:.4g}"
+            if rec["held_out_loss_before"] is not None else "")
+    return (f"{name} {'applied' if rec['applied'] else 'not applied'}: {did}{loss}"
+            + (f" ({rec['why']})" if rec["why"] else "") + f", {rec['seconds']:.0f} s")
