@@ -290,8 +290,9 @@ class RefitOptions:
         "With the full re-fit, once every group is decided, re-fit each group's consumers once more, in the same "
         "order, on the network as finally pruned; kept only if the held-out output loss falls.", flag=True))
     bias_correction: bool = field(default=True, metadata=_help(
-        "After the full re-fit, shift the biases of the Conv/Gemm layers so that each kept channel's mean on the "
-        "calibration data is the original's; kept only if the held-out output loss falls.", flag=True))
+        "After the full re-fit, shift the biases of the Conv/Gemm layers and Linear layers (MatMul + Add) so that "
+        "each kept channel's mean on the calibration data is the original's; kept only if the held-out output loss "
+        "falls.", flag=True))
 
     def __post_init__(self):
         for name in ("residual_target", "refit_sweep", "bias_correction"):
