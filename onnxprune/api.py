@@ -17,6 +17,7 @@ from .analysis import Analysis
 from .errors import UnsupportedModel, UserError
 from .graph import check_model, load_model, with_supported_opset
 from .graph.inputs import symbolic_inputs
+from .graph.session import check_loads
 from .options import (
     AUTO,
     Allocation,
@@ -237,6 +238,7 @@ def prune_with_options(model, calibration, options: PruneOptions, quiet: bool = 
     if options.distill.distill and calibration is None:
         raise OptionError("distill", True, "needs calibration data")
     proto, name = _as_model(model)
+    check_loads(proto, name)   # what ONNX Runtime refuses it would refuse after pruning too
     c = options.calibration
     cal = None
     if calibration is not None:  # opened first: its first batch sizes inputs with symbolic dims

@@ -216,3 +216,30 @@ def test_write_error_names_the_file(tmp_path):
     assert res.stderr.strip().splitlines()[-1] == lines[0]
     assert lines[0].startswith(f"onnxprune: error: {out_dir / 'p.onnx'}: cannot write (File too large)"), lines
     assert list(out_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize("attribute, value", [("auto_pad", "SAME_UPPDR"), ("mode", "nearest-ish")])
+def test_a_model_onnx_runtime_cannot_load_is_refused_before_anything_is_written(tmp_path, attribute, value):
+    """An attribute value out of ONNX Runtime's range passes the ONNX checker, and pruning keeps it: the pruned
+    model would not load either (found by the fuzz test: a bit flip in a Conv's auto_pad). A custom op, which ORT
+    does not know either, still prunes (tests/test_coverage.py)."""
+    from test_bias_correction import chain
+    m = chain()
+    if attribute == "auto_pad":
+        conv = next(n for n in m.graph.node if n.op_type == "Conv")
+        del conv.attribute[:]
+        conv.attribute.append(helper.make_attribute("auto_pad", value))
+    else:   # a Resize of an unknown mode between the first Conv and its Relu
+        conv = next(n for n in m.graph.node if n.op_type == "Conv")
+        out = conv.output[0]
+        conv.output[0] = out + "_c"
+        m.graph.initializer.append(numpy_helper.from_array(np.ones(4, np.float32), "scales1"))
+        m.graph.node.insert(list(m.graph.node).index(conv) + 1, helper.make_node(
+            "Resize", [out + "_c", "", "scales1"], [out], name="resize", mode=value))
+    path = tmp_path / "m.onnx"
+    onnx.save(m, str(path))
+    res = CliRunner().invoke(main, ["prune", str(path), "-o", str(tmp_path / "out.onnx"), "--method", "magnitude",
+                                    "--keep-ratio", "0.5"])
+    assert res.exit_code == 2, res.output
+    assert "ONNX Runtime cannot load the model" in res.output and str(path) in res.output
+    assert len(res.output.strip().splitlines()) == 1 and not (tmp_path / "out.onnx").exists()
