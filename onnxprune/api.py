@@ -238,7 +238,8 @@ def prune_with_options(model, calibration, options: PruneOptions, quiet: bool = 
     if options.distill.distill and calibration is None:
         raise OptionError("distill", True, "needs calibration data")
     proto, name = _as_model(model)
-    check_loads(proto, name)   # what ONNX Runtime refuses it would refuse after pruning too
+    # what ONNX Runtime refuses it would refuse after pruning too; a file is read by ORT in place
+    check_loads(model if isinstance(model, (str, os.PathLike)) else proto, name)
     c = options.calibration
     cal = None
     if calibration is not None:  # opened first: its first batch sizes inputs with symbolic dims
@@ -294,10 +295,8 @@ def prune_with_options(model, calibration, options: PruneOptions, quiet: bool = 
         plan = plan_counts(analysis, target, overrides, pruner)
         selection = pruner.run(plan.counts)
         if refit == Refit.FULL and options.refit.refit_sweep:  # docs/DESIGN.md, "Re-fit sweep"
-            from .graph.outputs import resolve_output_loss
             from .pipeline.refit_sweep import refit_sweep as sweep
-            loss_kind, _ = resolve_output_loss(analysis.model, options.global_imitation.output_loss)
-            swept = sweep(pruner, str(loss_kind), quiet=quiet).to_dict()
+            swept = sweep(pruner, _loss_kind(analysis, options), quiet=quiet).to_dict()
         results, n_cal, allocation = pruner.results, cal.size, pruner.allocation
         allocated = pruner.allocated or Allocation.UNIFORM   # None: a keep-ratio target, nothing allocated
         token_mask, output_loss = pruner.token_mask, pruner.output_loss
@@ -305,20 +304,16 @@ def prune_with_options(model, calibration, options: PruneOptions, quiet: bool = 
     corrected = None
     if cal is not None and refit == Refit.FULL and options.refit.bias_correction:  # docs/DESIGN.md, "Bias correction"
         from .bias_correction import correct_biases
-        from .graph.outputs import resolve_output_loss
-        loss_kind, _ = resolve_output_loss(analysis.model, options.global_imitation.output_loss)
-        pruned, selection, bias_record = correct_biases(analysis, selection, pruned, cal, str(loss_kind),
+        pruned, selection, bias_record = correct_biases(analysis, selection, pruned, cal, _loss_kind(analysis, options),
                                                         options.calibration.batch_size, quiet=quiet,
                                                         token_mask=token_mask)
         corrected = bias_record.to_dict()
     distilled = None
     if options.distill.distill:  # after the layer-wise pruning: docs/DESIGN.md, "Distillation"
         from .distill import distill, feature_channels
-        from .graph.outputs import resolve_output_loss
         assert cal is not None
         feats = feature_channels(analysis, selection, pruned)
-        loss_kind, _ = resolve_output_loss(analysis.model, options.global_imitation.output_loss)
-        pruned, record = distill(analysis.model, pruned, cal, options.distill, feats, str(loss_kind),
+        pruned, record = distill(analysis.model, pruned, cal, options.distill, feats, _loss_kind(analysis, options),
                                  options.calibration.batch_size, options.selection.seed, quiet=quiet)
         distilled = record.to_dict()
     measured = plan.finish(analysis, pruned)
@@ -333,6 +328,13 @@ def prune_with_options(model, calibration, options: PruneOptions, quiet: bool = 
     report.latency = measured
     report.selection, report.analysis = selection, analysis
     return pruned, report
+
+
+def _loss_kind(analysis: Analysis, options: PruneOptions) -> str:
+    """The output loss (kl or mse) of the passes after the sequential one (`--output-loss`, auto resolved)."""
+    from .graph.outputs import resolve_output_loss
+    kind, _ = resolve_output_loss(analysis.model, options.global_imitation.output_loss)
+    return str(kind)
 
 
 def _reading(analysis: Analysis) -> str:

@@ -54,17 +54,12 @@ def test_the_swept_model_is_its_masked_reference_and_loads_from_disk(tmp_path):
     w = rep.refit_sweep
     assert w["held_out_loss_before"] is not None and w["held_out_loss_after"] is not None
     assert w["applied"] == (w["held_out_loss_after"] < w["held_out_loss_before"])
-    path = tmp_path / "pruned.onnx"
-    save_model(pruned, path)
+    save_model(pruned, tmp_path / "pruned.onnx")
+    save_model(masked_reference(rep), tmp_path / "masked.onnx")
     x = _data(4, seed=9)
-    y = load_in_ort(path).run(None, x)[0]
-    ref = load_in_ort(_saved(masked_reference(rep), tmp_path / "masked.onnx")).run(None, x)[0]
+    y = load_in_ort(tmp_path / "pruned.onnx").run(None, x)[0]
+    ref = load_in_ort(tmp_path / "masked.onnx").run(None, x)[0]
     assert np.abs(y - ref).max() <= 1e-4 * np.abs(ref).max()
-
-
-def _saved(model, path):
-    save_model(model, path)
-    return path
 
 
 def test_a_sweep_that_does_not_lower_the_held_out_loss_is_undone(monkeypatch):

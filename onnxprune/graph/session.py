@@ -1,6 +1,7 @@
 """ONNX Runtime sessions for in-memory models, including those over protobuf's 2 GB limit."""
 from __future__ import annotations
 
+import os
 import re
 import tempfile
 from pathlib import Path
@@ -34,19 +35,25 @@ def inference_session(model: onnx.ModelProto, opts, providers):
 _UNKNOWN_OP = ("is not a registered function/op", "No Op registered for", "Could not find an implementation for")
 
 
-def check_loads(model: onnx.ModelProto, name: str) -> None:
+def check_loads(model: onnx.ModelProto | str | os.PathLike, name: str) -> None:
     """Refuse a model ONNX Runtime cannot load for another reason than an op it does not know (an attribute value
     out of its range, say, which the ONNX checker lets through): pruning keeps the reason, so the pruned model
-    would not load either. A model with a custom op passes."""
+    would not load either. A model with a custom op passes. A path is loaded by ORT from the file itself (no copy
+    of a model over 2 GB into a temporary file)."""
     import onnxruntime as ort
     opts = ort.SessionOptions()
     opts.log_severity_level = 4   # the refusal below says it once; ORT's own log line would repeat it
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
-        inference_session(model, opts, ["CPUExecutionProvider"])
-    except UserError as exc:
-        if not any(s in str(exc) for s in _UNKNOWN_OP):
-            raise UserError(f"{name}: {exc}") from None
+        if isinstance(model, onnx.ModelProto):
+            inference_session(model, opts, ["CPUExecutionProvider"])
+        else:
+            ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        text = str(exc) if isinstance(exc, UserError) else \
+            f"ONNX Runtime cannot load the model: {runtime_message(exc)}"
+        if not any(s in text for s in _UNKNOWN_OP):
+            raise UserError(f"{name}: {text}") from None
 
 
 def runtime_message(exc: BaseException) -> str:
