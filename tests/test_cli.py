@@ -118,6 +118,8 @@ BAD = {
                                        _npz(d, input=np.zeros((8, 3, 8, 8), np.float32))],
     "calib nan": lambda d, m: ["prune", m, "-o", d / "o.onnx", "--flops", "0.5", "--calib",
                                _npz(d, input=np.full((8, 3, 16, 16), np.nan, np.float32))],
+    "calib identical samples": lambda d, m: ["prune", m, "-o", d / "o.onnx", "--flops", "0.5", "--calib",
+                                             _npz(d, input=np.ones((8, 3, 16, 16), np.float32))],
     "calib pickled": lambda d, m: ["prune", m, "-o", d / "o.onnx", "--flops", "0.5", "--calib",
                                    _npz(d, input=np.array([{"a": 1}], dtype=object))],
     "calib wrong dtype": lambda d, m: ["prune", m, "-o", d / "o.onnx", "--flops", "0.5", "--calib",
@@ -239,10 +241,10 @@ BAD = {
     "zero-channel conv analyze": lambda d, m: ["analyze", _zero_channel_conv(d / "z.onnx")],
     "run-time reshape error in calibration": lambda d, m: [
         "prune", _run_time_error(d / "r.onnx", "Reshape"), "-o", d / "o.onnx", "--keep-ratio", "0.5", "-q",
-        "--calib", _npz(d, x=np.zeros((16, 3, 8, 8), np.float32))],
+        "--calib", _npz(d, x=np.random.default_rng(0).random((16, 3, 8, 8), np.float32))],
     "run-time tile error in calibration": lambda d, m: [
         "prune", _run_time_error(d / "r.onnx", "Tile"), "-o", d / "o.onnx", "--keep-ratio", "0.5", "-q",
-        "--calib", _npz(d, x=np.zeros((16, 3, 8, 8), np.float32))],
+        "--calib", _npz(d, x=np.random.default_rng(0).random((16, 3, 8, 8), np.float32))],
     "run-time reshape error in eval": lambda d, m: [
         "eval", _run_time_error(d / "r.onnx", "Reshape"), _run_time_error(d / "r.onnx", "Reshape"), "--data",
         _npz(d, x=np.zeros((4, 3, 8, 8), np.float32))],
@@ -264,6 +266,7 @@ BAD = {
 
 # what the one line must name, where the exit code alone does not show the right refusal
 MUST_SAY = {"qdq-quantized model": "a QDQ-quantized model", "qoperator-quantized model": "a quantized model (",
+            "calib identical samples": "samples are identical",
             "eval truncated member": "truncated", "calib truncated member": "truncated",
             "eval header declares 100 GB": "declares", "calib header declares 100 GB": "declares",
             "zero-channel conv": "empty_conv", "zero-channel conv analyze": "empty_conv",

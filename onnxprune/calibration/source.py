@@ -100,6 +100,20 @@ class Calibration:
                                     f"{tuple('?' if s is None else s for s in shape)}")
         self._check_fixed_batch(model)
 
+    def check_varied(self) -> None:
+        """Refuse samples that are all the same (a constant array, one sample repeated): the statistics would
+        describe a single input, and every re-fit would imitate the original on it alone. Stops at the first
+        sample that differs, in the first batch for any real data set."""
+        first: dict[str, np.ndarray] | None = None
+        for _, batch in self.batches(256):
+            if first is None:
+                first = {k: v[:1] for k, v in batch.items()}
+            if any(not np.array_equal(v, np.broadcast_to(first[k], v.shape)) for k, v in batch.items()):
+                return
+        if self.size > 1:
+            raise UserError(f"{self.what}: all {self.size} samples are identical; calibration needs samples that "
+                            "differ, drawn like the data the model will see")
+
     def _check_fixed_batch(self, model: onnx.ModelProto) -> None:
         """A model exported without a dynamic batch axis runs on batches of exactly its batch dimension B
         (docs/DESIGN.md, "Fixed batch"): B = 1 takes any data one sample at a time; for B > 1 every part's rows of
@@ -151,9 +165,16 @@ def _file_part(path: Path, input_names: list[str]) -> Part:
 def load_calibration(source, model: onnx.ModelProto, holdout: float = 0.1, preprocess: str = "none",
                      image_size: int | None = None, mean=None, std=None, augment: int = 0,
                      seed: int = 0) -> Calibration:
-    """Open any supported calibration source for `model` and check it against the model's inputs.
-    `augment` (image folders only): random-resized crops per image besides its centre crop, seeded
-    by `seed`."""
+    """Open any supported calibration source for `model` and check it against the model's inputs, and that
+    its samples are not all the same. `augment` (image folders only): random-resized crops per image besides
+    its centre crop, seeded by `seed`."""
+    cal = _open(source, model, holdout, preprocess, image_size, mean, std, augment, seed)
+    cal.check_varied()
+    return cal
+
+
+def _open(source, model: onnx.ModelProto, holdout: float, preprocess: str, image_size: int | None, mean, std,
+          augment: int, seed: int) -> Calibration:
     inputs = model_inputs(model)
     names = list(inputs)
     tmp = None
