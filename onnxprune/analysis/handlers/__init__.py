@@ -29,4 +29,4 @@ def supported_ops() -> list[str]:
     return sorted(op if not d else f"{d}::{op}" for d, op in _REGISTRY)
 
 
-from . import concat, conv, elementwise, linear, pool, shape  # noqa: E402,F401  (registration)
+from . import concat, contrib, conv, elementwise, linear, pool, shape  # noqa: E402,F401  (registration)

@@ -33,4 +33,4 @@ def supported_ops() -> list[str]:
     return sorted(o if not d else f"{d}::{o}" for d, o in _REGISTRY)
 
 
-from . import concat, conv, elementwise, linear, pool, shape  # noqa: E402,F401  (registration)
+from . import concat, contrib, conv, elementwise, linear, pool, shape  # noqa: E402,F401  (registration)
