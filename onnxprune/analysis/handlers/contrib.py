@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from . import handles
 from .base import labeled_axes
-from .elementwise import broadcast, carrier
+from .elementwise import HIDDEN_FROZEN, broadcast, carrier
 
 MS = "com.microsoft"
 
@@ -35,7 +35,7 @@ def skip_layernorm(node, ctx):
             return
         ctx.unite(lab, other, node)
     if any(a == lab.ndim - 1 for a in labeled_axes(lab)):
-        ctx.freeze(lab, node, "normalises over the channel axis (a hidden size cannot shrink)")
+        ctx.freeze(lab, node, HIDDEN_FROZEN)
     for i in (0, 3):
         if i < len(node.outputs):
             ctx.set_layout(node.outputs[i], lab)

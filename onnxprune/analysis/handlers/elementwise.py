@@ -110,6 +110,10 @@ def instancenorm(node, ctx):
     _per_channel_params(node, ctx, range(1, 3))
 
 
+# why a LayerNorm over the hidden size freezes it (the analysis of fused SkipLayerNormalization says the same)
+HIDDEN_FROZEN = "normalises over the channel axis (a hidden size cannot shrink)"
+
+
 @handles("LayerNormalization")
 def layernorm(node, ctx):
     """Normalises over axes [axis, rank): a channel axis among them mixes channels (frozen)."""
@@ -119,5 +123,5 @@ def layernorm(node, ctx):
     axis = attr(node, "axis", -1) % lab.ndim
     if any(a >= axis for a in labeled_axes(lab)):
         # the same channels come out (frozen): a residual stream stays one group, frozen for this reason
-        ctx.freeze(lab, node, "normalises over the channel axis (a hidden size cannot shrink)")
+        ctx.freeze(lab, node, HIDDEN_FROZEN)
     ctx.set_layout(node.outputs[0], lab)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from . import op
 from .base import opt
+from .elementwise import layer_norm
 
 MS = "com.microsoft"
 
@@ -36,16 +37,12 @@ def _quick_gelu(s, ins):
 
 
 def _normalised(s, x, gamma, beta, simplified: bool):
+    """LayerNormalization over the last axis, or its simplified form (RMS, no mean taken away, no beta)."""
     eps = s.attr("epsilon", 1e-12)
-    if simplified:
-        mean = torch.zeros_like(x[..., :1])
-        inv = torch.rsqrt((x * x).mean(-1, keepdim=True) + eps)
-        y = x * inv * gamma
-    else:
-        mean = x.mean(-1, keepdim=True)
-        inv = torch.rsqrt(((x - mean) ** 2).mean(-1, keepdim=True) + eps)
-        y = (x - mean) * inv * gamma
-    return (y if beta is None else y + beta), mean, inv
+    if not simplified:
+        return layer_norm(x, gamma, beta, [-1], eps)
+    inv = torch.rsqrt((x * x).mean(-1, keepdim=True) + eps)
+    return x * inv * gamma, torch.zeros_like(x[..., :1]), inv
 
 
 @op("SkipLayerNormalization", "SkipSimplifiedLayerNormalization", domain=MS)

@@ -159,15 +159,18 @@ def _instancenorm(s, ins):
     return (x - mean) / torch.sqrt(var + s.attr("epsilon", 1e-5)) * scale.reshape(shape) + bias.reshape(shape)
 
 
-@op("LayerNormalization")
-def _layernorm(s, ins):
-    x, scale, bias = ins[0], ins[1], opt(ins, 2)
-    axis = s.attr("axis", -1) % x.dim()
-    axes = list(range(axis, x.dim()))
+def layer_norm(x, scale, bias, axes: list[int], eps: float):
+    """(y, mean, inverse standard deviation) of a LayerNormalization over `axes` (bias None: none)."""
     mean = x.mean(dim=axes, keepdim=True)
     var = ((x - mean) ** 2).mean(dim=axes, keepdim=True)
-    inv = torch.rsqrt(var + s.attr("epsilon", 1e-5))
+    inv = torch.rsqrt(var + eps)
     y = (x - mean) * inv * scale
-    if bias is not None:
-        y = y + bias
+    return (y if bias is None else y + bias), mean, inv
+
+
+@op("LayerNormalization")
+def _layernorm(s, ins):
+    x = ins[0]
+    axis = s.attr("axis", -1) % x.dim()
+    y, mean, inv = layer_norm(x, ins[1], opt(ins, 2), list(range(axis, x.dim())), s.attr("epsilon", 1e-5))
     return [y, mean, inv][:max(1, s.n_out)]
